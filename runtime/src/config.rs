@@ -1,0 +1,337 @@
+//! `steward.toml`: the operator's configuration, parsed once at start and
+//! handed down. Every key has a default; `STEWARD_*` variables override the
+//! top-level ones (`STEWARD_LISTEN`, `STEWARD_DATABASE`, `STEWARD_DATA_DIR`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    pub database: String,
+    /// Where the embedded database and the compiled-component cache live.
+    pub data_dir: PathBuf,
+    /// Folders of `*.yaml` workflows loaded at start.
+    pub workflows: Vec<PathBuf>,
+    /// Per-plugin grants, limits, and extra plugins (`path = "x.wasm"`).
+    pub plugins: BTreeMap<String, PluginSettings>,
+    pub secrets: BTreeMap<String, SecretSource>,
+    pub calendars: BTreeMap<String, toml::Value>,
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Values for `env.NAME` in workflow expressions.
+    pub env: BTreeMap<String, toml::Value>,
+    pub hooks: BTreeMap<String, toml::Value>,
+    /// Defaults for every plugin call; `[plugins.NAME]` may override them.
+    pub limits: Limits,
+    pub engine: EngineSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            database: "sqlite://steward-data/steward.db".into(),
+            data_dir: "steward-data".into(),
+            workflows: vec!["examples/workflows".into()],
+            plugins: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            calendars: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            env: BTreeMap::new(),
+            hooks: BTreeMap::new(),
+            limits: Limits::default(),
+            engine: EngineSettings::default(),
+        }
+    }
+}
+
+/// The operator's word on one plugin.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PluginSettings {
+    /// A component to load under this name; `plugin.toml` is read beside it.
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Set to false to deny the plugin its key-value store.
+    pub key_value: Option<bool>,
+    pub memory_mib: Option<u64>,
+    pub cpu_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    /// Plugin-specific settings (e.g. `notify`'s channels).
+    #[serde(flatten)]
+    pub extra: toml::Table,
+}
+
+/// Where a secret's value comes from. Values are resolved at start and never
+/// logged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    pub env: Option<String>,
+    pub value: Option<String>,
+    pub file: Option<PathBuf>,
+}
+
+/// Bounds on one plugin call.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory per call.
+    pub memory_mib: u64,
+    /// Time the guest may spend executing (epoch deadline).
+    pub cpu_ms: u64,
+    /// Wall-clock bound on the whole call, host calls included.
+    pub timeout_ms: u64,
+    /// Bytes copied through host calls per call (input, output, logs,
+    /// key-value, HTTP bodies).
+    pub io_mib: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mib: 64,
+            cpu_ms: 2_000,
+            timeout_ms: 30_000,
+            io_mib: 16,
+        }
+    }
+}
+
+/// Engine tuning; the defaults suit a 2-core machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Plugin calls running at once (and pooled instance slots).
+    pub max_concurrent_calls: u32,
+    /// Granularity of CPU deadlines.
+    pub epoch_tick_ms: u64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            max_concurrent_calls: 32,
+            epoch_tick_ms: 10,
+        }
+    }
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path` (when given) and applies `STEWARD_*` overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Config::parse(&text, &path.display().to_string())?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|key| std::env::var(key).ok());
+        Ok(config)
+    }
+
+    /// Parses configuration text; errors read `FILE:LINE:COL: message`.
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: describe_toml_error(text, &e),
+        })
+    }
+
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = get("STEWARD_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = get("STEWARD_DATABASE") {
+            self.database = v;
+        }
+        if let Some(v) = get("STEWARD_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+    }
+
+    /// Resolves every `[secrets]` entry now, so a missing variable fails the
+    /// start instead of a run at 3 a.m.
+    pub fn resolve_secrets(&self) -> Result<Secrets, ConfigError> {
+        let mut values = BTreeMap::new();
+        for (name, source) in &self.secrets {
+            let value = match (&source.env, &source.value, &source.file) {
+                (Some(var), None, None) => std::env::var(var).map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "[secrets] {name}: environment variable {var} is not set: export it or remove the secret"
+                    ))
+                })?,
+                (None, Some(value), None) => value.clone(),
+                (None, None, Some(file)) => std::fs::read_to_string(file)
+                    .map(|s| s.trim_end().to_string())
+                    .map_err(|e| ConfigError::Invalid(format!("[secrets] {name}: cannot read {}: {e}", file.display())))?,
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "[secrets] {name}: give exactly one of env, value or file"
+                    )));
+                }
+            };
+            values.insert(name.clone(), value);
+        }
+        Ok(Secrets(values))
+    }
+
+    /// Settings for `plugin`, empty when the operator wrote none.
+    pub fn plugin(&self, plugin: &str) -> PluginSettings {
+        self.plugins.get(plugin).cloned().unwrap_or_default()
+    }
+
+    /// The limits of `plugin`: the defaults with its overrides applied.
+    pub fn limits_for(&self, plugin: &str) -> Limits {
+        let mut limits = self.limits;
+        if let Some(p) = self.plugins.get(plugin) {
+            limits.memory_mib = p.memory_mib.unwrap_or(limits.memory_mib);
+            limits.cpu_ms = p.cpu_ms.unwrap_or(limits.cpu_ms);
+            limits.timeout_ms = p.timeout_ms.unwrap_or(limits.timeout_ms);
+        }
+        limits
+    }
+
+    /// `[env]` as JSON, for expressions.
+    pub fn env_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.env).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Resolved secret values. Debug output never shows them.
+#[derive(Clone, Default)]
+pub struct Secrets(BTreeMap<String, String>);
+
+impl Secrets {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+    pub fn names(&self) -> BTreeSet<String> {
+        self.0.keys().cloned().collect()
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// `LINE:COL: message` for a TOML error, so every config error points at
+/// its place in the file.
+pub fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim();
+    match error.span() {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            format!("{line}:{col}: {message}")
+        }
+        None => format!(" {message}"),
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = Config::parse("", "steward.toml").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.database, "sqlite://steward-data/steward.db");
+        assert_eq!(c.limits.memory_mib, 64);
+    }
+
+    #[test]
+    fn the_spec_example_parses() {
+        let text = r#"
+listen = "127.0.0.1:8080"
+database = "sqlite://steward-data/steward.db"
+workflows = ["examples/workflows"]
+
+[plugins.http-request]
+allowed_hosts = ["https://iam.example.com", "http://127.0.0.1:*"]
+
+[plugins.notify.channels]
+it-managers = "https://chat.example.com/hooks/abc"
+
+[secrets]
+SNOW_TOKEN = { env = "SNOW_TOKEN" }
+
+[calendars.office-hours]
+timezone = "Europe/Berlin"
+hours = { mon-fri = "08:00-18:00" }
+holidays = ["2026-12-24", "2026-12-25"]
+
+[groups]
+it-managers = ["dana", "eli"]
+
+[env]
+iam_url = "https://iam.example.com"
+
+[hooks.servicenow]
+workflow = "access-request"
+secret = { env = "SNOW_HOOK_SECRET" }
+"#;
+        let c = Config::parse(text, "steward.toml").unwrap();
+        assert_eq!(c.plugin("http-request").allowed_hosts.len(), 2);
+        assert!(c.plugin("notify").extra.contains_key("channels"));
+        assert_eq!(c.env_json()["iam_url"], "https://iam.example.com");
+    }
+
+    #[test]
+    fn malformed_file_names_file_and_line() {
+        let err = Config::parse("listen = \"x\"\n[plugins\n", "conf/steward.toml").unwrap_err();
+        assert!(err.to_string().starts_with("conf/steward.toml:2:"), "{err}");
+        let err = Config::parse("listen = \"x\"\nlisten_port = 3\n", "steward.toml").unwrap_err();
+        assert!(err.to_string().starts_with("steward.toml:2:1:"), "{err}");
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "STEWARD_DATABASE").then(|| "postgres://x/y".to_string()));
+        assert_eq!(c.database, "postgres://x/y");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = Config::parse("[secrets]\nTOKEN = { value = \"hunter2\" }\n", "s.toml").unwrap();
+        let secrets = c.resolve_secrets().unwrap();
+        assert_eq!(secrets.get("TOKEN"), Some("hunter2"));
+        assert!(!format!("{secrets:?}").contains("hunter2"));
+    }
+}

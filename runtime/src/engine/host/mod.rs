@@ -1,0 +1,115 @@
+//! Host state for one plugin call, and one module per WIT interface. Each
+//! capability checks the plugin's [`Grants`] first and denies by default.
+
+mod clock;
+mod http;
+mod kv;
+mod log;
+mod secrets;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use http::HttpClient;
+pub use kv::{KeyValue, MemoryKeyValue};
+
+use super::bindings::HostError;
+use super::grants::Grants;
+use super::limiter::MemoryLimiter;
+use crate::config::Secrets;
+
+/// One line a plugin logged during a call.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogLine {
+    pub level: String,
+    pub message: String,
+}
+
+/// What the host capabilities of one plugin share across calls.
+pub struct PluginHost {
+    pub name: String,
+    pub grants: Grants,
+    pub http: Option<HttpClient>,
+}
+
+/// Everything a single call can touch. Built fresh for every call and
+/// dropped with its `Store`, so nothing leaks from one step to the next.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) plugin: Arc<PluginHost>,
+    pub(crate) kv: Arc<dyn KeyValue>,
+    pub(crate) secrets: Arc<Secrets>,
+    pub(crate) deadline: Instant,
+    io_budget: usize,
+    pub(crate) logs: Vec<LogLine>,
+}
+
+/// The parts a call brings to its [`HostState`].
+pub struct CallScope {
+    pub plugin: Arc<PluginHost>,
+    pub kv: Arc<dyn KeyValue>,
+    pub secrets: Arc<Secrets>,
+    pub deadline: Instant,
+    pub io_budget: usize,
+    pub memory_limit: usize,
+}
+
+impl HostState {
+    pub fn new(scope: CallScope) -> HostState {
+        // WASI is linked only because guest toolchains import it; it grants
+        // nothing: no preopens, no env, no args, no sockets, stdio discarded.
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(scope.memory_limit),
+            plugin: scope.plugin,
+            kv: scope.kv,
+            secrets: scope.secrets,
+            deadline: scope.deadline,
+            io_budget: scope.io_budget,
+            logs: Vec::new(),
+        }
+    }
+
+    /// Charges `bytes` copied across the boundary against the call's budget.
+    pub(crate) fn charge(&mut self, bytes: usize, what: &str) -> Result<(), HostError> {
+        if bytes > self.io_budget {
+            self.io_budget = 0;
+            return Err(HostError::limit(format!(
+                "{what} would exceed the call's budget of bytes copied through host calls"
+            )));
+        }
+        self.io_budget -= bytes;
+        Ok(())
+    }
+
+    /// Remaining bytes, for capabilities that must cap what they read.
+    pub(crate) fn io_remaining(&self) -> usize {
+        self.io_budget
+    }
+
+    pub(crate) fn take_logs(&mut self) -> Vec<LogLine> {
+        std::mem::take(&mut self.logs)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl super::bindings::steward::plugin::types::Host for HostState {}

@@ -1,0 +1,9 @@
+//! Steward: a workflow automation runtime for IT service management.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map of modules.
+
+pub mod config;
+pub mod engine;
+pub mod plugin_build;
+pub mod plugins;
+pub mod workflow;

@@ -1,0 +1,104 @@
+//! Assembles the plugin sandbox from the configuration: the embedded
+//! first-party plugins, then every `[plugins.NAME] path = ...` the operator
+//! added. Problems with a plugin file stop the start with a message naming
+//! the file; grants the operator withheld only warn.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError};
+use crate::engine::manifest::Manifest;
+use crate::engine::{
+    Engine, EngineError, EngineOptions, KeyValue, PluginSource, first_party, read_plugin_files,
+};
+
+/// Why the plugin set could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginSetError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    File(String),
+}
+
+/// The engine with every plugin loaded, and the warnings to show at start.
+pub struct PluginSet {
+    pub engine: Engine,
+    pub warnings: Vec<String>,
+}
+
+impl PluginSet {
+    /// The names workflows may use in `uses:`.
+    pub fn names(&self) -> BTreeSet<String> {
+        self.engine
+            .plugins()
+            .iter()
+            .map(|p| p.manifest.name.clone())
+            .collect()
+    }
+}
+
+/// Builds the engine for `config`. `use_cache` keeps compiled components
+/// under `data_dir/cache`.
+pub fn load_plugins(
+    config: &Config,
+    kv: Arc<dyn KeyValue>,
+    use_cache: bool,
+) -> Result<PluginSet, PluginSetError> {
+    let secrets = config.resolve_secrets()?;
+    let largest_memory = config
+        .plugins
+        .keys()
+        .map(|name| config.limits_for(name).memory_mib)
+        .chain([config.limits.memory_mib])
+        .max()
+        .unwrap_or(64);
+    let options = EngineOptions {
+        cache_dir: use_cache.then(|| config.data_dir.join("cache")),
+        max_concurrent_calls: config.engine.max_concurrent_calls,
+        epoch_tick: std::time::Duration::from_millis(config.engine.epoch_tick_ms.max(1)),
+        max_memory_bytes: (largest_memory << 20) as usize,
+    };
+    let engine = Engine::new(options, kv, secrets)?;
+    let mut warnings = Vec::new();
+
+    for (crate_name, bytes, manifest_text) in first_party::FIRST_PARTY {
+        let manifest = Manifest::parse(manifest_text, &format!("plugins/{crate_name}/plugin.toml"))
+            .map_err(|e| PluginSetError::File(e.to_string()))?;
+        let name = manifest.name.clone();
+        if config.plugins.get(&name).is_some_and(|p| p.path.is_some()) {
+            continue; // the operator replaces this plugin with their own build
+        }
+        let source = PluginSource {
+            bytes,
+            manifest,
+            origin: "built-in".into(),
+        };
+        let loaded = engine.load(source, &config.plugin(&name), config.limits_for(&name))?;
+        warnings.extend(loaded.warnings.iter().cloned());
+    }
+
+    for (name, settings) in &config.plugins {
+        let Some(path) = &settings.path else { continue };
+        let (bytes, mut manifest) = read_plugin_files(path)
+            .map_err(|e| PluginSetError::File(format!("[plugins.{name}] path: {e}")))?;
+        if manifest.name != *name {
+            warnings.push(format!(
+                "[plugins.{name}] loads {} whose manifest names it {}: it is registered as {name}",
+                path.display(),
+                manifest.name
+            ));
+            manifest.name = name.clone();
+        }
+        let source = PluginSource {
+            bytes: &bytes,
+            manifest,
+            origin: path.display().to_string(),
+        };
+        let loaded = engine.load(source, settings, config.limits_for(name))?;
+        warnings.extend(loaded.warnings.iter().cloned());
+    }
+    Ok(PluginSet { engine, warnings })
+}

@@ -1,0 +1,394 @@
+//! `${{ ... }}` expressions in CEL, and the templates that embed them.
+//!
+//! Expressions are compiled and their references checked when a workflow
+//! loads; evaluating one can fail only on data (a missing key, a type
+//! mismatch), never on syntax.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
+use serde_json::Value;
+
+/// The variables an expression may use.
+pub const ROOTS: [&str; 4] = ["input", "steps", "run", "env"];
+
+/// A compiled CEL expression and what it refers to.
+#[derive(Debug)]
+pub struct Expression {
+    pub source: String,
+    program: cel::Program,
+    /// Step ids read through `steps.<id>`.
+    pub steps: BTreeSet<String>,
+    /// Top-level variables used (`input`, `steps`, ...).
+    pub roots: BTreeSet<String>,
+}
+
+impl Expression {
+    /// Compiles `source`; the error says what is wrong in CEL terms.
+    pub fn compile(source: &str) -> Result<Expression, String> {
+        let program = cel::Program::compile(source).map_err(|e| {
+            let text = e.to_string();
+            format!(
+                "invalid expression `{}`: {}",
+                source.trim(),
+                text.lines().next().unwrap_or("syntax error")
+            )
+        })?;
+        let mut refs = References::default();
+        refs.walk(&program.expression().clone(), &mut Vec::new());
+        if let Some(bad) = refs.bad_steps_use {
+            return Err(format!("`{}`: {bad}", source.trim()));
+        }
+        Ok(Expression {
+            source: source.trim().to_string(),
+            program,
+            steps: refs.steps,
+            roots: refs.roots,
+        })
+    }
+
+    /// Evaluates against `scope`, giving JSON.
+    pub fn eval(&self, scope: &Scope) -> Result<Value, String> {
+        let mut context = cel::Context::default();
+        for (name, value) in [
+            ("input", &scope.input),
+            ("steps", &scope.steps),
+            ("run", &scope.run),
+            ("env", &scope.env),
+        ] {
+            context.add_variable_from_value(name, to_cel(value));
+        }
+        let value = self
+            .program
+            .execute(&context)
+            .map_err(|e| format!("`{}` failed: {e}", self.source))?;
+        value
+            .json()
+            .map_err(|e| format!("`{}` gave a value that is not JSON: {e}", self.source))
+    }
+}
+
+/// JSON to CEL, with integers as CEL `int` (serde would make every
+/// non-negative number a `uint`, and `input.n + 1` would not type-check).
+fn to_cel(value: &Value) -> cel::Value {
+    match value {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Value::Array(items) => cel::Value::List(Arc::new(items.iter().map(to_cel).collect())),
+        Value::Object(map) => {
+            let map: std::collections::HashMap<cel::objects::Key, cel::Value> = map
+                .iter()
+                .map(|(k, v)| (cel::objects::Key::String(Arc::new(k.clone())), to_cel(v)))
+                .collect();
+            cel::Value::Map(cel::objects::Map { map: Arc::new(map) })
+        }
+    }
+}
+
+/// The data expressions see.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub input: Value,
+    /// `{ "<id>": { "output": ... } }` for every finished step.
+    pub steps: Value,
+    pub run: Value,
+    pub env: Value,
+}
+
+#[derive(Default)]
+struct References {
+    steps: BTreeSet<String>,
+    roots: BTreeSet<String>,
+    bad_steps_use: Option<String>,
+}
+
+impl References {
+    fn walk(&mut self, e: &IdedExpr, bound: &mut Vec<String>) {
+        match &e.expr {
+            Expr::Ident(name) => {
+                if !bound.contains(name) {
+                    self.roots.insert(name.clone());
+                    if name == "steps" {
+                        self.bad_steps_use =
+                            Some("refer to a step's result as steps.<id>.output".into());
+                    }
+                }
+            }
+            Expr::Select(select) => {
+                if let Expr::Ident(root) = &select.operand.expr
+                    && root == "steps"
+                    && !bound.contains(root)
+                {
+                    self.roots.insert(root.clone());
+                    self.steps.insert(select.field.clone());
+                } else {
+                    self.walk(&select.operand, bound);
+                }
+            }
+            Expr::Call(call) => {
+                // `steps['cool-off']` names a step whose id is not a CEL identifier.
+                if call.func_name == "_[_]"
+                    && let [
+                        IdedExpr {
+                            expr: Expr::Ident(root),
+                            ..
+                        },
+                        IdedExpr {
+                            expr: Expr::Literal(LiteralValue::String(id)),
+                            ..
+                        },
+                    ] = call.args.as_slice()
+                    && root == "steps"
+                    && !bound.contains(root)
+                {
+                    self.roots.insert(root.clone());
+                    self.steps.insert(id.inner().to_string());
+                    return;
+                }
+                if let Some(target) = &call.target {
+                    self.walk(target, bound);
+                }
+                for arg in &call.args {
+                    self.walk(arg, bound);
+                }
+            }
+            Expr::Comprehension(c) => {
+                self.walk(&c.iter_range, bound);
+                self.walk(&c.accu_init, bound);
+                let before = bound.len();
+                bound.push(c.iter_var.clone());
+                bound.extend(c.iter_var2.clone());
+                bound.push(c.accu_var.clone());
+                self.walk(&c.loop_cond, bound);
+                self.walk(&c.loop_step, bound);
+                self.walk(&c.result, bound);
+                bound.truncate(before);
+            }
+            Expr::List(list) => {
+                for item in &list.elements {
+                    self.walk(item, bound);
+                }
+            }
+            Expr::Map(map) => self.walk_entries(map.entries.iter().map(|e| &e.expr), bound),
+            Expr::Struct(s) => self.walk_entries(s.entries.iter().map(|e| &e.expr), bound),
+            Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+
+    fn walk_entries<'a>(
+        &mut self,
+        entries: impl Iterator<Item = &'a EntryExpr>,
+        bound: &mut Vec<String>,
+    ) {
+        for entry in entries {
+            match entry {
+                EntryExpr::MapEntry(m) => {
+                    self.walk(&m.key, bound);
+                    self.walk(&m.value, bound);
+                }
+                EntryExpr::StructField(f) => self.walk(&f.value, bound),
+            }
+        }
+    }
+}
+
+/// A value from the workflow file that may contain expressions.
+#[derive(Debug, Clone)]
+pub enum Template {
+    Literal(Value),
+    /// The whole value is one expression: its result keeps its type.
+    Expr(Arc<Expression>),
+    /// Text with expressions spliced in: always a string.
+    Interpolate(Vec<Part>),
+    Array(Vec<Template>),
+    Object(Vec<(String, Template)>),
+}
+
+#[derive(Debug, Clone)]
+pub enum Part {
+    Text(String),
+    Expr(Arc<Expression>),
+}
+
+impl Template {
+    /// Every expression in the template, for reference checks.
+    pub fn expressions(&self) -> Vec<&Arc<Expression>> {
+        let mut out = Vec::new();
+        self.collect(&mut out);
+        out
+    }
+
+    fn collect<'a>(&'a self, out: &mut Vec<&'a Arc<Expression>>) {
+        match self {
+            Template::Literal(_) => {}
+            Template::Expr(e) => out.push(e),
+            Template::Interpolate(parts) => out.extend(parts.iter().filter_map(|p| match p {
+                Part::Expr(e) => Some(e),
+                Part::Text(_) => None,
+            })),
+            Template::Array(items) => items.iter().for_each(|t| t.collect(out)),
+            Template::Object(entries) => entries.iter().for_each(|(_, t)| t.collect(out)),
+        }
+    }
+
+    /// Evaluates every expression and builds the JSON value.
+    pub fn render(&self, scope: &Scope) -> Result<Value, String> {
+        Ok(match self {
+            Template::Literal(v) => v.clone(),
+            Template::Expr(e) => e.eval(scope)?,
+            Template::Interpolate(parts) => {
+                let mut text = String::new();
+                for part in parts {
+                    match part {
+                        Part::Text(t) => text.push_str(t),
+                        Part::Expr(e) => match e.eval(scope)? {
+                            Value::String(s) => text.push_str(&s),
+                            Value::Null => {}
+                            other => text.push_str(&other.to_string()),
+                        },
+                    }
+                }
+                Value::String(text)
+            }
+            Template::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|t| t.render(scope))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Template::Object(entries) => Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, t)| Ok((k.clone(), t.render(scope)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+        })
+    }
+}
+
+/// Splits a string into text and `${{ }}` expressions. `Ok(None)` when it
+/// holds no expression.
+pub fn parse_string(text: &str) -> Result<Option<Template>, String> {
+    if !text.contains("${{") {
+        return Ok(None);
+    }
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${{") {
+        if start > 0 {
+            parts.push(Part::Text(rest[..start].to_string()));
+        }
+        let after = &rest[start + 3..];
+        let end = after.find("}}").ok_or_else(|| {
+            format!("unterminated expression: `${{{{` at offset {start} has no closing `}}}}`")
+        })?;
+        let source = &after[..end];
+        if source.trim().is_empty() {
+            return Err("empty expression `${{ }}`".to_string());
+        }
+        parts.push(Part::Expr(Arc::new(Expression::compile(source)?)));
+        rest = &after[end + 2..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_string()));
+    }
+    if let [Part::Expr(e)] = parts.as_slice() {
+        return Ok(Some(Template::Expr(e.clone())));
+    }
+    Ok(Some(Template::Interpolate(parts)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scope() -> Scope {
+        Scope {
+            input: json!({"user": "ada", "team": "net", "n": 3, "items": [1, 2, 3]}),
+            steps: json!({"owner": {"output": {"criticality": "high", "owner": "bob"}}}),
+            run: json!({"id": "r1"}),
+            env: json!({"iam_url": "https://iam.example.com"}),
+        }
+    }
+
+    fn render(text: &str) -> Value {
+        parse_string(text)
+            .unwrap()
+            .unwrap()
+            .render(&scope())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_lone_expression_keeps_its_type() {
+        assert_eq!(render("${{ input.n + 1 }}"), json!(4));
+        assert_eq!(
+            render("${{ steps.owner.output.criticality == 'high' }}"),
+            json!(true)
+        );
+        assert_eq!(render("${{ input.items }}"), json!([1, 2, 3]));
+    }
+
+    #[test]
+    fn mixed_text_is_interpolated() {
+        assert_eq!(
+            render("user ${{ input.user }} on ${{ input.n }}"),
+            json!("user ada on 3")
+        );
+        assert_eq!(render("${{ 'oncall-' + input.team }}"), json!("oncall-net"));
+        assert_eq!(
+            render("${{ env.iam_url }}/grants"),
+            json!("https://iam.example.com/grants")
+        );
+    }
+
+    #[test]
+    fn references_are_collected() {
+        let e = Expression::compile("steps.owner.output.x && has(steps.grant.output) && input.a")
+            .unwrap();
+        assert_eq!(e.steps, ["grant".to_string(), "owner".to_string()].into());
+        assert!(e.roots.contains("input"));
+    }
+
+    #[test]
+    fn hyphenated_step_ids_are_indexed() {
+        let e = Expression::compile("steps['cool-off'].output").unwrap();
+        assert_eq!(e.steps, ["cool-off".to_string()].into());
+    }
+
+    #[test]
+    fn comprehension_variables_are_not_roots() {
+        let e = Expression::compile("input.items.map(x, x * 2)").unwrap();
+        assert_eq!(e.roots, ["input".to_string()].into());
+        assert_eq!(render("${{ input.items.map(x, x * 2) }}"), json!([2, 4, 6]));
+    }
+
+    #[test]
+    fn bad_syntax_is_an_error() {
+        assert!(
+            parse_string("${{ input. }}")
+                .unwrap_err()
+                .contains("invalid expression")
+        );
+        assert!(
+            parse_string("${{ input.a ")
+                .unwrap_err()
+                .contains("unterminated")
+        );
+        assert!(parse_string("${{ }}").unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn missing_data_fails_at_evaluation() {
+        let t = parse_string("${{ input.nope }}").unwrap().unwrap();
+        assert!(t.render(&scope()).unwrap_err().contains("input.nope"));
+    }
+}

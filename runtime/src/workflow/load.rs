@@ -1,0 +1,959 @@
+//! Turns workflow YAML into a [`Workflow`], collecting every problem as
+//! `FILE:LINE:COL: field: message` instead of stopping at the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::expr::{self, Expression, ROOTS, Template};
+use super::model::*;
+use super::yaml::{self, Node, NodeValue, Pos};
+
+/// One problem in a workflow file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    pub file: String,
+    pub pos: Pos,
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.pos.line, self.pos.col, self.field, self.message
+        )
+    }
+}
+
+/// Every problem found in one file, in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ValidationErrors(pub Vec<ValidationError>);
+
+/// Loads and validates a workflow file. `plugins` are the names `uses:` may
+/// refer to.
+pub fn load_file(path: &Path, plugins: &BTreeSet<String>) -> Result<Workflow, ValidationErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ValidationErrors(vec![ValidationError {
+            file: file.clone(),
+            pos: Pos { line: 1, col: 1 },
+            field: "file".into(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    load_str(&text, &file, plugins)
+}
+
+/// Loads every `*.yaml`/`*.yml` in `dir` (sorted by name).
+pub fn load_dir(
+    dir: &Path,
+    plugins: &BTreeSet<String>,
+) -> Result<Vec<Result<Workflow, ValidationErrors>>, String> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: cannot read the folder: {e}", dir.display()))?;
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    paths.sort();
+    Ok(paths.iter().map(|p| load_file(p, plugins)).collect())
+}
+
+/// Validates workflow text; `file` names it in errors.
+pub fn load_str(
+    text: &str,
+    file: &str,
+    plugins: &BTreeSet<String>,
+) -> Result<Workflow, ValidationErrors> {
+    let mut loader = Loader {
+        file,
+        plugins,
+        errors: Vec::new(),
+    };
+    let root = match yaml::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            loader.error(e.pos, "yaml", format!("syntax error: {}", e.message));
+            return Err(ValidationErrors(loader.errors));
+        }
+    };
+    let workflow = loader.workflow(&root, text);
+    match workflow {
+        Some(w) if loader.errors.is_empty() => Ok(w),
+        _ => {
+            loader.errors.sort_by_key(|e| (e.pos.line, e.pos.col));
+            Err(ValidationErrors(loader.errors))
+        }
+    }
+}
+
+struct Loader<'a> {
+    file: &'a str,
+    plugins: &'a BTreeSet<String>,
+    errors: Vec<ValidationError>,
+}
+
+const WORKFLOW_KEYS: &[&str] = &[
+    "name",
+    "version",
+    "description",
+    "input",
+    "sla",
+    "steps",
+    "output",
+    "triggers",
+];
+const STEP_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "uses",
+    "with",
+    "when",
+    "retry",
+    "timeout",
+    "approval",
+    "parallel",
+    "wait",
+];
+
+/// Where an expression sits decides what it may read.
+struct RefRules<'a> {
+    /// Steps finished before this point.
+    available: &'a BTreeSet<String>,
+    /// All ids, to tell "later" from "unknown".
+    known: &'a BTreeMap<String, Pos>,
+    /// Extra explanation when `steps` is not allowed at all.
+    no_steps: Option<&'a str>,
+}
+
+impl<'a> Loader<'a> {
+    fn error(&mut self, pos: Pos, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ValidationError {
+            file: self.file.to_string(),
+            pos,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn mapping<'n>(
+        &mut self,
+        node: &'n Node,
+        field: &str,
+        allowed: &[&str],
+    ) -> Option<&'n [(String, Node)]> {
+        let NodeValue::Map(entries) = &node.value else {
+            self.error(
+                node.pos,
+                field,
+                format!("expected a mapping, found {}", node.kind()),
+            );
+            return None;
+        };
+        for (key, value) in entries {
+            if !allowed.contains(&key.as_str()) {
+                self.error(
+                    value.pos,
+                    join_field(field, key),
+                    format!("unknown field; expected one of {}", allowed.join(", ")),
+                );
+            }
+        }
+        Some(entries)
+    }
+
+    fn string(&mut self, node: &Node, field: &str) -> Option<String> {
+        match &node.value {
+            NodeValue::Str(s) => Some(s.clone()),
+            _ => {
+                self.error(
+                    node.pos,
+                    field,
+                    format!("expected a string, found {}", node.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, field: &str) -> Option<Duration> {
+        match &node.value {
+            NodeValue::Int(secs) if *secs >= 0 => Some(Duration::from_secs(*secs as u64)),
+            NodeValue::Str(s) => match humantime::parse_duration(s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.error(
+                        node.pos,
+                        field,
+                        format!("{s:?} is not a duration ({e}); write e.g. 30s, 10m, 8h, 2d"),
+                    );
+                    None
+                }
+            },
+            _ => {
+                self.error(
+                    node.pos,
+                    field,
+                    format!(
+                        "expected a duration such as 30s or 8h, found {}",
+                        node.kind()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Compiles every `${{ }}` inside `node`.
+    fn template(&mut self, node: &Node, field: &str) -> Option<Template> {
+        Some(match &node.value {
+            NodeValue::Str(s) => match expr::parse_string(s) {
+                Ok(Some(t)) => t,
+                Ok(None) => Template::Literal(Value::String(s.clone())),
+                Err(e) => {
+                    self.error(node.pos, field, e);
+                    return None;
+                }
+            },
+            NodeValue::Seq(items) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    out.push(self.template(item, &format!("{field}[{i}]"))?);
+                }
+                Template::Array(out)
+            }
+            NodeValue::Map(entries) => {
+                let mut out = Vec::new();
+                for (k, v) in entries {
+                    out.push((k.clone(), self.template(v, &join_field(field, k))?));
+                }
+                Template::Object(out)
+            }
+            _ => Template::Literal(node.to_json()),
+        })
+    }
+
+    /// Checks what a template's expressions refer to.
+    fn check_refs(&mut self, template: &Template, pos: Pos, field: &str, rules: &RefRules<'_>) {
+        for expression in template.expressions() {
+            self.check_expression(expression, pos, field, rules);
+        }
+    }
+
+    fn check_expression(
+        &mut self,
+        e: &Arc<Expression>,
+        pos: Pos,
+        field: &str,
+        rules: &RefRules<'_>,
+    ) {
+        for root in &e.roots {
+            if !ROOTS.contains(&root.as_str()) {
+                self.error(
+                    pos,
+                    field,
+                    format!(
+                        "`{}`: unknown variable {root}; expressions can use {}",
+                        e.source,
+                        ROOTS.join(", ")
+                    ),
+                );
+            } else if root == "steps"
+                && let Some(why) = rules.no_steps
+            {
+                self.error(pos, field, format!("`{}`: {why}", e.source));
+            }
+        }
+        if rules.no_steps.is_some() {
+            return;
+        }
+        for step in &e.steps {
+            if rules.available.contains(step) {
+                continue;
+            }
+            let message = match rules.known.get(step) {
+                Some(at) => format!(
+                    "`{}`: step {step} (line {}) has not finished at this point: use only steps before this one",
+                    e.source, at.line
+                ),
+                None => format!("`{}`: unknown step {step}", e.source),
+            };
+            self.error(pos, field, message);
+        }
+    }
+
+    fn workflow(&mut self, root: &Node, source: &str) -> Option<Workflow> {
+        let entries = self.mapping(root, "workflow", WORKFLOW_KEYS)?;
+        let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+
+        let name = match get("name") {
+            Some(n) => self.string(n, "name").inspect(|name| {
+                if !is_valid_name(name) {
+                    self.error(
+                        n.pos,
+                        "name",
+                        "use lowercase letters, digits, '-' and '_' (it appears in URLs)",
+                    );
+                }
+            }),
+            None => {
+                self.error(root.pos, "name", "a workflow needs a name");
+                None
+            }
+        };
+        let version = match get("version") {
+            None => 1,
+            Some(Node {
+                value: NodeValue::Int(v),
+                ..
+            }) if *v >= 1 && *v <= u32::MAX as i64 => *v as u32,
+            Some(n) => {
+                self.error(
+                    n.pos,
+                    "version",
+                    format!("expected a positive integer, found {}", n.kind()),
+                );
+                1
+            }
+        };
+        let description = get("description")
+            .and_then(|n| self.string(n, "description"))
+            .unwrap_or_default();
+        let input = get("input").and_then(|n| self.input_schema(n));
+
+        let mut known = BTreeMap::new();
+        let steps = match get("steps") {
+            Some(node) => self.steps(node, "steps", &mut known),
+            None => {
+                self.error(root.pos, "steps", "a workflow needs at least one step");
+                Vec::new()
+            }
+        };
+        self.check_step_refs(&steps, &BTreeSet::new(), &known);
+        let all: BTreeSet<String> = known.keys().cloned().collect();
+        let rules_all = RefRules {
+            available: &all,
+            known: &known,
+            no_steps: None,
+        };
+
+        let output = get("output").and_then(|n| {
+            let t = self.template(n, "output")?;
+            self.check_refs(&t, n.pos, "output", &rules_all);
+            Some(t)
+        });
+        let sla = get("sla").and_then(|n| self.sla(n, &rules_all));
+        let triggers = get("triggers")
+            .map(|n| self.triggers(n))
+            .unwrap_or_default();
+
+        Some(Workflow {
+            name: name?,
+            version,
+            description,
+            input,
+            sla,
+            steps,
+            output,
+            triggers,
+            file: self.file.to_string(),
+            source: source.to_string(),
+        })
+    }
+
+    fn input_schema(&mut self, node: &Node) -> Option<InputSchema> {
+        if !matches!(node.value, NodeValue::Map(_)) {
+            self.error(
+                node.pos,
+                "input",
+                format!("expected a JSON Schema mapping, found {}", node.kind()),
+            );
+            return None;
+        }
+        let schema = node.to_json();
+        match jsonschema::validator_for(&schema) {
+            Ok(validator) => Some(InputSchema {
+                schema,
+                validator: Arc::new(validator),
+                pos: node.pos,
+            }),
+            Err(e) => {
+                self.error(node.pos, "input", format!("not a valid JSON Schema: {e}"));
+                None
+            }
+        }
+    }
+
+    fn steps(&mut self, node: &Node, field: &str, known: &mut BTreeMap<String, Pos>) -> Vec<Step> {
+        let NodeValue::Seq(items) = &node.value else {
+            self.error(
+                node.pos,
+                field,
+                format!("expected a list of steps, found {}", node.kind()),
+            );
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.error(node.pos, field, "expected at least one step");
+        }
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| self.step(item, &format!("{field}[{i}]"), known))
+            .collect()
+    }
+
+    fn step(
+        &mut self,
+        node: &Node,
+        field: &str,
+        known: &mut BTreeMap<String, Pos>,
+    ) -> Option<Step> {
+        let entries = self.mapping(node, field, STEP_KEYS)?;
+        let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        let id_node = get("id");
+        let id = match id_node {
+            Some(n) => self.string(n, &format!("{field}.id"))?,
+            None => {
+                self.error(node.pos, format!("{field}.id"), "every step needs an id");
+                return None;
+            }
+        };
+        let id_pos = id_node.map_or(node.pos, |n| n.pos);
+        let field = format!("steps.{id}");
+        if !is_valid_name(&id) {
+            self.error(
+                id_pos,
+                format!("{field}.id"),
+                "use letters, digits, '-' and '_'",
+            );
+        }
+        if let Some(first) = known.get(&id) {
+            self.error(
+                id_pos,
+                format!("{field}.id"),
+                format!("duplicate step id (first used on line {})", first.line),
+            );
+        } else {
+            known.insert(id.clone(), id_pos);
+        }
+
+        let kinds: Vec<&str> = ["uses", "approval", "parallel", "wait"]
+            .into_iter()
+            .filter(|k| get(k).is_some())
+            .collect();
+        if kinds.len() != 1 {
+            let found = if kinds.is_empty() {
+                "none".to_string()
+            } else {
+                kinds.join(", ")
+            };
+            self.error(
+                node.pos,
+                &field,
+                format!(
+                    "a step needs exactly one of uses, approval, parallel or wait (found {found})"
+                ),
+            );
+            return None;
+        }
+        if get("with").is_some() && kinds[0] != "uses" {
+            self.error(
+                get("with").unwrap().pos,
+                format!("{field}.with"),
+                "only plugin steps (uses) take `with`",
+            );
+        }
+        let kind = match kinds[0] {
+            "uses" => {
+                let uses_node = get("uses").unwrap();
+                let uses = self.string(uses_node, &format!("{field}.uses"))?;
+                self.check_plugin(&uses, uses_node.pos, &format!("{field}.uses"));
+                let with = match get("with") {
+                    Some(w) => self.template(w, &format!("{field}.with"))?,
+                    None => Template::Object(Vec::new()),
+                };
+                StepKind::Plugin { uses, with }
+            }
+            "approval" => StepKind::Approval(
+                self.approval(get("approval").unwrap(), &format!("{field}.approval"))?,
+            ),
+            "parallel" => {
+                let branches = self.steps(
+                    get("parallel").unwrap(),
+                    &format!("{field}.parallel"),
+                    known,
+                );
+                StepKind::Parallel(branches)
+            }
+            _ => StepKind::Wait(self.wait(get("wait").unwrap(), &format!("{field}.wait"))?),
+        };
+        let when = get("when").and_then(|n| self.template(n, &format!("{field}.when")));
+        let retry = get("retry").map_or(Some(RetryPolicy::default()), |n| {
+            self.retry(n, &format!("{field}.retry"))
+        })?;
+        let timeout = get("timeout").and_then(|n| self.duration(n, &format!("{field}.timeout")));
+        Some(Step {
+            id,
+            when,
+            kind,
+            retry,
+            timeout,
+            pos: node.pos,
+        })
+    }
+
+    fn check_plugin(&mut self, uses: &str, pos: Pos, field: &str) {
+        if !self.plugins.contains(uses) {
+            let loaded: Vec<&str> = self.plugins.iter().map(String::as_str).collect();
+            self.error(
+                pos,
+                field,
+                format!(
+                    "unknown plugin {uses}; loaded plugins: {}",
+                    loaded.join(", ")
+                ),
+            );
+        }
+    }
+
+    /// Walks the steps in order: each may use the steps finished before it;
+    /// parallel branches may not use each other.
+    fn check_step_refs(
+        &mut self,
+        steps: &[Step],
+        before: &BTreeSet<String>,
+        known: &BTreeMap<String, Pos>,
+    ) {
+        let mut available = before.clone();
+        for step in steps {
+            let rules = RefRules {
+                available: &available,
+                known,
+                no_steps: None,
+            };
+            let field = format!("steps.{}", step.id);
+            if let Some(when) = &step.when {
+                self.check_refs(when, step.pos, &format!("{field}.when"), &rules);
+            }
+            match &step.kind {
+                StepKind::Plugin { with, .. } => {
+                    self.check_refs(with, step.pos, &format!("{field}.with"), &rules)
+                }
+                StepKind::Approval(a) => {
+                    for t in &a.approvers {
+                        self.check_refs(
+                            t,
+                            step.pos,
+                            &format!("{field}.approval.approvers"),
+                            &rules,
+                        );
+                    }
+                    if let OnTimeout::Escalate { to, .. } = &a.on_timeout {
+                        for t in to {
+                            self.check_refs(
+                                t,
+                                step.pos,
+                                &format!("{field}.approval.on_timeout"),
+                                &rules,
+                            );
+                        }
+                    }
+                }
+                StepKind::Wait(WaitFor::Until(t)) => {
+                    self.check_refs(t, step.pos, &format!("{field}.wait"), &rules)
+                }
+                StepKind::Wait(WaitFor::Duration(_)) => {}
+                StepKind::Parallel(branches) => {
+                    self.check_step_refs(branches, &available, known);
+                    available.extend(branches.iter().map(|b| b.id.clone()));
+                }
+            }
+            available.insert(step.id.clone());
+        }
+    }
+
+    fn retry(&mut self, node: &Node, field: &str) -> Option<RetryPolicy> {
+        let entries = self.mapping(node, field, &["max_attempts", "backoff", "max_backoff"])?;
+        let mut policy = RetryPolicy::default();
+        for (key, value) in entries {
+            match key.as_str() {
+                "max_attempts" => match value.value {
+                    NodeValue::Int(n) if (1..=100).contains(&n) => policy.max_attempts = n as u32,
+                    _ => self.error(
+                        value.pos,
+                        join_field(field, key),
+                        "expected an integer from 1 to 100",
+                    ),
+                },
+                "backoff" => policy.backoff = self.duration(value, &join_field(field, key))?,
+                "max_backoff" => {
+                    policy.max_backoff = self.duration(value, &join_field(field, key))?
+                }
+                _ => {}
+            }
+        }
+        Some(policy)
+    }
+
+    fn wait(&mut self, node: &Node, field: &str) -> Option<WaitFor> {
+        let text = self.string(node, field).or_else(|| match node.value {
+            NodeValue::Int(_) => Some(String::new()),
+            _ => None,
+        })?;
+        if text.is_empty() {
+            return self.duration(node, field).map(WaitFor::Duration);
+        }
+        if text.contains("${{") {
+            return self.template(node, field).map(WaitFor::Until);
+        }
+        if let Ok(d) = humantime::parse_duration(&text) {
+            return Some(WaitFor::Duration(d));
+        }
+        if chrono::DateTime::parse_from_rfc3339(&text).is_ok() {
+            return Some(WaitFor::Until(Template::Literal(Value::String(text))));
+        }
+        self.error(
+            node.pos,
+            field,
+            format!("{text:?} is neither a duration (10m, 2h) nor an RFC 3339 time"),
+        );
+        None
+    }
+
+    fn quorum(&mut self, node: &Node, field: &str) -> Option<Quorum> {
+        match &node.value {
+            NodeValue::Int(n) if *n >= 1 => Some(Quorum::Count(*n as u32)),
+            NodeValue::Str(s) if s == "any" => Some(Quorum::Any),
+            NodeValue::Str(s) if s == "all" => Some(Quorum::All),
+            NodeValue::Str(s) if s.ends_with('%') => match s.trim_end_matches('%').parse::<u32>() {
+                Ok(p) if (1..=100).contains(&p) => Some(Quorum::Percent(p)),
+                _ => {
+                    self.error(
+                        node.pos,
+                        field,
+                        format!("{s:?}: a percentage is 1% to 100%"),
+                    );
+                    None
+                }
+            },
+            _ => {
+                self.error(
+                    node.pos,
+                    field,
+                    "expected any, all, a number of approvers, or a percentage",
+                );
+                None
+            }
+        }
+    }
+
+    fn approvers(&mut self, node: &Node, field: &str) -> Option<Vec<Template>> {
+        let NodeValue::Seq(items) = &node.value else {
+            self.error(
+                node.pos,
+                field,
+                format!("expected a list of approvers, found {}", node.kind()),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.error(
+                node.pos,
+                field,
+                "expected at least one approver (a user name or group:NAME)",
+            );
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| self.template(item, &format!("{field}[{i}]")))
+            .collect()
+    }
+
+    fn approval(&mut self, node: &Node, field: &str) -> Option<Approval> {
+        let entries = self.mapping(
+            node,
+            field,
+            &["approvers", "quorum", "timeout", "on_timeout"],
+        )?;
+        let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        let approvers = match get("approvers") {
+            Some(n) => self.approvers(n, &format!("{field}.approvers"))?,
+            None => {
+                self.error(
+                    node.pos,
+                    format!("{field}.approvers"),
+                    "an approval needs approvers",
+                );
+                return None;
+            }
+        };
+        let quorum = get("quorum").map_or(Some(Quorum::Any), |n| {
+            self.quorum(n, &format!("{field}.quorum"))
+        })?;
+        let timeout = get("timeout").and_then(|n| self.duration(n, &format!("{field}.timeout")));
+        let on_timeout = match get("on_timeout") {
+            None => OnTimeout::Reject,
+            Some(n) => self.on_timeout(n, &format!("{field}.on_timeout"))?,
+        };
+        if timeout.is_none() && get("on_timeout").is_some() {
+            self.error(
+                node.pos,
+                format!("{field}.on_timeout"),
+                "on_timeout needs a timeout",
+            );
+        }
+        Some(Approval {
+            approvers,
+            quorum,
+            timeout,
+            on_timeout,
+        })
+    }
+
+    fn on_timeout(&mut self, node: &Node, field: &str) -> Option<OnTimeout> {
+        match node.as_str() {
+            Some("reject") => return Some(OnTimeout::Reject),
+            Some("approve") => return Some(OnTimeout::Approve),
+            _ => {}
+        }
+        let entries = self.mapping(node, field, &["action", "escalate_to", "quorum", "timeout"])?;
+        let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        if let Some(to) = get("escalate_to") {
+            let to = self.approvers(to, &format!("{field}.escalate_to"))?;
+            let quorum = get("quorum").map_or(Some(Quorum::Any), |n| {
+                self.quorum(n, &format!("{field}.quorum"))
+            })?;
+            let timeout =
+                get("timeout").and_then(|n| self.duration(n, &format!("{field}.timeout")));
+            return Some(OnTimeout::Escalate {
+                to,
+                quorum,
+                timeout,
+            });
+        }
+        match get("action").and_then(Node::as_str) {
+            Some("reject") => Some(OnTimeout::Reject),
+            Some("approve") => Some(OnTimeout::Approve),
+            _ => {
+                self.error(
+                    node.pos,
+                    field,
+                    "expected reject, approve, or { escalate_to: [...], timeout: ... }",
+                );
+                None
+            }
+        }
+    }
+
+    fn sla(&mut self, node: &Node, rules_all: &RefRules<'_>) -> Option<Sla> {
+        let field = "sla";
+        let entries = self.mapping(
+            node,
+            field,
+            &[
+                "priority",
+                "resolution",
+                "calendar",
+                "pause_while",
+                "escalations",
+            ],
+        )?;
+        let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        let start_rules = RefRules {
+            available: rules_all.available,
+            known: rules_all.known,
+            no_steps: Some(
+                "sla.priority is set when the run starts: use input, run or env, not steps",
+            ),
+        };
+        let priority = match get("priority") {
+            Some(n) => {
+                let t = self.template(n, "sla.priority")?;
+                self.check_refs(&t, n.pos, "sla.priority", &start_rules);
+                t
+            }
+            None => {
+                self.error(
+                    node.pos,
+                    "sla.priority",
+                    "an SLA needs a priority (P1..P4 or an expression)",
+                );
+                return None;
+            }
+        };
+        let mut resolution = BTreeMap::new();
+        match get("resolution") {
+            Some(n) => {
+                if let Some(targets) =
+                    self.mapping(n, "sla.resolution", &["P1", "P2", "P3", "P4", "P5"])
+                {
+                    for (p, d) in targets {
+                        if let Some(d) = self.duration(d, &format!("sla.resolution.{p}")) {
+                            resolution.insert(p.clone(), d);
+                        }
+                    }
+                }
+            }
+            None => self.error(
+                node.pos,
+                "sla.resolution",
+                "an SLA needs resolution targets, e.g. { P1: 4h, P2: 1d }",
+            ),
+        }
+        let calendar = get("calendar").and_then(|n| self.string(n, "sla.calendar"));
+        let pause_while = get("pause_while").and_then(|n| self.string(n, "sla.pause_while"));
+        let mut escalations = Vec::new();
+        if let Some(list) = get("escalations") {
+            if let NodeValue::Seq(items) = &list.value {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(e) =
+                        self.escalation(item, &format!("sla.escalations[{i}]"), rules_all)
+                    {
+                        escalations.push(e);
+                    }
+                }
+            } else {
+                self.error(
+                    list.pos,
+                    "sla.escalations",
+                    format!("expected a list, found {}", list.kind()),
+                );
+            }
+        }
+        Some(Sla {
+            priority,
+            resolution,
+            calendar,
+            pause_while,
+            escalations,
+        })
+    }
+
+    fn escalation(&mut self, node: &Node, field: &str, rules: &RefRules<'_>) -> Option<Escalation> {
+        let entries = self.mapping(node, field, &["at", "uses", "with"])?;
+        let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        let at_node = get("at").or_else(|| {
+            self.error(
+                node.pos,
+                format!("{field}.at"),
+                "an escalation needs `at`, e.g. 75%",
+            );
+            None
+        })?;
+        let at_percent = match &at_node.value {
+            NodeValue::Str(s) => s.trim_end_matches('%').trim().parse::<f64>().ok(),
+            NodeValue::Int(i) => Some(*i as f64),
+            NodeValue::Float(f) => Some(*f),
+            _ => None,
+        }
+        .filter(|p| *p > 0.0 && *p <= 1000.0);
+        let Some(at_percent) = at_percent else {
+            self.error(
+                at_node.pos,
+                format!("{field}.at"),
+                "expected a share of the target such as 75% or 100%",
+            );
+            return None;
+        };
+        let uses_node = get("uses").or_else(|| {
+            self.error(
+                node.pos,
+                format!("{field}.uses"),
+                "an escalation needs a plugin (uses)",
+            );
+            None
+        })?;
+        let uses = self.string(uses_node, &format!("{field}.uses"))?;
+        self.check_plugin(&uses, uses_node.pos, &format!("{field}.uses"));
+        let with = match get("with") {
+            Some(w) => {
+                let t = self.template(w, &format!("{field}.with"))?;
+                self.check_refs(&t, w.pos, &format!("{field}.with"), rules);
+                t
+            }
+            None => Template::Object(Vec::new()),
+        };
+        Some(Escalation {
+            at_percent,
+            uses,
+            with,
+        })
+    }
+
+    fn triggers(&mut self, node: &Node) -> Vec<Trigger> {
+        let NodeValue::Seq(items) = &node.value else {
+            self.error(
+                node.pos,
+                "triggers",
+                format!("expected a list, found {}", node.kind()),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("triggers[{i}]");
+            let Some(entries) = self.mapping(item, &field, &["cron", "timezone", "input"]) else {
+                continue;
+            };
+            let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+            let Some(cron_node) = get("cron") else {
+                self.error(
+                    item.pos,
+                    format!("{field}.cron"),
+                    "a trigger needs a cron expression",
+                );
+                continue;
+            };
+            let Some(cron) = self.string(cron_node, &format!("{field}.cron")) else {
+                continue;
+            };
+            let fields = cron.split_whitespace().count();
+            if fields != 5 && fields != 6 {
+                self.error(
+                    cron_node.pos,
+                    format!("{field}.cron"),
+                    format!("{cron:?} has {fields} fields; expected 5 (minute first) or 6 (seconds first)"),
+                );
+            }
+            let timezone =
+                get("timezone").and_then(|n| self.string(n, &format!("{field}.timezone")));
+            let input = get("input").map_or(Value::Object(Default::default()), Node::to_json);
+            out.push(Trigger {
+                cron,
+                timezone,
+                input,
+            });
+        }
+        out
+    }
+}
+
+fn join_field(field: &str, key: &str) -> String {
+    if field == "workflow" {
+        key.to_string()
+    } else {
+        format!("{field}.{key}")
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}

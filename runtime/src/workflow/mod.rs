@@ -1,0 +1,12 @@
+//! Workflows: the YAML shape, its validation, and expressions.
+//!
+//! Architecture invariant: this module knows neither wasmtime, SQL nor HTTP.
+//! Plugins are known only by name.
+
+pub mod expr;
+pub mod load;
+pub mod model;
+pub mod yaml;
+
+pub use load::{ValidationError, ValidationErrors, load_dir, load_file, load_str};
+pub use model::{Step, StepKind, Workflow};

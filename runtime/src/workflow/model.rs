@@ -1,0 +1,207 @@
+//! A validated workflow. Built only by [`super::load`], so every value here
+//! has passed validation: step ids are unique, expressions compile and refer
+//! only to steps that finish before them, plugins exist.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::expr::Template;
+use super::yaml::Pos;
+
+#[derive(Debug)]
+pub struct Workflow {
+    pub name: String,
+    pub version: u32,
+    pub description: String,
+    pub input: Option<InputSchema>,
+    pub sla: Option<Sla>,
+    pub steps: Vec<Step>,
+    pub output: Option<Template>,
+    pub triggers: Vec<Trigger>,
+    /// The file it came from, for error messages.
+    pub file: String,
+    /// The exact YAML, so a deployed version can be shown and re-loaded.
+    pub source: String,
+}
+
+/// The JSON Schema every start's input must match.
+pub struct InputSchema {
+    pub schema: Value,
+    pub validator: Arc<jsonschema::Validator>,
+    pub pos: Pos,
+}
+
+impl std::fmt::Debug for InputSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InputSchema")
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+pub struct Step {
+    pub id: String,
+    pub when: Option<Template>,
+    pub kind: StepKind,
+    pub retry: RetryPolicy,
+    pub timeout: Option<Duration>,
+    pub pos: Pos,
+}
+
+#[derive(Debug)]
+pub enum StepKind {
+    Plugin {
+        uses: String,
+        with: Template,
+    },
+    Approval(Approval),
+    /// Branches run concurrently; the group finishes when all have.
+    Parallel(Vec<Step>),
+    Wait(WaitFor),
+}
+
+impl StepKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Plugin { .. } => "plugin",
+            StepKind::Approval(_) => "approval",
+            StepKind::Parallel(_) => "parallel",
+            StepKind::Wait(_) => "wait",
+        }
+    }
+}
+
+/// Exponential backoff: attempt `n` (from 1) waits `backoff * 2^(n-1)`,
+/// capped at `max_backoff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay after failed attempt `attempt` (1-based).
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+        self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+#[derive(Debug)]
+pub enum WaitFor {
+    Duration(Duration),
+    /// An RFC 3339 time, possibly computed by an expression.
+    Until(Template),
+}
+
+#[derive(Debug)]
+pub struct Approval {
+    pub approvers: Vec<Template>,
+    pub quorum: Quorum,
+    pub timeout: Option<Duration>,
+    pub on_timeout: OnTimeout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quorum {
+    Any,
+    All,
+    Count(u32),
+    Percent(u32),
+}
+
+#[derive(Debug)]
+pub enum OnTimeout {
+    Reject,
+    Approve,
+    Escalate {
+        to: Vec<Template>,
+        quorum: Quorum,
+        timeout: Option<Duration>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Sla {
+    pub priority: Template,
+    pub resolution: BTreeMap<String, Duration>,
+    pub calendar: Option<String>,
+    pub pause_while: Option<String>,
+    pub escalations: Vec<Escalation>,
+}
+
+#[derive(Debug)]
+pub struct Escalation {
+    /// Share of the resolution target, in percent.
+    pub at_percent: f64,
+    pub uses: String,
+    pub with: Template,
+}
+
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub cron: String,
+    pub timezone: Option<String>,
+    pub input: Value,
+}
+
+impl Workflow {
+    /// Every step, parallel branches included, in file order.
+    pub fn all_steps(&self) -> Vec<&Step> {
+        fn visit<'a>(steps: &'a [Step], out: &mut Vec<&'a Step>) {
+            for step in steps {
+                out.push(step);
+                if let StepKind::Parallel(branches) = &step.kind {
+                    visit(branches, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        visit(&self.steps, &mut out);
+        out
+    }
+
+    /// Checks a start's input against the `input` schema; each error names
+    /// the file, the schema's line and the offending field.
+    pub fn check_input(&self, input: &Value) -> Result<(), Vec<String>> {
+        let Some(schema) = &self.input else {
+            return Ok(());
+        };
+        let errors: Vec<String> = schema
+            .validator
+            .iter_errors(input)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                let field = if path.is_empty() {
+                    "input".to_string()
+                } else {
+                    format!("input{}", path.replace('/', "."))
+                };
+                format!(
+                    "{}:{}:{}: {field}: {e}",
+                    self.file, schema.pos.line, schema.pos.col
+                )
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! YAML with positions: every node remembers its line and column, so every
+//! validation error can point at the exact place in the file.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// 1-based line and column in the source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// A YAML value with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub pos: Pos,
+    pub value: NodeValue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    /// Keys are kept in file order; duplicates are reported by the parser.
+    Map(Vec<(String, Node)>),
+}
+
+impl Node {
+    /// The entry `key` of a mapping.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.value {
+            NodeValue::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            NodeValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// What the value is, for "expected X, found Y" messages.
+    pub fn kind(&self) -> &'static str {
+        match self.value {
+            NodeValue::Null => "null",
+            NodeValue::Bool(_) => "a boolean",
+            NodeValue::Int(_) => "an integer",
+            NodeValue::Float(_) => "a number",
+            NodeValue::Str(_) => "a string",
+            NodeValue::Seq(_) => "a list",
+            NodeValue::Map(_) => "a mapping",
+        }
+    }
+
+    /// The node as JSON, positions dropped.
+    pub fn to_json(&self) -> Value {
+        match &self.value {
+            NodeValue::Null => Value::Null,
+            NodeValue::Bool(b) => Value::Bool(*b),
+            NodeValue::Int(i) => Value::from(*i),
+            NodeValue::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number)
+            }
+            NodeValue::Str(s) => Value::String(s.clone()),
+            NodeValue::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
+            NodeValue::Map(entries) => Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// A syntax error at a position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct YamlError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+/// Parses one YAML document.
+pub fn parse(text: &str) -> Result<Node, YamlError> {
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    parser.load(&mut builder, false).map_err(|e| YamlError {
+        pos: Pos {
+            line: e.marker().line(),
+            col: e.marker().col() + 1,
+        },
+        message: e.info().to_string(),
+    })?;
+    if let Some(error) = builder.error {
+        return Err(error);
+    }
+    builder.root.ok_or(YamlError {
+        pos: Pos { line: 1, col: 1 },
+        message: "the file is empty".into(),
+    })
+}
+
+enum Frame {
+    Seq(Pos, usize, Vec<Node>),
+    Map(Pos, usize, Vec<(String, Node)>, Option<(String, Pos)>),
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    root: Option<Node>,
+    anchors: HashMap<usize, Node>,
+    error: Option<YamlError>,
+}
+
+impl Builder {
+    fn fail(&mut self, pos: Pos, message: String) {
+        if self.error.is_none() {
+            self.error = Some(YamlError { pos, message });
+        }
+    }
+
+    fn push(&mut self, node: Node, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        let pos = node.pos;
+        let mut duplicate = None;
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq(_, _, items)) => items.push(node),
+            Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
+                None => match node.value {
+                    NodeValue::Str(key) => *pending = Some((key, pos)),
+                    NodeValue::Null => *pending = Some(("null".into(), pos)),
+                    NodeValue::Bool(b) => *pending = Some((b.to_string(), pos)),
+                    NodeValue::Int(i) => *pending = Some((i.to_string(), pos)),
+                    NodeValue::Float(f) => *pending = Some((f.to_string(), pos)),
+                    _ => duplicate = Some((pos, "mapping keys must be plain values".to_string())),
+                },
+                Some((key, key_pos)) => {
+                    if entries.iter().any(|(k, _)| *k == key) {
+                        duplicate = Some((key_pos, format!("duplicate key {key:?}")));
+                    }
+                    entries.push((key, node));
+                }
+            },
+        }
+        if let Some((pos, message)) = duplicate {
+            self.fail(pos, message);
+        }
+    }
+}
+
+fn position(mark: Marker) -> Pos {
+    Pos {
+        line: mark.line(),
+        col: mark.col() + 1,
+    }
+}
+
+fn scalar(text: String, style: TScalarStyle) -> NodeValue {
+    if style != TScalarStyle::Plain {
+        return NodeValue::Str(text);
+    }
+    match text.as_str() {
+        "" | "~" | "null" | "Null" | "NULL" => NodeValue::Null,
+        "true" | "True" | "TRUE" => NodeValue::Bool(true),
+        "false" | "False" | "FALSE" => NodeValue::Bool(false),
+        _ => {
+            if let Ok(i) = text.parse::<i64>() {
+                NodeValue::Int(i)
+            } else if text
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() || c == '-' || c == '.')
+                && let Ok(f) = text.parse::<f64>()
+            {
+                NodeValue::Float(f)
+            } else {
+                NodeValue::Str(text)
+            }
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        let pos = position(mark);
+        match event {
+            Event::Scalar(text, style, anchor, _tag) => {
+                let node = Node {
+                    pos,
+                    value: scalar(text, style),
+                };
+                self.push(node, anchor);
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(pos, anchor, Vec::new())),
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map(pos, anchor, Vec::new(), None))
+            }
+            Event::SequenceEnd => {
+                if let Some(Frame::Seq(pos, anchor, items)) = self.stack.pop() {
+                    self.push(
+                        Node {
+                            pos,
+                            value: NodeValue::Seq(items),
+                        },
+                        anchor,
+                    );
+                }
+            }
+            Event::MappingEnd => {
+                if let Some(Frame::Map(pos, anchor, entries, _)) = self.stack.pop() {
+                    self.push(
+                        Node {
+                            pos,
+                            value: NodeValue::Map(entries),
+                        },
+                        anchor,
+                    );
+                }
+            }
+            Event::Alias(id) => match self.anchors.get(&id).cloned() {
+                Some(node) => self.push(Node { pos, ..node }, 0),
+                None => self.fail(pos, "unknown alias".into()),
+            },
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_know_their_position() {
+        let doc = parse("name: demo\nsteps:\n  - id: a\n    uses: transform\n").unwrap();
+        let steps = doc.get("steps").unwrap();
+        let NodeValue::Seq(items) = &steps.value else {
+            panic!()
+        };
+        let uses = items[0].get("uses").unwrap();
+        assert_eq!(uses.pos, Pos { line: 4, col: 11 });
+        assert_eq!(uses.as_str(), Some("transform"));
+    }
+
+    #[test]
+    fn scalars_are_typed_like_yaml() {
+        let doc = parse("a: 3\nb: '3'\nc: true\nd: ~\ne: 1.5\nf: text\ng: -2\n").unwrap();
+        assert_eq!(
+            doc.to_json(),
+            serde_json::json!({"a": 3, "b": "3", "c": true, "d": null, "e": 1.5, "f": "text", "g": -2})
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let err = parse("name: demo\nsteps: [a, b\n").unwrap_err();
+        assert!(err.pos.line >= 2, "{err:?}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let err = parse("name: a\nname: b\n").unwrap_err();
+        assert_eq!(err.pos.line, 2);
+        assert!(err.message.contains("duplicate key"));
+    }
+
+    #[test]
+    fn aliases_copy_their_anchor() {
+        let doc = parse("base: &b {x: 1}\nother: *b\n").unwrap();
+        assert_eq!(
+            doc.get("other").unwrap().to_json(),
+            serde_json::json!({"x": 1})
+        );
+    }
+}

@@ -1,0 +1,58 @@
+//! A plugin that does what the input says, good or bad.
+
+use serde::Deserialize;
+use steward_sdk::{Context, Error, Value, http, json, kv, secrets};
+
+#[derive(Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case")]
+enum Act {
+    Loop,
+    Hog { mib: usize },
+    Panic,
+    Http { url: String },
+    Secret { name: String },
+    Counter,
+    Echo { value: Value },
+    Fail { retryable: bool, message: String },
+}
+
+fn handle(ctx: &Context, act: Act) -> Result<Value, Error> {
+    match act {
+        Act::Loop => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        Act::Hog { mib } => {
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
+            for i in 0..mib {
+                chunks.push(vec![i as u8; 1 << 20]);
+            }
+            Ok(json!({ "held_mib": chunks.len() }))
+        }
+        Act::Panic => panic!("deliberate panic"),
+        Act::Http { url } => {
+            let response = http::send(&http::Request {
+                method: "GET".into(),
+                url,
+                headers: vec![],
+                body: None,
+                timeout_ms: Some(5_000),
+            })?;
+            Ok(json!({ "status": response.status, "body": String::from_utf8_lossy(&response.body) }))
+        }
+        Act::Secret { name } => Ok(json!({ "length": secrets::get(&name)?.len() })),
+        Act::Counter => {
+            let n: u64 = kv::get_json("count")?.unwrap_or(0) + 1;
+            kv::set_json("count", &n)?;
+            Ok(json!({ "count": n, "attempt": ctx.attempt }))
+        }
+        Act::Echo { value } => Ok(value),
+        Act::Fail { retryable, message } => {
+            Err(if retryable { Error::retryable(message) } else { Error::fatal(message) })
+        }
+    }
+}
+
+steward_sdk::plugin!(handle);

@@ -1,0 +1,336 @@
+//! The sandbox against hostile plugins built from `tests/plugins`: CPU and
+//! memory limits, HTTP and secret grants, crashes, and bad plugin files.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::http_server::TestServer;
+use serde_json::{Value, json};
+use steward::config::Config;
+use steward::engine::{CallError, CallRequest, Engine, MemoryKeyValue, StepContext};
+use steward::plugins::{PluginSet, load_plugins};
+
+/// An engine with the first-party plugins plus `hostile`, under `extra`
+/// configuration (TOML appended to the plugin's section).
+fn engine_with(hostile_settings: &str) -> PluginSet {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let text = format!(
+        "data_dir = {:?}\n[secrets]\nGRANTED_TOKEN = {{ value = \"s3cret\" }}\nUNGRANTED_TOKEN = {{ value = \"nope\" }}\n\
+         [plugins.hostile]\npath = {:?}\n{hostile_settings}\n",
+        dir,
+        common::install_fixture("hostile", &dir),
+    );
+    let config = Config::parse(&text, "steward.toml").unwrap();
+    load_plugins(&config, Arc::new(MemoryKeyValue::default()), true).expect("plugins load")
+}
+
+fn request(plugin: &str, input: Value) -> CallRequest {
+    CallRequest {
+        plugin: plugin.into(),
+        context: StepContext {
+            run_id: "run-1".into(),
+            workflow: "test".into(),
+            step_id: "step".into(),
+            attempt: 1,
+            idempotency_key: "run-1/step".into(),
+        },
+        input: input.to_string(),
+        timeout: None,
+    }
+}
+
+fn call(engine: &Engine, plugin: &str, input: Value) -> Result<Value, CallError> {
+    engine
+        .call_blocking(&request(plugin, input))
+        .result
+        .map(|text| serde_json::from_str(&text).unwrap())
+}
+
+#[test]
+fn an_infinite_loop_stops_at_its_cpu_budget_while_a_concurrent_call_finishes() {
+    let set = engine_with("cpu_ms = 300");
+    let engine = set.engine.clone();
+    let looping = std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = call(&engine, "hostile", json!({"do": "loop"}));
+        (result, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let payload = json!({"ticket": "INC0012345", "tags": ["a", "b"]});
+    let good = call(&set.engine, "transform", payload.clone()).expect("well-behaved call");
+    assert_eq!(good, payload);
+
+    let (result, elapsed) = looping.join().unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(
+        err,
+        CallError::CpuLimit {
+            plugin: "hostile".into(),
+            limit_ms: 300
+        }
+    );
+    assert!(
+        err.to_string().contains("CPU time limit of 300 ms"),
+        "{err}"
+    );
+    assert!(
+        elapsed <= Duration::from_millis(350),
+        "stopped after {elapsed:?}"
+    );
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_memory_hog_is_refused_at_its_limit_and_the_process_stays_small() {
+    let set = engine_with("");
+    let before = rss_kib();
+    let err = call(&set.engine, "hostile", json!({"do": "hog", "mib": 1024})).unwrap_err();
+    assert_eq!(
+        err,
+        CallError::MemoryLimit {
+            plugin: "hostile".into(),
+            limit_mib: 64
+        }
+    );
+    assert!(err.to_string().contains("memory limit of 64 MiB"), "{err}");
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    assert!(grown_mib < 128, "the process grew by {grown_mib} MiB");
+    // Within the limit the same plugin works, in a fresh instance.
+    assert_eq!(
+        call(&set.engine, "hostile", json!({"do": "hog", "mib": 8})).unwrap(),
+        json!({"held_mib": 8})
+    );
+}
+
+#[test]
+fn a_lower_memory_limit_per_plugin_applies() {
+    let set = engine_with("memory_mib = 16");
+    let err = call(&set.engine, "hostile", json!({"do": "hog", "mib": 32})).unwrap_err();
+    assert_eq!(
+        err,
+        CallError::MemoryLimit {
+            plugin: "hostile".into(),
+            limit_mib: 16
+        }
+    );
+}
+
+#[test]
+fn http_reaches_granted_origins_only() {
+    let server = TestServer::ok(r#"{"ok":true}"#);
+    let set = engine_with("allowed_hosts = [\"http://127.0.0.1:*\"]");
+    let ok = call(
+        &set.engine,
+        "hostile",
+        json!({"do": "http", "url": server.url("/ping")}),
+    )
+    .unwrap();
+    assert_eq!(ok["status"], 200);
+    assert_eq!(server.received().len(), 1);
+
+    let err = call(
+        &set.engine,
+        "hostile",
+        json!({"do": "http", "url": "http://example.com/"}),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("http://example.com:80 is not granted"),
+        "{text}"
+    );
+    assert!(text.contains("http://127.0.0.1:*"), "{text}");
+    assert!(!err.retryable());
+}
+
+#[test]
+fn metadata_addresses_are_refused_even_under_a_wildcard_grant() {
+    let set = engine_with("allowed_hosts = [\"*\"]");
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/",
+    ] {
+        let err = call(&set.engine, "hostile", json!({"do": "http", "url": url})).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("link-local or cloud metadata address"),
+            "{url}: {text}"
+        );
+        assert!(!err.retryable(), "{url}");
+    }
+}
+
+#[test]
+fn a_plugin_without_any_host_grant_is_denied_and_warned_about() {
+    let set = engine_with("");
+    assert!(
+        set.warnings
+            .iter()
+            .any(|w| w.contains("plugin hostile asks for outbound HTTP")),
+        "{:?}",
+        set.warnings
+    );
+    let err = call(
+        &set.engine,
+        "hostile",
+        json!({"do": "http", "url": "http://127.0.0.1:9/"}),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("the operator allows no host"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secrets_are_given_only_when_granted() {
+    let set = engine_with("secrets = [\"GRANTED_TOKEN\"]");
+    assert!(
+        set.warnings
+            .iter()
+            .any(|w| w.contains("asks for secret UNGRANTED_TOKEN")),
+        "{:?}",
+        set.warnings
+    );
+    let ok = call(
+        &set.engine,
+        "hostile",
+        json!({"do": "secret", "name": "GRANTED_TOKEN"}),
+    )
+    .unwrap();
+    assert_eq!(ok, json!({"length": 6}));
+    let err = call(
+        &set.engine,
+        "hostile",
+        json!({"do": "secret", "name": "UNGRANTED_TOKEN"}),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("secret UNGRANTED_TOKEN is not granted to plugin hostile"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_panic_is_a_crash_of_the_step_not_of_the_process() {
+    let set = engine_with("");
+    let err = call(&set.engine, "hostile", json!({"do": "panic"})).unwrap_err();
+    assert!(matches!(err, CallError::Trap { .. }), "{err:?}");
+    assert!(err.to_string().contains("plugin hostile crashed"), "{err}");
+    assert_eq!(
+        call(&set.engine, "hostile", json!({"do": "echo", "value": 5})).unwrap(),
+        json!(5)
+    );
+}
+
+#[test]
+fn typed_plugin_errors_keep_their_retryability() {
+    let set = engine_with("");
+    let retryable = call(
+        &set.engine,
+        "hostile",
+        json!({"do": "fail", "retryable": true, "message": "busy"}),
+    );
+    assert!(
+        matches!(retryable, Err(CallError::Plugin { retryable: true, ref message, .. }) if message == "busy")
+    );
+    let fatal = call(
+        &set.engine,
+        "hostile",
+        json!({"do": "fail", "retryable": false, "message": "bad"}),
+    );
+    assert!(matches!(
+        fatal,
+        Err(CallError::Plugin {
+            retryable: false,
+            ..
+        })
+    ));
+    let bad_input = call(&set.engine, "hostile", json!({"do": "nonsense"})).unwrap_err();
+    assert!(
+        bad_input.to_string().starts_with("invalid input"),
+        "{bad_input}"
+    );
+}
+
+#[test]
+fn key_value_state_is_kept_per_plugin_across_calls() {
+    let set = engine_with("");
+    assert_eq!(
+        call(&set.engine, "hostile", json!({"do": "counter"})).unwrap()["count"],
+        1
+    );
+    assert_eq!(
+        call(&set.engine, "hostile", json!({"do": "counter"})).unwrap()["count"],
+        2
+    );
+}
+
+#[test]
+fn a_wall_clock_timeout_stops_a_call() {
+    let set = engine_with("");
+    let mut req = request("hostile", json!({"do": "loop"}));
+    req.timeout = Some(Duration::from_millis(100));
+    let err = set.engine.call_blocking(&req).result.unwrap_err();
+    assert_eq!(
+        err,
+        CallError::Timeout {
+            plugin: "hostile".into(),
+            limit_ms: 100
+        }
+    );
+    assert!(err.retryable());
+}
+
+#[test]
+fn bad_plugin_files_fail_the_start_with_the_path() {
+    let missing = Config::parse(
+        "[plugins.ghost]\npath = \"/nonexistent/ghost.wasm\"\n",
+        "steward.toml",
+    )
+    .unwrap();
+    let err = load_plugins(&missing, Arc::new(MemoryKeyValue::default()), false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("[plugins.ghost] path: /nonexistent/ghost.wasm: cannot read"),
+        "{err}"
+    );
+
+    let wrong = format!(
+        "[plugins.other]\npath = {:?}\n",
+        common::fixture("not-a-plugin")
+    );
+    let wrong = Config::parse(&wrong, "steward.toml").unwrap();
+    let err = load_plugins(&wrong, Arc::new(MemoryKeyValue::default()), false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("does not match the steward:plugin/fulfilment@0.1.0 world"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm not really").unwrap();
+    let junk = Config::parse(
+        &format!("[plugins.junk]\npath = {junk:?}\n"),
+        "steward.toml",
+    )
+    .unwrap();
+    let err = load_plugins(&junk, Arc::new(MemoryKeyValue::default()), false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not a valid WebAssembly component"), "{err}");
+}
