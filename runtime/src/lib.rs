@@ -7,3 +7,5 @@ pub mod engine;
 pub mod plugin_build;
 pub mod plugins;
 pub mod workflow;
+pub mod run;
+pub mod executor;

@@ -40,6 +40,26 @@ impl PluginSet {
     }
 }
 
+/// The plugin names `config` makes available, read from manifests only (no
+/// compilation): enough to validate workflows quickly.
+pub fn declared_names(config: &Config) -> Result<BTreeSet<String>, PluginSetError> {
+    let mut names = BTreeSet::new();
+    for (crate_name, _, manifest_text) in first_party::FIRST_PARTY {
+        let manifest = Manifest::parse(manifest_text, &format!("plugins/{crate_name}/plugin.toml"))
+            .map_err(|e| PluginSetError::File(e.to_string()))?;
+        names.insert(manifest.name);
+    }
+    for (name, settings) in &config.plugins {
+        if let Some(path) = &settings.path {
+            if !path.exists() {
+                return Err(PluginSetError::File(format!("[plugins.{name}] path: {}: no such file", path.display())));
+            }
+            names.insert(name.clone());
+        }
+    }
+    Ok(names)
+}
+
 /// Builds the engine for `config`. `use_cache` keeps compiled components
 /// under `data_dir/cache`.
 pub fn load_plugins(

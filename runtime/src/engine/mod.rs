@@ -550,9 +550,20 @@ pub mod first_party {
     include!(concat!(env!("OUT_DIR"), "/first_party.rs"));
 }
 
-/// Keeps `Component` reachable for `plugin inspect`.
-pub fn compile_for_inspection(bytes: &[u8]) -> Result<(wasmtime::Engine, Component), String> {
+/// What a component imports and exports, for `steward plugin inspect`.
+#[derive(Debug, Clone)]
+pub struct ComponentInfo {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+/// Compiles `bytes` and lists its interface names.
+pub fn describe_component(bytes: &[u8]) -> Result<ComponentInfo, String> {
     let engine = wasmtime::Engine::default();
     let component = Component::new(&engine, bytes).map_err(|e| root_cause(&e))?;
-    Ok((engine, component))
+    let ty = component.component_type();
+    Ok(ComponentInfo {
+        imports: ty.imports(&engine).map(|(name, _)| name.to_string()).collect(),
+        exports: ty.exports(&engine).map(|(name, _)| name.to_string()).collect(),
+    })
 }

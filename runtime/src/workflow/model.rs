@@ -176,6 +176,11 @@ impl Workflow {
         out
     }
 
+    /// The step with `id`, parallel branches included.
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.all_steps().into_iter().find(|s| s.id == id)
+    }
+
     /// Checks a start's input against the `input` schema; each error names
     /// the file, the schema's line and the offending field.
     pub fn check_input(&self, input: &Value) -> Result<(), Vec<String>> {

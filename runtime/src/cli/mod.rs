@@ -1,0 +1,79 @@
+//! Command-line interface, per the SPEC's CLI section.
+
+mod plugin;
+mod run;
+mod serve;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use steward::config::Config;
+
+#[derive(Parser)]
+#[command(name = "steward", version, about = "Workflow automation for IT service management")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Start the server (API and executor).
+    Serve {
+        /// steward.toml; every key has a default.
+        #[arg(long, env = "STEWARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run a workflow file once, locally, and print its output JSON.
+    Run {
+        file: PathBuf,
+        /// The run's input as JSON, or @FILE to read it from a file.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        #[arg(long, env = "STEWARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check workflow files without running them.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, env = "STEWARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Write, build and look into plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
+    },
+}
+
+/// Logs go to stderr; `STEWARD_LOG` (or `RUST_LOG`) overrides the level.
+pub fn init_logging(command: &Command) {
+    let default = match command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
+    let filter = std::env::var("STEWARD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| default.to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => serve::serve(&load_config(config)?).await,
+        Command::Run { file, input, config } => run::run(&file, &input, &load_config(config)?).await,
+        Command::Validate { files, config } => validate::validate(&files, &load_config(config)?),
+        Command::Plugin { command } => plugin::dispatch(command),
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(Config::load(path.as_deref())?)
+}

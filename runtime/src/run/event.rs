@@ -1,0 +1,65 @@
+//! The events that make up a run's history. A run's state is a fold over
+//! them ([`super::state::RunState`]); the store only has to append and
+//! replay them, so local and durable runs share one interpreter.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Why a step or a run failed, as shown to users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepError {
+    pub message: String,
+    pub retryable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl StepError {
+    pub fn fatal(message: impl Into<String>) -> StepError {
+        StepError { message: message.into(), retryable: false, code: None }
+    }
+}
+
+/// One entry in a run's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted { input: Value },
+    /// An attempt began; if the process dies now, the attempt is re-run
+    /// under the same idempotency key.
+    StepStarted { step: String, attempt: u32, input: Value },
+    StepSucceeded { step: String, attempt: u32, output: Value },
+    /// `retry_at` is set when another attempt will follow.
+    StepFailed { step: String, attempt: u32, error: StepError, retry_at: Option<DateTime<Utc>> },
+    StepSkipped { step: String },
+    TimerStarted { step: String, until: DateTime<Utc> },
+    TimerFired { step: String },
+    RunSucceeded { output: Value },
+    RunFailed { error: StepError },
+    RunCancelled { reason: String },
+}
+
+impl Event {
+    /// The step the event is about, if any.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            Event::StepStarted { step, .. }
+            | Event::StepSucceeded { step, .. }
+            | Event::StepFailed { step, .. }
+            | Event::StepSkipped { step }
+            | Event::TimerStarted { step, .. }
+            | Event::TimerFired { step } => Some(step),
+            _ => None,
+        }
+    }
+}
+
+/// An event with its place and time in the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recorded {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub event: Event,
+}

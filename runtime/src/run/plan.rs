@@ -1,0 +1,261 @@
+//! The interpreter: from a workflow and a run's state, decide what happens
+//! next. Pure: no clock of its own, no I/O. The executor records what the
+//! plan says, calls plugins, and asks again.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use super::event::{Event, StepError};
+use super::state::{RunState, StepState};
+use crate::workflow::expr::Scope;
+use crate::workflow::model::{StepKind, WaitFor};
+use crate::workflow::{Step, Workflow};
+
+/// Something the executor must do now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Record the event (it needs no outside work).
+    Record(Event),
+    /// Start attempt `attempt` of a plugin step.
+    Call { step: String, attempt: u32, plugin: String, input: Value, timeout: Option<Duration> },
+}
+
+/// What to do now, and when to look again if nothing finishes before.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub wake_at: Option<DateTime<Utc>>,
+}
+
+impl Plan {
+    fn wake(&mut self, at: DateTime<Utc>) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+}
+
+/// The stable idempotency key of a step of a run: every attempt, and a
+/// re-run after a crash, carries the same one.
+pub fn idempotency_key(run_id: &str, step: &str) -> String {
+    format!("{run_id}/{step}")
+}
+
+/// Decides the next actions for `state`.
+pub fn plan(workflow: &Workflow, state: &RunState, env: &Value, now: DateTime<Utc>) -> Plan {
+    let mut plan = Plan::default();
+    if state.status.is_terminal() {
+        return plan;
+    }
+    let scope = Scope {
+        input: state.input.clone(),
+        steps: state.outputs(),
+        run: serde_json::json!({
+            "id": state.id,
+            "workflow": state.workflow,
+            "version": state.version,
+            "started_at": state.started_at.to_rfc3339(),
+        }),
+        env: env.clone(),
+    };
+    let mut planner = Planner { state, scope: &scope, now, plan: &mut plan };
+    match planner.sequence(&workflow.steps) {
+        Progress::Done => {
+            let output = match &workflow.output {
+                Some(template) => template.render(&scope),
+                None => Ok(scope.steps.clone()),
+            };
+            plan.actions.push(Action::Record(match output {
+                Ok(output) => Event::RunSucceeded { output },
+                Err(e) => Event::RunFailed { error: StepError::fatal(format!("output: {e}")) },
+            }));
+        }
+        Progress::Failed(error) => plan.actions.push(Action::Record(Event::RunFailed { error })),
+        Progress::Blocked => {}
+    }
+    plan
+}
+
+/// What a call's result means for the step: success, a retry later, or
+/// failure.
+pub fn outcome_event(step: &Step, attempt: u32, result: Result<Value, StepError>, now: DateTime<Utc>) -> Event {
+    match result {
+        Ok(output) => Event::StepSucceeded { step: step.id.clone(), attempt, output },
+        Err(error) => {
+            let retry_at = (error.retryable && attempt < step.retry.max_attempts).then(|| {
+                now + chrono::Duration::from_std(step.retry.delay_after(attempt)).unwrap_or(chrono::Duration::MAX)
+            });
+            Event::StepFailed { step: step.id.clone(), attempt, error, retry_at }
+        }
+    }
+}
+
+enum Progress {
+    Done,
+    Blocked,
+    Failed(StepError),
+}
+
+struct Planner<'a> {
+    state: &'a RunState,
+    scope: &'a Scope,
+    now: DateTime<Utc>,
+    plan: &'a mut Plan,
+}
+
+impl Planner<'_> {
+    /// Steps run one after another: the first unfinished one decides.
+    fn sequence(&mut self, steps: &[Step]) -> Progress {
+        for step in steps {
+            match self.step(step) {
+                Progress::Done => continue,
+                other => return other,
+            }
+        }
+        Progress::Done
+    }
+
+    fn step(&mut self, step: &Step) -> Progress {
+        let record = self.state.step(&step.id);
+        match record.state {
+            StepState::Succeeded | StepState::Skipped => Progress::Done,
+            StepState::Failed => {
+                let error = record.error.unwrap_or_else(|| StepError::fatal("failed"));
+                Progress::Failed(StepError {
+                    message: format!("step {} failed: {}", step.id, error.message),
+                    ..error
+                })
+            }
+            StepState::Running { .. } => Progress::Blocked,
+            StepState::Retrying { attempt, at } => {
+                if self.now >= at {
+                    self.start(step, attempt + 1);
+                } else {
+                    self.plan.wake(at);
+                }
+                Progress::Blocked
+            }
+            StepState::Waiting { until } => {
+                if self.now >= until {
+                    self.record(Event::TimerFired { step: step.id.clone() });
+                } else {
+                    self.plan.wake(until);
+                }
+                Progress::Blocked
+            }
+            StepState::Pending => self.pending(step),
+        }
+    }
+
+    fn pending(&mut self, step: &Step) -> Progress {
+        if let Some(when) = &step.when {
+            match when.render(self.scope) {
+                Ok(Value::Bool(true)) => {}
+                Ok(Value::Bool(false)) | Ok(Value::Null) => {
+                    self.record(Event::StepSkipped { step: step.id.clone() });
+                    return Progress::Blocked;
+                }
+                Ok(other) => {
+                    return self.fail(step, format!("when: expected true or false, got {other}"));
+                }
+                Err(e) => return self.fail(step, format!("when: {e}")),
+            }
+        }
+        match &step.kind {
+            StepKind::Plugin { .. } => {
+                self.start(step, 1);
+                Progress::Blocked
+            }
+            StepKind::Wait(wait) => match self.deadline(wait) {
+                Ok(until) => {
+                    self.record(Event::TimerStarted { step: step.id.clone(), until });
+                    Progress::Blocked
+                }
+                Err(e) => self.fail(step, format!("wait: {e}")),
+            },
+            StepKind::Parallel(branches) => self.parallel(step, branches),
+            StepKind::Approval(_) => self.fail(
+                step,
+                "approval steps are not supported by this version of the executor: \
+                 run the workflow with `steward serve` once approvals ship"
+                    .to_string(),
+            ),
+        }
+    }
+
+    /// Every branch advances on its own; the group finishes when all have,
+    /// and fails as soon as one branch fails.
+    fn parallel(&mut self, group: &Step, branches: &[Step]) -> Progress {
+        let mut all_done = true;
+        let mut outputs = Map::new();
+        for branch in branches {
+            match self.step(branch) {
+                Progress::Done => {
+                    let record = self.state.step(&branch.id);
+                    if record.state == StepState::Succeeded {
+                        outputs.insert(branch.id.clone(), record.output.unwrap_or(Value::Null));
+                    }
+                }
+                Progress::Blocked => all_done = false,
+                Progress::Failed(error) => {
+                    self.record(Event::StepFailed {
+                        step: group.id.clone(),
+                        attempt: 1,
+                        error: error.clone(),
+                        retry_at: None,
+                    });
+                    return Progress::Blocked;
+                }
+            }
+        }
+        if all_done {
+            self.record(Event::StepSucceeded { step: group.id.clone(), attempt: 1, output: Value::Object(outputs) });
+        }
+        Progress::Blocked
+    }
+
+    fn start(&mut self, step: &Step, attempt: u32) {
+        let StepKind::Plugin { uses, with } = &step.kind else { return };
+        match with.render(self.scope) {
+            Ok(input) => self.plan.actions.push(Action::Call {
+                step: step.id.clone(),
+                attempt,
+                plugin: uses.clone(),
+                input,
+                timeout: step.timeout,
+            }),
+            Err(e) => {
+                self.fail(step, format!("with: {e}"));
+            }
+        }
+    }
+
+    fn deadline(&self, wait: &WaitFor) -> Result<DateTime<Utc>, String> {
+        match wait {
+            WaitFor::Duration(d) => {
+                let d = chrono::Duration::from_std(*d).map_err(|e| e.to_string())?;
+                Ok(self.now + d)
+            }
+            WaitFor::Until(template) => match template.render(self.scope)? {
+                Value::String(text) => DateTime::parse_from_rfc3339(&text)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}")),
+                other => Err(format!("expected an RFC 3339 time, got {other}")),
+            },
+        }
+    }
+
+    fn record(&mut self, event: Event) {
+        self.plan.actions.push(Action::Record(event));
+    }
+
+    fn fail(&mut self, step: &Step, message: String) -> Progress {
+        self.record(Event::StepFailed {
+            step: step.id.clone(),
+            attempt: 1,
+            error: StepError::fatal(format!("steps.{}.{message}", step.id)),
+            retry_at: None,
+        });
+        Progress::Blocked
+    }
+}

@@ -1,0 +1,217 @@
+//! A run's state, folded from its events. Nothing here is stored on its
+//! own: replaying the history always gives the same state.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::event::{Event, Recorded, StepError};
+
+/// A run's status, as in the SPEC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Running,
+    Waiting,
+    Succeeded,
+    Failed,
+    Rejected,
+    Cancelled,
+}
+
+impl Status {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Rejected | Status::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Waiting => "waiting",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Rejected => "rejected",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Where one step is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    /// An attempt is in flight.
+    Running { attempt: u32 },
+    /// Attempt `attempt` failed; the next one starts at `at`.
+    Retrying { attempt: u32, at: DateTime<Utc> },
+    /// A durable timer.
+    Waiting { until: DateTime<Utc> },
+    Succeeded,
+    Skipped,
+    Failed,
+}
+
+/// Everything known about one step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    #[serde(flatten)]
+    pub state: StepState,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<StepError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Default for StepRecord {
+    fn default() -> Self {
+        StepRecord { state: StepState::Pending, attempts: 0, output: None, error: None, started_at: None, finished_at: None }
+    }
+}
+
+/// A run, as its history says it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunState {
+    pub id: String,
+    pub workflow: String,
+    pub version: u32,
+    pub status: Status,
+    pub input: Value,
+    pub output: Option<Value>,
+    pub error: Option<StepError>,
+    pub steps: BTreeMap<String, StepRecord>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl RunState {
+    pub fn new(id: &str, workflow: &str, version: u32, started_at: DateTime<Utc>) -> RunState {
+        RunState {
+            id: id.to_string(),
+            workflow: workflow.to_string(),
+            version,
+            status: Status::Pending,
+            input: Value::Null,
+            output: None,
+            error: None,
+            steps: BTreeMap::new(),
+            started_at,
+            finished_at: None,
+        }
+    }
+
+    /// The record of `step`, pending when nothing happened to it yet.
+    pub fn step(&self, step: &str) -> StepRecord {
+        self.steps.get(step).cloned().unwrap_or_default()
+    }
+
+    /// Folds one event into the state.
+    pub fn apply(&mut self, recorded: &Recorded) {
+        let at = recorded.at;
+        if self.status.is_terminal() {
+            return; // late results of abandoned branches change nothing
+        }
+        match &recorded.event {
+            Event::RunStarted { input } => {
+                self.input = input.clone();
+                self.status = Status::Running;
+            }
+            Event::StepStarted { step, attempt, .. } => {
+                let r = self.steps.entry(step.clone()).or_default();
+                r.state = StepState::Running { attempt: *attempt };
+                r.attempts = *attempt;
+                r.started_at.get_or_insert(at);
+            }
+            Event::StepSucceeded { step, output, .. } => {
+                let r = self.steps.entry(step.clone()).or_default();
+                r.state = StepState::Succeeded;
+                r.output = Some(output.clone());
+                r.error = None;
+                r.started_at.get_or_insert(at);
+                r.finished_at = Some(at);
+            }
+            Event::StepFailed { step, attempt, error, retry_at } => {
+                let r = self.steps.entry(step.clone()).or_default();
+                r.error = Some(error.clone());
+                r.attempts = r.attempts.max(*attempt);
+                match retry_at {
+                    Some(next) => r.state = StepState::Retrying { attempt: *attempt, at: *next },
+                    None => {
+                        r.state = StepState::Failed;
+                        r.finished_at = Some(at);
+                    }
+                }
+            }
+            Event::StepSkipped { step } => {
+                let r = self.steps.entry(step.clone()).or_default();
+                r.state = StepState::Skipped;
+                r.finished_at = Some(at);
+            }
+            Event::TimerStarted { step, until } => {
+                let r = self.steps.entry(step.clone()).or_default();
+                r.state = StepState::Waiting { until: *until };
+                r.started_at = Some(at);
+            }
+            Event::TimerFired { step } => {
+                let r = self.steps.entry(step.clone()).or_default();
+                r.state = StepState::Succeeded;
+                r.output = Some(Value::Null);
+                r.finished_at = Some(at);
+            }
+            Event::RunSucceeded { output } => {
+                self.output = Some(output.clone());
+                self.finish(Status::Succeeded, at);
+            }
+            Event::RunFailed { error } => {
+                self.error = Some(error.clone());
+                self.finish(Status::Failed, at);
+            }
+            Event::RunCancelled { reason } => {
+                self.error = Some(StepError::fatal(reason.clone()));
+                self.finish(Status::Cancelled, at);
+            }
+        }
+        if !self.status.is_terminal() {
+            self.status = self.live_status();
+        }
+    }
+
+    fn finish(&mut self, status: Status, at: DateTime<Utc>) {
+        self.status = status;
+        self.finished_at = Some(at);
+    }
+
+    /// `waiting` when only timers hold the run, `running` otherwise.
+    fn live_status(&self) -> Status {
+        let mut waiting = false;
+        for r in self.steps.values() {
+            match r.state {
+                StepState::Running { .. } | StepState::Retrying { .. } => return Status::Running,
+                StepState::Waiting { .. } => waiting = true,
+                _ => {}
+            }
+        }
+        if waiting { Status::Waiting } else { Status::Running }
+    }
+
+    /// `{ "<id>": { "output": ... } }` for every step that succeeded: what
+    /// `steps.<id>.output` reads in expressions.
+    pub fn outputs(&self) -> Value {
+        let map = self
+            .steps
+            .iter()
+            .filter(|(_, r)| r.state == StepState::Succeeded)
+            .map(|(id, r)| (id.clone(), serde_json::json!({ "output": r.output.clone().unwrap_or(Value::Null) })))
+            .collect();
+        Value::Object(map)
+    }
+}
