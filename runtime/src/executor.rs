@@ -10,7 +10,9 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 
 use crate::engine::{CallError, CallRequest, Engine, StepContext};
-use crate::run::{Action, Event, Recorded, RunState, StepError, idempotency_key, outcome_event, plan};
+use crate::run::{
+    Action, Event, Recorded, RunState, StepError, idempotency_key, outcome_event, plan,
+};
 use crate::workflow::Workflow;
 
 /// Runs workflows against an engine.
@@ -56,8 +58,18 @@ impl Executor {
             for action in next.actions {
                 match action {
                     Action::Record(event) => run.record(event),
-                    Action::Call { step, attempt, plugin, input, timeout } => {
-                        run.record(Event::StepStarted { step: step.clone(), attempt, input: input.clone() });
+                    Action::Call {
+                        step,
+                        attempt,
+                        plugin,
+                        input,
+                        timeout,
+                    } => {
+                        run.record(Event::StepStarted {
+                            step: step.clone(),
+                            attempt,
+                            input: input.clone(),
+                        });
                         let request = CallRequest {
                             plugin,
                             context: StepContext {
@@ -89,24 +101,40 @@ impl Executor {
             }
             match self.wait(&mut calls, next.wake_at).await {
                 Some(finished) => {
-                    let Some(step) = workflow.step(&finished.step) else { continue };
-                    run.record(outcome_event(step, finished.attempt, finished.result, Utc::now()));
+                    let Some(step) = workflow.step(&finished.step) else {
+                        continue;
+                    };
+                    run.record(outcome_event(
+                        step,
+                        finished.attempt,
+                        finished.result,
+                        Utc::now(),
+                    ));
                 }
                 None if calls.is_empty() && next.wake_at.is_none() => {
                     run.record(Event::RunFailed {
-                        error: StepError::fatal("the run cannot make progress (no step is runnable)"),
+                        error: StepError::fatal(
+                            "the run cannot make progress (no step is runnable)",
+                        ),
                     });
                 }
                 None => {}
             }
         }
         calls.abort_all();
-        RunOutcome { state: run.state, history: run.history }
+        RunOutcome {
+            state: run.state,
+            history: run.history,
+        }
     }
 
     /// Waits for the next finished call or the wake-up time, whichever
     /// comes first.
-    async fn wait(&self, calls: &mut JoinSet<Finished>, wake_at: Option<DateTime<Utc>>) -> Option<Finished> {
+    async fn wait(
+        &self,
+        calls: &mut JoinSet<Finished>,
+        wake_at: Option<DateTime<Utc>>,
+    ) -> Option<Finished> {
         let sleep = async {
             match wake_at {
                 Some(at) => {
@@ -137,7 +165,11 @@ struct LiveRun {
 
 impl LiveRun {
     fn record(&mut self, event: Event) {
-        let recorded = Recorded { seq: self.history.len() as u64 + 1, at: Utc::now(), event };
+        let recorded = Recorded {
+            seq: self.history.len() as u64 + 1,
+            at: Utc::now(),
+            event,
+        };
         self.state.apply(&recorded);
         self.history.push(recorded);
     }
@@ -146,8 +178,13 @@ impl LiveRun {
 /// A plugin's answer as the run sees it: JSON output or a step error.
 fn to_step_result(result: Result<String, CallError>) -> Result<Value, StepError> {
     match result {
-        Ok(text) => serde_json::from_str(&text)
-            .map_err(|e| StepError::fatal(format!("the plugin returned output that is not JSON: {e}"))),
-        Err(e) => Err(StepError { message: e.to_string(), retryable: e.retryable(), code: e.code() }),
+        Ok(text) => serde_json::from_str(&text).map_err(|e| {
+            StepError::fatal(format!("the plugin returned output that is not JSON: {e}"))
+        }),
+        Err(e) => Err(StepError {
+            message: e.to_string(),
+            retryable: e.retryable(),
+            code: e.code(),
+        }),
     }
 }

@@ -4,8 +4,8 @@
 
 pub mod config;
 pub mod engine;
+pub mod executor;
 pub mod plugin_build;
 pub mod plugins;
-pub mod workflow;
 pub mod run;
-pub mod executor;
+pub mod workflow;

@@ -52,7 +52,10 @@ pub fn declared_names(config: &Config) -> Result<BTreeSet<String>, PluginSetErro
     for (name, settings) in &config.plugins {
         if let Some(path) = &settings.path {
             if !path.exists() {
-                return Err(PluginSetError::File(format!("[plugins.{name}] path: {}: no such file", path.display())));
+                return Err(PluginSetError::File(format!(
+                    "[plugins.{name}] path: {}: no such file",
+                    path.display()
+                )));
             }
             names.insert(name.clone());
         }

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use steward::config::Config;
 
 #[derive(Parser)]
-#[command(name = "steward", version, about = "Workflow automation for IT service management")]
+#[command(
+    name = "steward",
+    version,
+    about = "Workflow automation for IT service management"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -68,7 +72,11 @@ pub fn init_logging(command: &Command) {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => serve::serve(&load_config(config)?).await,
-        Command::Run { file, input, config } => run::run(&file, &input, &load_config(config)?).await,
+        Command::Run {
+            file,
+            input,
+            config,
+        } => run::run(&file, &input, &load_config(config)?).await,
         Command::Validate { files, config } => validate::validate(&files, &load_config(config)?),
         Command::Plugin { command } => plugin::dispatch(command),
     }

@@ -8,7 +8,10 @@ use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use steward::config::{Limits, PluginSettings, Secrets};
 use steward::engine::manifest::{Manifest, is_valid_name};
-use steward::engine::{Engine, EngineOptions, MemoryKeyValue, PluginSource, WORLD, describe_component, digest, read_plugin_files};
+use steward::engine::{
+    Engine, EngineOptions, MemoryKeyValue, PluginSource, WORLD, describe_component, digest,
+    read_plugin_files,
+};
 use steward::plugin_build::{build_components, ensure_wasm_target};
 
 #[derive(Subcommand)]
@@ -49,15 +52,21 @@ fn new(name: &str, parent: &Path, sdk: Option<PathBuf>) -> anyhow::Result<ExitCo
     }
     let dir = parent.join(name);
     if dir.exists() {
-        bail!("{} already exists: pick another name or folder", dir.display());
+        bail!(
+            "{} already exists: pick another name or folder",
+            dir.display()
+        );
     }
     let sdk = match sdk {
         Some(p) => p,
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk"),
     };
-    let sdk = sdk
-        .canonicalize()
-        .with_context(|| format!("the SDK is not at {}: pass --sdk PATH/TO/steward/sdk", sdk.display()))?;
+    let sdk = sdk.canonicalize().with_context(|| {
+        format!(
+            "the SDK is not at {}: pass --sdk PATH/TO/steward/sdk",
+            sdk.display()
+        )
+    })?;
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::write(dir.join("Cargo.toml"), scaffold::cargo_toml(name, &sdk))?;
     std::fs::write(dir.join("plugin.toml"), scaffold::plugin_toml(name))?;
@@ -84,7 +93,11 @@ fn build(dir: &Path, target_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         }
         let (bytes, manifest) = read_plugin_files(&wasm).map_err(anyhow::Error::msg)?;
         check(&engine, &bytes, manifest, &wasm)?;
-        println!("{}  ({} KiB, matches {WORLD})", wasm.display(), bytes.len() / 1024);
+        println!(
+            "{}  ({} KiB, matches {WORLD})",
+            wasm.display(),
+            bytes.len() / 1024
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -110,7 +123,10 @@ fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
         println!("  {name}");
     }
     println!("manifest:");
-    println!("  name = {:?}, version = {:?}", manifest.name, manifest.version);
+    println!(
+        "  name = {:?}, version = {:?}",
+        manifest.name, manifest.version
+    );
     println!("  allowed_hosts = {:?}", manifest.allowed_hosts);
     println!("  secrets = {:?}", manifest.secrets);
     println!("  key_value = {}", manifest.key_value);
@@ -118,12 +134,23 @@ fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn check_engine() -> anyhow::Result<Engine> {
-    let options = EngineOptions { max_concurrent_calls: 1, ..EngineOptions::default() };
-    Ok(Engine::new(options, Arc::new(MemoryKeyValue::default()), Secrets::default())?)
+    let options = EngineOptions {
+        max_concurrent_calls: 1,
+        ..EngineOptions::default()
+    };
+    Ok(Engine::new(
+        options,
+        Arc::new(MemoryKeyValue::default()),
+        Secrets::default(),
+    )?)
 }
 
 fn check(engine: &Engine, bytes: &[u8], manifest: Manifest, path: &Path) -> anyhow::Result<()> {
-    let source = PluginSource { bytes, manifest, origin: path.display().to_string() };
+    let source = PluginSource {
+        bytes,
+        manifest,
+        origin: path.display().to_string(),
+    };
     engine.load(source, &PluginSettings::default(), Limits::default())?;
     Ok(())
 }

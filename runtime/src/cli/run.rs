@@ -46,7 +46,10 @@ pub async fn run(file: &Path, input: &str, config: &Config) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         status => {
-            let reason = state.error.map(|e| e.message).unwrap_or_else(|| "no reason recorded".into());
+            let reason = state
+                .error
+                .map(|e| e.message)
+                .unwrap_or_else(|| "no reason recorded".into());
             eprintln!("run {run_id} {}: {reason}", status.as_str());
             Ok(ExitCode::from(1))
         }
@@ -56,8 +59,11 @@ pub async fn run(file: &Path, input: &str, config: &Config) -> anyhow::Result<Ex
 /// `--input` is JSON text, or `@FILE` holding it.
 fn read_input(arg: &str) -> anyhow::Result<serde_json::Value> {
     let text = match arg.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("--input: cannot read {path}"))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("--input: cannot read {path}"))?
+        }
         None => arg.to_string(),
     };
-    serde_json::from_str(&text).with_context(|| "--input is not valid JSON (write e.g. --input '{\"user\": \"ada\"}')")
+    serde_json::from_str(&text)
+        .with_context(|| "--input is not valid JSON (write e.g. --input '{\"user\": \"ada\"}')")
 }

@@ -23,14 +23,19 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     let mut workflows = Vec::new();
     for dir in &config.workflows {
         if !dir.exists() {
-            tracing::warn!("workflow folder {} does not exist: nothing loaded from it", dir.display());
+            tracing::warn!(
+                "workflow folder {} does not exist: nothing loaded from it",
+                dir.display()
+            );
             continue;
         }
         for result in load_dir(dir, &plugin_names).map_err(anyhow::Error::msg)? {
             match result {
                 Ok(w) => {
                     tracing::info!(workflow = %w.name, version = w.version, "loaded {}", w.file);
-                    workflows.push(json!({"name": w.name, "version": w.version, "description": w.description}));
+                    workflows.push(
+                        json!({"name": w.name, "version": w.version, "description": w.description}),
+                    );
                 }
                 Err(errors) => tracing::error!("workflow not loaded:\n{errors}"),
             }
@@ -44,11 +49,22 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         .collect();
     let app = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/v1/workflows", get(move || async move { Json(json!({"items": workflows})) }))
-        .route("/v1/plugins", get(move || async move { Json(json!({"items": plugins})) }));
+        .route(
+            "/v1/workflows",
+            get(move || async move { Json(json!({"items": workflows})) }),
+        )
+        .route(
+            "/v1/plugins",
+            get(move || async move { Json(json!({"items": plugins})) }),
+        );
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}: is another server running? set listen or STEWARD_LISTEN", config.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}: is another server running? set listen or STEWARD_LISTEN",
+                config.listen
+            )
+        })?;
     tracing::info!("steward listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

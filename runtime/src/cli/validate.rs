@@ -14,7 +14,12 @@ pub fn validate(files: &[PathBuf], config: &Config) -> anyhow::Result<ExitCode> 
         match load_file(file, &plugins) {
             Ok(w) => {
                 let steps = w.all_steps().len();
-                println!("{}: ok (workflow {} version {}, {steps} steps)", file.display(), w.name, w.version);
+                println!(
+                    "{}: ok (workflow {} version {}, {steps} steps)",
+                    file.display(),
+                    w.name,
+                    w.version
+                );
             }
             Err(errors) => {
                 failed = true;
@@ -22,5 +27,9 @@ pub fn validate(files: &[PathBuf], config: &Config) -> anyhow::Result<ExitCode> 
             }
         }
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -563,7 +563,13 @@ pub fn describe_component(bytes: &[u8]) -> Result<ComponentInfo, String> {
     let component = Component::new(&engine, bytes).map_err(|e| root_cause(&e))?;
     let ty = component.component_type();
     Ok(ComponentInfo {
-        imports: ty.imports(&engine).map(|(name, _)| name.to_string()).collect(),
-        exports: ty.exports(&engine).map(|(name, _)| name.to_string()).collect(),
+        imports: ty
+            .imports(&engine)
+            .map(|(name, _)| name.to_string())
+            .collect(),
+        exports: ty
+            .exports(&engine)
+            .map(|(name, _)| name.to_string())
+            .collect(),
     })
 }

@@ -17,7 +17,11 @@ pub struct StepError {
 
 impl StepError {
     pub fn fatal(message: impl Into<String>) -> StepError {
-        StepError { message: message.into(), retryable: false, code: None }
+        StepError {
+            message: message.into(),
+            retryable: false,
+            code: None,
+        }
     }
 }
 
@@ -25,19 +29,47 @@ impl StepError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    RunStarted { input: Value },
+    RunStarted {
+        input: Value,
+    },
     /// An attempt began; if the process dies now, the attempt is re-run
     /// under the same idempotency key.
-    StepStarted { step: String, attempt: u32, input: Value },
-    StepSucceeded { step: String, attempt: u32, output: Value },
+    StepStarted {
+        step: String,
+        attempt: u32,
+        input: Value,
+    },
+    StepSucceeded {
+        step: String,
+        attempt: u32,
+        output: Value,
+    },
     /// `retry_at` is set when another attempt will follow.
-    StepFailed { step: String, attempt: u32, error: StepError, retry_at: Option<DateTime<Utc>> },
-    StepSkipped { step: String },
-    TimerStarted { step: String, until: DateTime<Utc> },
-    TimerFired { step: String },
-    RunSucceeded { output: Value },
-    RunFailed { error: StepError },
-    RunCancelled { reason: String },
+    StepFailed {
+        step: String,
+        attempt: u32,
+        error: StepError,
+        retry_at: Option<DateTime<Utc>>,
+    },
+    StepSkipped {
+        step: String,
+    },
+    TimerStarted {
+        step: String,
+        until: DateTime<Utc>,
+    },
+    TimerFired {
+        step: String,
+    },
+    RunSucceeded {
+        output: Value,
+    },
+    RunFailed {
+        error: StepError,
+    },
+    RunCancelled {
+        reason: String,
+    },
 }
 
 impl Event {

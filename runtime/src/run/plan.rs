@@ -19,7 +19,13 @@ pub enum Action {
     /// Record the event (it needs no outside work).
     Record(Event),
     /// Start attempt `attempt` of a plugin step.
-    Call { step: String, attempt: u32, plugin: String, input: Value, timeout: Option<Duration> },
+    Call {
+        step: String,
+        attempt: u32,
+        plugin: String,
+        input: Value,
+        timeout: Option<Duration>,
+    },
 }
 
 /// What to do now, and when to look again if nothing finishes before.
@@ -58,7 +64,12 @@ pub fn plan(workflow: &Workflow, state: &RunState, env: &Value, now: DateTime<Ut
         }),
         env: env.clone(),
     };
-    let mut planner = Planner { state, scope: &scope, now, plan: &mut plan };
+    let mut planner = Planner {
+        state,
+        scope: &scope,
+        now,
+        plan: &mut plan,
+    };
     match planner.sequence(&workflow.steps) {
         Progress::Done => {
             let output = match &workflow.output {
@@ -67,10 +78,14 @@ pub fn plan(workflow: &Workflow, state: &RunState, env: &Value, now: DateTime<Ut
             };
             plan.actions.push(Action::Record(match output {
                 Ok(output) => Event::RunSucceeded { output },
-                Err(e) => Event::RunFailed { error: StepError::fatal(format!("output: {e}")) },
+                Err(e) => Event::RunFailed {
+                    error: StepError::fatal(format!("output: {e}")),
+                },
             }));
         }
-        Progress::Failed(error) => plan.actions.push(Action::Record(Event::RunFailed { error })),
+        Progress::Failed(error) => plan
+            .actions
+            .push(Action::Record(Event::RunFailed { error })),
         Progress::Blocked => {}
     }
     plan
@@ -78,14 +93,29 @@ pub fn plan(workflow: &Workflow, state: &RunState, env: &Value, now: DateTime<Ut
 
 /// What a call's result means for the step: success, a retry later, or
 /// failure.
-pub fn outcome_event(step: &Step, attempt: u32, result: Result<Value, StepError>, now: DateTime<Utc>) -> Event {
+pub fn outcome_event(
+    step: &Step,
+    attempt: u32,
+    result: Result<Value, StepError>,
+    now: DateTime<Utc>,
+) -> Event {
     match result {
-        Ok(output) => Event::StepSucceeded { step: step.id.clone(), attempt, output },
+        Ok(output) => Event::StepSucceeded {
+            step: step.id.clone(),
+            attempt,
+            output,
+        },
         Err(error) => {
             let retry_at = (error.retryable && attempt < step.retry.max_attempts).then(|| {
-                now + chrono::Duration::from_std(step.retry.delay_after(attempt)).unwrap_or(chrono::Duration::MAX)
+                now + chrono::Duration::from_std(step.retry.delay_after(attempt))
+                    .unwrap_or(chrono::Duration::MAX)
             });
-            Event::StepFailed { step: step.id.clone(), attempt, error, retry_at }
+            Event::StepFailed {
+                step: step.id.clone(),
+                attempt,
+                error,
+                retry_at,
+            }
         }
     }
 }
@@ -137,7 +167,9 @@ impl Planner<'_> {
             }
             StepState::Waiting { until } => {
                 if self.now >= until {
-                    self.record(Event::TimerFired { step: step.id.clone() });
+                    self.record(Event::TimerFired {
+                        step: step.id.clone(),
+                    });
                 } else {
                     self.plan.wake(until);
                 }
@@ -152,7 +184,9 @@ impl Planner<'_> {
             match when.render(self.scope) {
                 Ok(Value::Bool(true)) => {}
                 Ok(Value::Bool(false)) | Ok(Value::Null) => {
-                    self.record(Event::StepSkipped { step: step.id.clone() });
+                    self.record(Event::StepSkipped {
+                        step: step.id.clone(),
+                    });
                     return Progress::Blocked;
                 }
                 Ok(other) => {
@@ -168,7 +202,10 @@ impl Planner<'_> {
             }
             StepKind::Wait(wait) => match self.deadline(wait) {
                 Ok(until) => {
-                    self.record(Event::TimerStarted { step: step.id.clone(), until });
+                    self.record(Event::TimerStarted {
+                        step: step.id.clone(),
+                        until,
+                    });
                     Progress::Blocked
                 }
                 Err(e) => self.fail(step, format!("wait: {e}")),
@@ -209,13 +246,19 @@ impl Planner<'_> {
             }
         }
         if all_done {
-            self.record(Event::StepSucceeded { step: group.id.clone(), attempt: 1, output: Value::Object(outputs) });
+            self.record(Event::StepSucceeded {
+                step: group.id.clone(),
+                attempt: 1,
+                output: Value::Object(outputs),
+            });
         }
         Progress::Blocked
     }
 
     fn start(&mut self, step: &Step, attempt: u32) {
-        let StepKind::Plugin { uses, with } = &step.kind else { return };
+        let StepKind::Plugin { uses, with } = &step.kind else {
+            return;
+        };
         match with.render(self.scope) {
             Ok(input) => self.plan.actions.push(Action::Call {
                 step: step.id.clone(),

@@ -24,7 +24,10 @@ pub enum Status {
 
 impl Status {
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Succeeded | Status::Failed | Status::Rejected | Status::Cancelled)
+        matches!(
+            self,
+            Status::Succeeded | Status::Failed | Status::Rejected | Status::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -46,11 +49,18 @@ impl Status {
 pub enum StepState {
     Pending,
     /// An attempt is in flight.
-    Running { attempt: u32 },
+    Running {
+        attempt: u32,
+    },
     /// Attempt `attempt` failed; the next one starts at `at`.
-    Retrying { attempt: u32, at: DateTime<Utc> },
+    Retrying {
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
     /// A durable timer.
-    Waiting { until: DateTime<Utc> },
+    Waiting {
+        until: DateTime<Utc>,
+    },
     Succeeded,
     Skipped,
     Failed,
@@ -74,7 +84,14 @@ pub struct StepRecord {
 
 impl Default for StepRecord {
     fn default() -> Self {
-        StepRecord { state: StepState::Pending, attempts: 0, output: None, error: None, started_at: None, finished_at: None }
+        StepRecord {
+            state: StepState::Pending,
+            attempts: 0,
+            output: None,
+            error: None,
+            started_at: None,
+            finished_at: None,
+        }
     }
 }
 
@@ -139,12 +156,22 @@ impl RunState {
                 r.started_at.get_or_insert(at);
                 r.finished_at = Some(at);
             }
-            Event::StepFailed { step, attempt, error, retry_at } => {
+            Event::StepFailed {
+                step,
+                attempt,
+                error,
+                retry_at,
+            } => {
                 let r = self.steps.entry(step.clone()).or_default();
                 r.error = Some(error.clone());
                 r.attempts = r.attempts.max(*attempt);
                 match retry_at {
-                    Some(next) => r.state = StepState::Retrying { attempt: *attempt, at: *next },
+                    Some(next) => {
+                        r.state = StepState::Retrying {
+                            attempt: *attempt,
+                            at: *next,
+                        }
+                    }
                     None => {
                         r.state = StepState::Failed;
                         r.finished_at = Some(at);
@@ -200,7 +227,11 @@ impl RunState {
                 _ => {}
             }
         }
-        if waiting { Status::Waiting } else { Status::Running }
+        if waiting {
+            Status::Waiting
+        } else {
+            Status::Running
+        }
     }
 
     /// `{ "<id>": { "output": ... } }` for every step that succeeded: what
@@ -210,7 +241,12 @@ impl RunState {
             .steps
             .iter()
             .filter(|(_, r)| r.state == StepState::Succeeded)
-            .map(|(id, r)| (id.clone(), serde_json::json!({ "output": r.output.clone().unwrap_or(Value::Null) })))
+            .map(|(id, r)| {
+                (
+                    id.clone(),
+                    serde_json::json!({ "output": r.output.clone().unwrap_or(Value::Null) }),
+                )
+            })
             .collect();
         Value::Object(map)
     }

@@ -417,18 +417,29 @@ impl<'a> Loader<'a> {
         field: &str,
         known: &mut BTreeMap<String, Pos>,
     ) -> Option<Step> {
-        let entries = self.mapping(node, field, STEP_KEYS)?;
-        let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
-        let id_node = get("id");
+        let id_node = node.get("id");
         let id = match id_node {
             Some(n) => self.string(n, &format!("{field}.id"))?,
-            None => {
+            None if matches!(node.value, NodeValue::Map(_)) => {
                 self.error(node.pos, format!("{field}.id"), "every step needs an id");
+                return None;
+            }
+            None => {
+                self.error(
+                    node.pos,
+                    field,
+                    format!(
+                        "expected a step (a mapping with an id), found {}",
+                        node.kind()
+                    ),
+                );
                 return None;
             }
         };
         let id_pos = id_node.map_or(node.pos, |n| n.pos);
         let field = format!("steps.{id}");
+        let entries = self.mapping(node, &field, STEP_KEYS)?;
+        let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
         if !is_valid_name(&id) {
             self.error(
                 id_pos,
@@ -573,7 +584,10 @@ impl<'a> Loader<'a> {
                 }
                 StepKind::Wait(WaitFor::Duration(_)) => {}
                 StepKind::Parallel(branches) => {
-                    self.check_step_refs(branches, &available, known);
+                    // Branches run concurrently: each sees only what came before the group.
+                    for branch in branches {
+                        self.check_step_refs(std::slice::from_ref(branch), &available, known);
+                    }
                     available.extend(branches.iter().map(|b| b.id.clone()));
                 }
             }

@@ -112,7 +112,13 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
 
 enum Frame {
     Seq(Pos, usize, Vec<Node>),
-    Map(Pos, usize, Vec<(String, Node)>, Option<(String, Pos)>),
+    Map(
+        Pos,
+        usize,
+        Vec<(String, Node)>,
+        Option<(String, Pos)>,
+        Option<Pos>,
+    ),
 }
 
 #[derive(Default)]
@@ -139,8 +145,14 @@ impl Builder {
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Frame::Seq(_, _, items)) => items.push(node),
-            Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
+            Some(Frame::Map(_, _, entries, pending, first_key)) => match pending.take() {
                 None => match node.value {
+                    _ if first_key.is_none()
+                        && !matches!(node.value, NodeValue::Seq(_) | NodeValue::Map(_)) =>
+                    {
+                        *first_key = Some(pos);
+                        *pending = Some((scalar_key(&node.value), pos));
+                    }
                     NodeValue::Str(key) => *pending = Some((key, pos)),
                     NodeValue::Null => *pending = Some(("null".into(), pos)),
                     NodeValue::Bool(b) => *pending = Some((b.to_string(), pos)),
@@ -159,6 +171,17 @@ impl Builder {
         if let Some((pos, message)) = duplicate {
             self.fail(pos, message);
         }
+    }
+}
+
+fn scalar_key(value: &NodeValue) -> String {
+    match value {
+        NodeValue::Str(s) => s.clone(),
+        NodeValue::Null => "null".into(),
+        NodeValue::Bool(b) => b.to_string(),
+        NodeValue::Int(i) => i.to_string(),
+        NodeValue::Float(f) => f.to_string(),
+        NodeValue::Seq(_) | NodeValue::Map(_) => String::new(),
     }
 }
 
@@ -207,7 +230,8 @@ impl MarkedEventReceiver for Builder {
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(pos, anchor, Vec::new())),
             Event::MappingStart(anchor, _) => {
-                self.stack.push(Frame::Map(pos, anchor, Vec::new(), None))
+                self.stack
+                    .push(Frame::Map(pos, anchor, Vec::new(), None, None))
             }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq(pos, anchor, items)) = self.stack.pop() {
@@ -221,7 +245,9 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::MappingEnd => {
-                if let Some(Frame::Map(pos, anchor, entries, _)) = self.stack.pop() {
+                if let Some(Frame::Map(pos, anchor, entries, _, first_key)) = self.stack.pop() {
+                    // A block mapping is where its first key is.
+                    let pos = first_key.unwrap_or(pos);
                     self.push(
                         Node {
                             pos,

@@ -1,0 +1,174 @@
+//! `steward validate` on broken workflows: every error names the file, the
+//! line and column, and the field. Cases are data: a workflow and what the
+//! error must say.
+
+mod common;
+
+use std::process::Command;
+
+/// A valid workflow to break in small ways.
+const BASE: &str = "name: demo
+steps:
+  - id: first
+    uses: transform
+    with: { a: 1 }
+  - id: second
+    uses: transform
+    with: { b: \"${{ steps.first.output.a }}\" }
+";
+
+struct Case {
+    name: &'static str,
+    yaml: String,
+    /// Substrings the output must contain, `FILE` replaced by the path.
+    expect: &'static [&'static str],
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "yaml syntax error",
+            yaml: "name: demo\nsteps:\n  - id: a\n    uses: [transform\n".into(),
+            expect: &["FILE:5:", "yaml: syntax error"],
+        },
+        Case {
+            name: "unknown step",
+            yaml: BASE.replace("steps.first.output.a", "steps.nope.output.a"),
+            expect: &["FILE:6:", "steps.second.with: `steps.nope.output.a`: unknown step nope"],
+        },
+        Case {
+            name: "later step",
+            yaml: BASE.replace("with: { a: 1 }", "with: { a: \"${{ steps.second.output.b }}\" }"),
+            expect: &["FILE:3:", "steps.first.with", "step second (line 6) has not finished"],
+        },
+        Case {
+            name: "bad expression",
+            yaml: BASE.replace("steps.first.output.a", "steps.first.output.a +"),
+            expect: &["FILE:8:", "steps.second.with.b: invalid expression `steps.first.output.a +`"],
+        },
+        Case {
+            name: "unknown variable",
+            yaml: BASE.replace("steps.first.output.a", "secrets.token"),
+            expect: &["FILE:6:", "unknown variable secrets"],
+        },
+        Case {
+            name: "unknown plugin",
+            yaml: BASE.replace("uses: transform\n    with: { b", "uses: cmdb-lookupp\n    with: { b"),
+            expect: &["FILE:7:11: steps.second.uses: unknown plugin cmdb-lookupp; loaded plugins:", "transform"],
+        },
+        Case {
+            name: "duplicate id",
+            yaml: BASE.replace("id: second", "id: first"),
+            expect: &["FILE:6:9: steps.first.id: duplicate step id (first used on line 3)"],
+        },
+        Case {
+            name: "unknown field",
+            yaml: BASE.replace("with: { a: 1 }", "with: { a: 1 }\n    retries: 3"),
+            expect: &["FILE:6:14: steps.first.retries: unknown field"],
+        },
+        Case {
+            name: "bad duration",
+            yaml: BASE.replace("with: { a: 1 }", "with: { a: 1 }\n    timeout: soon"),
+            expect: &["FILE:6:14: steps.first.timeout: \"soon\" is not a duration"],
+        },
+        Case {
+            name: "step without a kind",
+            yaml: "name: demo\nsteps:\n  - id: a\n".into(),
+            expect: &["FILE:3:5: steps.a: a step needs exactly one of uses, approval, parallel or wait"],
+        },
+        Case {
+            name: "parallel branches cannot see each other",
+            yaml: "name: demo\nsteps:\n  - id: group\n    parallel:\n      - { id: x, uses: transform }\n      - { id: y, uses: transform, with: { v: \"${{ steps.x.output }}\" } }\n".into(),
+            expect: &["FILE:6:11: steps.y.with", "step x (line 5) has not finished"],
+        },
+        Case {
+            name: "sla priority cannot read steps",
+            yaml: format!("{BASE}sla:\n  priority: ${{{{ steps.first.output.a }}}}\n  resolution: {{ P1: 4h }}\n"),
+            expect: &["FILE:10:13: sla.priority", "use input, run or env, not steps"],
+        },
+        Case {
+            name: "bad input schema",
+            yaml: format!("{BASE}input:\n  type: objekt\n"),
+            expect: &["FILE:10:3: input: not a valid JSON Schema"],
+        },
+    ]
+}
+
+#[test]
+fn every_broken_workflow_is_reported_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for (i, case) in cases().into_iter().enumerate() {
+        let file = dir.path().join(format!("case{i}.yaml"));
+        std::fs::write(&file, &case.yaml).unwrap();
+        let out = Command::new(common::steward_bin())
+            .arg("validate")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(1) {
+            failures.push(format!(
+                "{}: exit {:?}, stderr: {stderr}",
+                case.name,
+                out.status.code()
+            ));
+            continue;
+        }
+        for expected in case.expect {
+            let expected = expected.replace("FILE", &file.display().to_string());
+            if !stderr.contains(&expected) {
+                failures.push(format!(
+                    "{}: expected {expected:?} in:\n{stderr}",
+                    case.name
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn the_base_workflow_and_the_examples_are_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("base.yaml");
+    std::fs::write(&file, BASE).unwrap();
+    let mut command = Command::new(common::steward_bin());
+    command.arg("validate").arg(&file);
+    for entry in std::fs::read_dir(common::root().join("examples/workflows")).unwrap() {
+        command.arg(entry.unwrap().path());
+    }
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (workflow demo version 1, 2 steps)"));
+}
+
+#[test]
+fn a_malformed_steward_toml_is_reported_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("steward.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:8080\"\n[plugins.http-request]\nallowed_hosts = \"everything\"\n",
+    )
+    .unwrap();
+    let file = dir.path().join("base.yaml");
+    std::fs::write(&file, BASE).unwrap();
+    let out = Command::new(common::steward_bin())
+        .args(["validate", "--config"])
+        .arg(&config)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("{}:3:17:", config.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("invalid type"), "{stderr}");
+}
