@@ -334,3 +334,50 @@ fn bad_plugin_files_fail_the_start_with_the_path() {
         .to_string();
     assert!(err.contains("not a valid WebAssembly component"), "{err}");
 }
+
+#[test]
+fn redirects_are_followed_within_the_origin_only() {
+    let elsewhere = TestServer::ok(r#""elsewhere""#);
+    let target = elsewhere.url("/landing");
+    let server = TestServer::start(move |r, _| match r.path.as_str() {
+        "/old" => (302, vec![("location".into(), "/new".into())], vec![]),
+        "/new" => (200, vec![], b"moved here".to_vec()),
+        _ => (307, vec![("location".into(), target.clone())], vec![]),
+    });
+    let set = engine_with("allowed_hosts = [\"http://127.0.0.1:*\"]");
+    let same = call(
+        &set.engine,
+        "hostile",
+        json!({"do": "http", "url": server.url("/old")}),
+    )
+    .unwrap();
+    assert_eq!(same, json!({"status": 200, "body": "moved here"}));
+
+    let cross = call(
+        &set.engine,
+        "hostile",
+        json!({"do": "http", "url": server.url("/away")}),
+    )
+    .unwrap();
+    assert_eq!(
+        cross["status"], 307,
+        "a redirect to another origin is handed back, not followed"
+    );
+    assert!(elsewhere.received().is_empty());
+}
+
+#[test]
+fn an_oversized_response_is_refused() {
+    let server = TestServer::start(|_, _| (200, vec![], vec![b'x'; 11 << 20]));
+    let set = engine_with("allowed_hosts = [\"http://127.0.0.1:*\"]");
+    let err = call(
+        &set.engine,
+        "hostile",
+        json!({"do": "http", "url": server.url("/big")}),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("the response body exceeds"),
+        "{err}"
+    );
+}

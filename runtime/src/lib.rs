@@ -8,4 +8,5 @@ pub mod executor;
 pub mod plugin_build;
 pub mod plugins;
 pub mod run;
+pub mod store;
 pub mod workflow;

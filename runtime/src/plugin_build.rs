@@ -81,6 +81,12 @@ pub fn build_components(
         .arg(target_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    // A plugin instance lives for one call: a 256 KiB stack (Rust's default
+    // is 1 MiB) keeps its memory small and each fresh instance cheaper.
+    command.env(
+        "CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS",
+        "-Clink-arg=-zstack-size=262144",
+    );
     // The outer build's flags and wrappers are for the host, not for wasm.
     for var in [
         "RUSTFLAGS",

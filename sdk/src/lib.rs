@@ -28,8 +28,16 @@
 //! Build it with `steward plugin build` (or `cargo build --target
 //! wasm32-wasip2 --release`); the result is a WebAssembly component.
 
+#[cfg(target_arch = "wasm32")]
+mod arena;
 pub mod capabilities;
 mod error;
+
+/// Plugins allocate from a static arena first (see `arena.rs`): a fresh
+/// instance per call then rarely grows its memory.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: arena::BumpThenSystem = arena::BumpThenSystem;
 
 pub use capabilities::{clock, http, kv, log, secrets};
 pub use error::Error;
@@ -94,20 +102,31 @@ where
 ///
 /// `handler` is a `fn(&Context, I) -> Result<O, Error>` where `I` is
 /// deserialisable from the step's `with` object and `O` serialisable.
+///
+/// `plugin!(raw handler)` exports a `fn(&Context, &str) -> Result<String,
+/// Error>` that sees the input JSON text as-is and returns JSON text, for
+/// plugins that pass data through without looking at it.
 #[macro_export]
 macro_rules! plugin {
+    (raw $handler:path) => {
+        $crate::plugin!(@export |context, input| $handler(&$crate::Context::from(context), &input)
+            .map_err(::std::convert::Into::into));
+    };
     ($handler:path) => {
+        $crate::plugin!(@export |context, input| $crate::dispatch(context, &input, $handler));
+    };
+    (@export |$context:ident, $input:ident| $body:expr) => {
         struct __StewardPlugin;
 
         impl $crate::bindings::exports::steward::plugin::handler::Guest for __StewardPlugin {
             fn handle(
-                context: $crate::bindings::steward::plugin::types::StepContext,
-                input: ::std::string::String,
+                $context: $crate::bindings::steward::plugin::types::StepContext,
+                $input: ::std::string::String,
             ) -> ::std::result::Result<
                 ::std::string::String,
                 $crate::bindings::steward::plugin::types::PluginError,
             > {
-                $crate::dispatch(context, &input, $handler)
+                $body
             }
         }
 

@@ -5,7 +5,7 @@ wasmtime::component::bindgen!({
     world: "fulfilment",
 });
 
-pub use steward::plugin::types::{HostError, HostErrorKind, PluginError, StepContext};
+pub use self::steward::plugin::types::{HostError, HostErrorKind, PluginError, StepContext};
 
 impl HostError {
     /// The capability is not granted to this plugin.

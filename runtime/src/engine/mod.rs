@@ -499,6 +499,12 @@ fn root_cause(error: &wasmtime::Error) -> String {
     text
 }
 
+/// Whether the kernel lets the pool reset only the pages a call dirtied
+/// (Linux 6.7+); the benchmark prints it.
+pub fn pagemap_scan_available() -> bool {
+    PoolingAllocationConfig::is_pagemap_scan_available()
+}
+
 fn wasmtime_config(options: &EngineOptions) -> Config {
     let slots = options.max_concurrent_calls.max(1);
     let mut pool = PoolingAllocationConfig::default();
@@ -511,9 +517,9 @@ fn wasmtime_config(options: &EngineOptions) -> Config {
         .max_memory_size(options.max_memory_bytes);
     // Reset only the pages a call dirtied and keep them mapped: most of the
     // cost of a fresh instance is page faults and madvise otherwise.
-    if PoolingAllocationConfig::is_pagemap_scan_available() {
+    if pagemap_scan_available() {
         pool.pagemap_scan(wasmtime::Enabled::Yes)
-            .linear_memory_keep_resident(8 << 20)
+            .linear_memory_keep_resident(options.max_memory_bytes.min(64 << 20))
             .table_keep_resident(1 << 20);
     }
     let mut config = Config::new();

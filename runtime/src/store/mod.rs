@@ -1,0 +1,535 @@
+//! Durable state: runs, their event histories, deployed workflow versions
+//! and plugin key-value data, in SQLite (the embedded default) or
+//! PostgreSQL (for many processes), with the same SQL for both.
+//!
+//! Architecture invariant: only this module knows SQL. Callers see runs,
+//! events and leases.
+
+mod migrate;
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::Value;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Row};
+
+use crate::run::{Event, Recorded, RunState, Status, StepError};
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// How SQLite syncs commits: FULL survives power loss, NORMAL (in WAL mode)
+/// may lose the last commits on power loss but never corrupts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteSync {
+    #[default]
+    Full,
+    Normal,
+}
+
+/// How to open a store.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    pub sqlite_sync: SqliteSync,
+    /// A PostgreSQL schema to live in (created if missing): how tests get a
+    /// database of their own.
+    pub schema: Option<String>,
+    pub max_connections: Option<u32>,
+}
+
+/// Why the store failed. SQL text never reaches API clients through this.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    #[error(
+        "the database schema is at version {database} but this binary knows only up to {binary}: \
+         a newer steward migrated it; run that version or restore a backup"
+    )]
+    NewerSchema { database: i64, binary: i64 },
+    #[error("migration {version} failed: {message}")]
+    Migrate { version: i64, message: String },
+    #[error(
+        "workflow {name} version {version} is already deployed with different content: bump the version"
+    )]
+    VersionConflict { name: String, version: u32 },
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A run as stored: the columns callers list and filter on.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub id: String,
+    pub workflow: String,
+    pub version: u32,
+    pub status: String,
+    pub input: Value,
+    pub output: Option<Value>,
+    pub error: Option<StepError>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A run to create, with its first event.
+pub struct NewRun<'a> {
+    pub id: &'a str,
+    pub workflow: &'a str,
+    pub version: u32,
+    pub input: &'a Value,
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// The store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn to_time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+impl Store {
+    /// Connects, tunes SQLite (WAL, synchronous, busy timeout) and applies
+    /// migrations.
+    pub async fn open(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://") {
+            let file = path.split('?').next().unwrap_or(path);
+            if let Some(parent) = std::path::Path::new(file).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
+            }
+            let url = if path.contains("mode=") {
+                url.to_string()
+            } else {
+                format!("sqlite://{file}?mode=rwc")
+            };
+            (Backend::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let connect: AnyConnectOptions = url.parse()?;
+        if let (Backend::Postgres, Some(schema)) = (backend, &options.schema) {
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect_with(connect.clone())
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(schema)
+            )))
+            .execute(&pool)
+            .await?;
+            pool.close().await;
+        }
+        let sync = match options.sqlite_sync {
+            SqliteSync::Full => "FULL",
+            SqliteSync::Normal => "NORMAL",
+        };
+        let schema = options.schema.clone();
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections.unwrap_or(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 10,
+            }))
+            .after_connect(move |conn, _meta| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    use sqlx::Executor as _;
+                    match backend {
+                        Backend::Sqlite => {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute(sqlx::AssertSqlSafe(format!(
+                                "PRAGMA synchronous = {sync}"
+                            )))
+                            .await?;
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        }
+                        Backend::Postgres => {
+                            if let Some(schema) = schema {
+                                conn.execute(sqlx::AssertSqlSafe(format!(
+                                    "SET search_path TO {}",
+                                    quote_ident(&schema)
+                                )))
+                                .await?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(connect)
+            .await?;
+        migrate::migrate(&pool, backend).await?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Records a workflow version; deploying the same text again is a no-op.
+    pub async fn deploy_workflow(
+        &self,
+        name: &str,
+        version: u32,
+        source: &str,
+    ) -> Result<(), StoreError> {
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT source FROM workflow_versions WHERE name = $1 AND version = $2",
+        )
+        .bind(name)
+        .bind(version as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        match existing {
+            Some(s) if s == source => Ok(()),
+            Some(_) => Err(StoreError::VersionConflict {
+                name: name.to_string(),
+                version,
+            }),
+            None => {
+                sqlx::query(
+                    "INSERT INTO workflow_versions (name, version, source, deployed_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(name)
+                .bind(version as i64)
+                .bind(source)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The YAML of a deployed version, so a run keeps the version it started on.
+    pub async fn workflow_source(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT source FROM workflow_versions WHERE name = $1 AND version = $2",
+        )
+        .bind(name)
+        .bind(version as i64)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Creates a run and its `run_started` event in one transaction. With an
+    /// idempotency key already used for this workflow, returns that run
+    /// instead (`false`: nothing was created).
+    pub async fn create_run(&self, new: NewRun<'_>) -> Result<(RunRow, bool), StoreError> {
+        if let Some(key) = new.idempotency_key
+            && let Some(existing) = self.run_by_key(new.workflow, key).await?
+        {
+            return Ok((existing, false));
+        }
+        let now = now_ms();
+        let input = new.input.to_string();
+        let event = serde_json::to_string(&Event::RunStarted {
+            input: new.input.clone(),
+        })
+        .expect("events serialise");
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at) \
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $6, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(new.id)
+        .bind(new.workflow)
+        .bind(new.version as i64)
+        .bind(&input)
+        .bind(new.idempotency_key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            tx.rollback().await?;
+            // Lost a race on the idempotency key: the winner's run is the answer.
+            if let Some(key) = new.idempotency_key
+                && let Some(existing) = self.run_by_key(new.workflow, key).await?
+            {
+                return Ok((existing, false));
+            }
+            return Err(StoreError::Corrupt(format!(
+                "run {} exists already",
+                new.id
+            )));
+        }
+        sqlx::query("INSERT INTO run_events (run_id, seq, at, body) VALUES ($1, 1, $2, $3)")
+            .bind(new.id)
+            .bind(now)
+            .bind(&event)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let row = self
+            .run(new.id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("created run vanished".into()))?;
+        Ok((row, true))
+    }
+
+    async fn run_by_key(&self, workflow: &str, key: &str) -> Result<Option<RunRow>, StoreError> {
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT id FROM runs WHERE workflow = $1 AND idempotency_key = $2")
+                .bind(workflow)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        match id {
+            Some(id) => self.run(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    pub async fn run(&self, id: &str) -> Result<Option<RunRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, workflow, version, status, input, output, error, created_at, finished_at FROM runs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let json = |text: Option<String>| -> Result<Option<Value>, StoreError> {
+                text.map(|t| {
+                    serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .transpose()
+            };
+            let error: Option<String> = r.try_get("error")?;
+            Ok(RunRow {
+                id: r.try_get("id")?,
+                workflow: r.try_get("workflow")?,
+                version: r.try_get::<i64, _>("version")? as u32,
+                status: r.try_get("status")?,
+                input: json(Some(r.try_get("input")?))?.unwrap_or_default(),
+                output: json(r.try_get("output")?)?,
+                error: error
+                    .map(|e| {
+                        serde_json::from_str(&e).map_err(|e| StoreError::Corrupt(e.to_string()))
+                    })
+                    .transpose()?,
+                created_at: to_time(r.try_get("created_at")?),
+                finished_at: r.try_get::<Option<i64>, _>("finished_at")?.map(to_time),
+            })
+        })
+        .transpose()
+    }
+
+    /// The run's whole history, in order.
+    pub async fn events(&self, run_id: &str) -> Result<Vec<Recorded>, StoreError> {
+        let rows =
+            sqlx::query("SELECT seq, at, body FROM run_events WHERE run_id = $1 ORDER BY seq")
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|r| {
+                let body: String = r.try_get("body")?;
+                Ok(Recorded {
+                    seq: r.try_get::<i64, _>("seq")? as u64,
+                    at: to_time(r.try_get("at")?),
+                    event: serde_json::from_str(&body)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Appends events and updates the run's columns from `state`, in one
+    /// transaction: a step's result is durable before the next step starts.
+    /// `wake_at` is when the run next needs a worker (`None` when finished).
+    pub async fn append(
+        &self,
+        state: &RunState,
+        events: &[Recorded],
+        wake_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for e in events {
+            sqlx::query("INSERT INTO run_events (run_id, seq, at, body) VALUES ($1, $2, $3, $4)")
+                .bind(&state.id)
+                .bind(e.seq as i64)
+                .bind(e.at.timestamp_millis())
+                .bind(serde_json::to_string(&e.event).expect("events serialise"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        let terminal = state.status.is_terminal();
+        sqlx::query(
+            "UPDATE runs SET status = $2, output = $3, error = $4, updated_at = $5, finished_at = $6, wake_at = $7 \
+             WHERE id = $1",
+        )
+        .bind(&state.id)
+        .bind(state.status.as_str())
+        .bind(state.output.as_ref().map(|o| o.to_string()))
+        .bind(state.error.as_ref().map(|e| serde_json::to_string(e).expect("errors serialise")))
+        .bind(now_ms())
+        .bind(state.finished_at.filter(|_| terminal).map(|t| t.timestamp_millis()))
+        .bind(if terminal { None } else { wake_at.map(|t| t.timestamp_millis()) })
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` runs that are due and not leased by a live
+    /// worker. On PostgreSQL concurrent claimers skip each other's rows.
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let now = now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE runs SET lease_owner = $1, lease_until = $2 WHERE id IN (\
+               SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
+               AND (lease_until IS NULL OR lease_until < $3) ORDER BY wake_at LIMIT $4{lock}) RETURNING id"
+        );
+        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids)
+    }
+
+    /// Extends the leases `owner` holds on `ids`.
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let until = now_ms() + lease.as_millis() as i64;
+        for id in ids {
+            sqlx::query("UPDATE runs SET lease_until = $3 WHERE id = $1 AND lease_owner = $2")
+                .bind(id)
+                .bind(owner)
+                .bind(until)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Gives a run back: another claim may take it once it is due.
+    pub async fn release(&self, owner: &str, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE runs SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2")
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Counts runs per status, for tests and metrics.
+    pub async fn count_by_status(&self, status: Status) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE status = $1")
+                .bind(status.as_str())
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM plugin_kv WHERE plugin = $1 AND key = $2")
+                .bind(plugin)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn kv_set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO plugin_kv (plugin, key, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(plugin)
+        .bind(key)
+        .bind(value.to_vec())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn kv_delete(&self, plugin: &str, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM plugin_kv WHERE plugin = $1 AND key = $2")
+            .bind(plugin)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Plugin key-value data in the store, for the engine's `kv` capability
+/// (called from blocking threads).
+pub struct StoreKeyValue {
+    store: Store,
+    runtime: tokio::runtime::Handle,
+}
+
+impl StoreKeyValue {
+    pub fn new(store: Store, runtime: tokio::runtime::Handle) -> StoreKeyValue {
+        StoreKeyValue { store, runtime }
+    }
+}
+
+impl crate::engine::KeyValue for StoreKeyValue {
+    fn get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.runtime
+            .block_on(self.store.kv_get(plugin, key))
+            .map_err(|e| e.to_string())
+    }
+    fn set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        self.runtime
+            .block_on(self.store.kv_set(plugin, key, value))
+            .map_err(|e| e.to_string())
+    }
+    fn delete(&self, plugin: &str, key: &str) -> Result<(), String> {
+        self.runtime
+            .block_on(self.store.kv_delete(plugin, key))
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
