@@ -1,5 +1,5 @@
 -- Runs, their event history, deployed workflow versions and plugin key-value data.
--- Times are Unix milliseconds; JSON is stored as text.
+-- Times are Unix milliseconds, JSON is stored as text.
 CREATE TABLE workflow_versions (
     name TEXT NOT NULL,
     version BIGINT NOT NULL,

@@ -165,11 +165,7 @@ struct LiveRun {
 
 impl LiveRun {
     fn record(&mut self, event: Event) {
-        let recorded = Recorded {
-            seq: self.history.len() as u64 + 1,
-            at: Utc::now(),
-            event,
-        };
+        let recorded = Recorded::now(self.history.len() as u64 + 1, event);
         self.state.apply(&recorded);
         self.history.push(recorded);
     }

@@ -63,3 +63,24 @@ pub fn install_fixture(name: &str, dir: &Path) -> PathBuf {
 pub fn steward_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_steward"))
 }
+
+/// PostgreSQL for tests, from `STEWARD_TEST_DATABASE_URL` (see SPEC).
+pub fn postgres_url() -> Option<String> {
+    std::env::var("STEWARD_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// A schema name no other test (or test run) uses.
+pub fn unique_schema(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "t_{}_{}_{}",
+        test.replace('-', "_"),
+        std::process::id(),
+        nanos % 1_000_000_000
+    )
+}

@@ -87,6 +87,19 @@ impl Event {
     }
 }
 
+impl Recorded {
+    /// Stamps `event` as number `seq`, now, to the millisecond the store
+    /// keeps, so a replayed history equals the one recorded.
+    pub fn now(seq: u64, event: Event) -> Recorded {
+        use chrono::SubsecRound;
+        Recorded {
+            seq,
+            at: Utc::now().trunc_subsecs(3),
+            event,
+        }
+    }
+}
+
 /// An event with its place and time in the history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recorded {

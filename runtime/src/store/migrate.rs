@@ -42,12 +42,8 @@ pub async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), StoreError>
     }
     for (version, name, sql) in migrations.iter().filter(|m| m.0 > applied) {
         let mut tx = pool.begin().await?;
-        for statement in sql
-            .split(';')
-            .map(str::trim)
-            .filter(|s| !s.is_empty() && !is_comment(s))
-        {
-            sqlx::query(statement)
+        for statement in statements(sql) {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| StoreError::Migrate {
@@ -68,8 +64,17 @@ pub async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), StoreError>
     Ok(())
 }
 
-fn is_comment(statement: &str) -> bool {
-    statement
+/// The statements of a migration file; comments go first, so a `;` inside
+/// one cannot split a statement.
+fn statements(sql: &str) -> Vec<String> {
+    let code: Vec<&str> = sql
         .lines()
-        .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect();
+    code.join("\n")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }

@@ -1,0 +1,230 @@
+//! The store's contract, run against SQLite and (when
+//! `STEWARD_TEST_DATABASE_URL` is set) PostgreSQL, each test on a database
+//! or schema of its own.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use steward::run::{Event, Recorded, RunState, Status};
+use steward::store::{NewRun, Store, StoreError, StoreOptions};
+
+/// Runs `check` on a fresh SQLite store and, when configured, a fresh
+/// PostgreSQL schema.
+async fn on_every_backend<F, Fut>(name: &str, check: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}/steward.db", dir.path().display());
+    check(
+        Store::open(&sqlite, StoreOptions::default())
+            .await
+            .expect("sqlite opens"),
+    )
+    .await;
+    match common::postgres_url() {
+        Some(url) => {
+            let schema = common::unique_schema(name);
+            let options = StoreOptions {
+                schema: Some(schema),
+                ..StoreOptions::default()
+            };
+            check(Store::open(&url, options).await.expect("postgres opens")).await;
+        }
+        None => eprintln!("{name}: PostgreSQL part skipped: STEWARD_TEST_DATABASE_URL is not set"),
+    }
+}
+
+fn new_run<'a>(id: &'a str, input: &'a serde_json::Value, key: Option<&'a str>) -> NewRun<'a> {
+    NewRun {
+        id,
+        workflow: "demo",
+        version: 1,
+        input,
+        idempotency_key: key,
+    }
+}
+
+#[tokio::test]
+async fn a_created_run_has_its_first_event_and_an_idempotency_key_returns_it() {
+    on_every_backend("create", |store| async move {
+        let input = json!({"user": "ada"});
+        let (row, created) = store
+            .create_run(new_run("r1", &input, Some("k1")))
+            .await
+            .unwrap();
+        assert!(created);
+        assert_eq!(row.status, "pending");
+        assert_eq!(row.input, input);
+        let events = store.events("r1").await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].event,
+            Event::RunStarted {
+                input: input.clone()
+            }
+        );
+
+        let other = json!({"user": "someone else"});
+        let (again, created) = store
+            .create_run(new_run("r2", &other, Some("k1")))
+            .await
+            .unwrap();
+        assert!(!created, "the same key gives the same run");
+        assert_eq!(again.id, "r1");
+        assert!(store.run("r2").await.unwrap().is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn appended_events_and_status_are_durable() {
+    on_every_backend("append", |store| async move {
+        let input = json!({});
+        store.create_run(new_run("r1", &input, None)).await.unwrap();
+        let mut state = RunState::new("r1", "demo", 1, Utc::now());
+        let mut history = store.events("r1").await.unwrap();
+        for r in &history {
+            state.apply(r);
+        }
+        let done = Recorded::now(
+            2,
+            Event::RunSucceeded {
+                output: json!({"ok": true}),
+            },
+        );
+        state.apply(&done);
+        store
+            .append(&state, std::slice::from_ref(&done), None)
+            .await
+            .unwrap();
+        history.push(done);
+
+        assert_eq!(store.events("r1").await.unwrap(), history);
+        let row = store.run("r1").await.unwrap().unwrap();
+        assert_eq!(row.status, "succeeded");
+        assert_eq!(row.output, Some(json!({"ok": true})));
+        assert!(row.finished_at.is_some());
+        assert_eq!(store.count_by_status(Status::Succeeded).await.unwrap(), 1);
+        // A finished run is never due again.
+        assert!(
+            store
+                .claim_due("w1", Duration::from_secs(30), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_leased_run_is_claimed_once_until_its_lease_ends() {
+    on_every_backend("claim", |store| async move {
+        let input = json!({});
+        store.create_run(new_run("r1", &input, None)).await.unwrap();
+        let first = store
+            .claim_due("w1", Duration::from_millis(300), 10)
+            .await
+            .unwrap();
+        assert_eq!(first, vec!["r1".to_string()]);
+        assert!(
+            store
+                .claim_due("w2", Duration::from_secs(30), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let taken = store
+            .claim_due("w2", Duration::from_secs(30), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            taken,
+            vec!["r1".to_string()],
+            "a dead worker's run is taken over"
+        );
+        store.release("w2", "r1").await.unwrap();
+        assert_eq!(
+            store
+                .claim_due("w3", Duration::from_secs(30), 10)
+                .await
+                .unwrap(),
+            vec!["r1".to_string()]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn workflow_versions_are_immutable_and_kv_is_per_plugin() {
+    on_every_backend("versions", |store| async move {
+        store
+            .deploy_workflow("demo", 1, "name: demo")
+            .await
+            .unwrap();
+        store
+            .deploy_workflow("demo", 1, "name: demo")
+            .await
+            .unwrap();
+        let err = store
+            .deploy_workflow("demo", 1, "name: demo # changed")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::VersionConflict { .. }), "{err}");
+        assert_eq!(
+            store.workflow_source("demo", 1).await.unwrap().as_deref(),
+            Some("name: demo")
+        );
+
+        store.kv_set("assign", "next", b"3").await.unwrap();
+        store.kv_set("assign", "next", b"4").await.unwrap();
+        assert_eq!(
+            store.kv_get("assign", "next").await.unwrap(),
+            Some(b"4".to_vec())
+        );
+        assert_eq!(store.kv_get("notify", "next").await.unwrap(), None);
+        store.kv_delete("assign", "next").await.unwrap();
+        assert_eq!(store.kv_get("assign", "next").await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_binary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/steward.db", dir.path().display());
+    let store = Store::open(&url, StoreOptions::default()).await.unwrap();
+    store.close().await;
+    {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("steward.db"))
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO steward_migrations (version, name, applied_at) VALUES (999, 'future', 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let err = Store::open(&url, StoreOptions::default())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(err, StoreError::NewerSchema { database: 999, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("a newer steward migrated it"),
+        "{err}"
+    );
+}
