@@ -13,6 +13,10 @@ use serde::Deserialize;
 pub struct Config {
     pub listen: String,
     pub database: String,
+    /// PostgreSQL only: the schema to keep Steward's tables in.
+    pub database_schema: Option<String>,
+    /// SQLite only: `full` (default, survives power loss) or `normal`.
+    pub sqlite_synchronous: String,
     /// Where the embedded database and the compiled-component cache live.
     pub data_dir: PathBuf,
     /// Folders of `*.yaml` workflows loaded at start.
@@ -28,6 +32,27 @@ pub struct Config {
     /// Defaults for every plugin call; `[plugins.NAME]` may override them.
     pub limits: Limits,
     pub engine: EngineSettings,
+    pub worker: WorkerSettings,
+}
+
+/// How this process claims and drives runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// How long a claim on a run lasts without renewal: after a crash, other
+    /// processes take the run over once it ends.
+    pub lease_ms: u64,
+    /// Runs driven at once by this process.
+    pub capacity: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            lease_ms: 15_000,
+            capacity: 256,
+        }
+    }
 }
 
 impl Default for Config {
@@ -35,6 +60,8 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:8080".into(),
             database: "sqlite://steward-data/steward.db".into(),
+            database_schema: None,
+            sqlite_synchronous: "full".into(),
             data_dir: "steward-data".into(),
             workflows: vec!["examples/workflows".into()],
             plugins: BTreeMap::new(),
@@ -45,6 +72,7 @@ impl Default for Config {
             hooks: BTreeMap::new(),
             limits: Limits::default(),
             engine: EngineSettings::default(),
+            worker: WorkerSettings::default(),
         }
     }
 }
@@ -168,6 +196,9 @@ impl Config {
         }
         if let Some(v) = get("STEWARD_DATABASE") {
             self.database = v;
+        }
+        if let Some(v) = get("STEWARD_DATABASE_SCHEMA") {
+            self.database_schema = Some(v);
         }
         if let Some(v) = get("STEWARD_DATA_DIR") {
             self.data_dir = v.into();

@@ -2,7 +2,13 @@
 //! through the engine, and records their results. Steps of a `parallel`
 //! group run concurrently; a run waits for timers and retries without
 //! busy-looping.
+//!
+//! Where events go is a [`Journal`]: memory for a one-off local run, the
+//! store for the server. Events are made durable before any plugin call
+//! starts and before the executor waits, so a step's result is committed
+//! before the next step starts.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -11,9 +17,59 @@ use tokio::task::JoinSet;
 
 use crate::engine::{CallError, CallRequest, Engine, StepContext};
 use crate::run::{
-    Action, Event, Recorded, RunState, StepError, idempotency_key, outcome_event, plan,
+    Action, Event, Recorded, RunState, StepError, StepState, idempotency_key, outcome_event, plan,
 };
+use crate::store::Store;
 use crate::workflow::Workflow;
+
+/// Runs longer idle than this are handed back to the store (parked) instead
+/// of holding a task and a lease.
+const PARK_AFTER: chrono::Duration = chrono::Duration::seconds(2);
+
+/// Where a run's events are made durable.
+pub trait Journal: Send {
+    /// Persists `events` (the newest ones) with the run's state; `wake_at` is
+    /// when the run next needs a worker.
+    fn persist(
+        &mut self,
+        state: &RunState,
+        events: &[Recorded],
+        wake_at: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Keeps nothing beyond the run's in-memory history: `steward run`.
+pub struct MemoryJournal;
+
+impl Journal for MemoryJournal {
+    async fn persist(
+        &mut self,
+        _: &RunState,
+        _: &[Recorded],
+        _: Option<DateTime<Utc>>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Appends to the store, one transaction per batch.
+pub struct StoreJournal {
+    pub store: Store,
+}
+
+impl Journal for StoreJournal {
+    async fn persist(
+        &mut self,
+        state: &RunState,
+        events: &[Recorded],
+        wake_at: Option<DateTime<Utc>>,
+    ) -> Result<(), String> {
+        self.store
+            .append(state, events, wake_at)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
 
 /// Runs workflows against an engine.
 #[derive(Clone)]
@@ -23,11 +79,60 @@ pub struct Executor {
     env: Value,
 }
 
-/// A finished run and its whole history.
+/// A run in memory: its history, the state folded from it, and how much of
+/// the history is already durable.
 #[derive(Debug)]
-pub struct RunOutcome {
+pub struct LiveRun {
     pub state: RunState,
     pub history: Vec<Recorded>,
+    saved: usize,
+}
+
+impl LiveRun {
+    /// A run rebuilt from its stored history.
+    pub fn resume(state: RunState, history: Vec<Recorded>) -> LiveRun {
+        let mut state = state;
+        for recorded in &history {
+            state.apply(recorded);
+        }
+        let saved = history.len();
+        LiveRun {
+            state,
+            history,
+            saved,
+        }
+    }
+
+    fn record(&mut self, event: Event) {
+        let recorded = Recorded::now(self.history.len() as u64 + 1, event);
+        self.state.apply(&recorded);
+        self.history.push(recorded);
+    }
+
+    async fn flush<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        wake_at: Option<DateTime<Utc>>,
+    ) -> Result<(), String> {
+        if self.saved == self.history.len() {
+            return Ok(());
+        }
+        journal
+            .persist(&self.state, &self.history[self.saved..], wake_at)
+            .await?;
+        self.saved = self.history.len();
+        Ok(())
+    }
+}
+
+/// How a drive ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DriveEnd {
+    /// The run reached a final status.
+    Finished,
+    /// Only a timer or a retry holds the run: it was handed back to the
+    /// store with its wake-up time.
+    Parked,
 }
 
 /// One completed plugin call, on its way back to the run.
@@ -42,19 +147,39 @@ impl Executor {
         Executor { engine, env }
     }
 
-    /// Runs `workflow` on `input` to its end, in this process. The input
-    /// must already have passed the workflow's schema.
-    pub async fn run(&self, workflow: Arc<Workflow>, run_id: &str, input: Value) -> RunOutcome {
-        let mut run = LiveRun {
-            state: RunState::new(run_id, &workflow.name, workflow.version, Utc::now()),
-            history: Vec::new(),
-        };
+    /// Runs `workflow` on `input` to its end, in this process, with nothing
+    /// persisted. The input must already have passed the workflow's schema.
+    pub async fn run(&self, workflow: Arc<Workflow>, run_id: &str, input: Value) -> LiveRun {
+        let state = RunState::new(run_id, &workflow.name, workflow.version, Utc::now());
+        let mut run = LiveRun::resume(state, Vec::new());
         run.record(Event::RunStarted { input });
+        // The memory journal cannot fail.
+        let _ = self
+            .drive(&workflow, &mut run, &mut MemoryJournal, false)
+            .await;
+        run
+    }
+
+    /// Advances `run` until it finishes or, when `park` is set, until only a
+    /// timer holds it. Steps that were in flight when the history ends (the
+    /// process died mid-call) are run again, with the same attempt number
+    /// and idempotency key.
+    pub async fn drive<J: Journal>(
+        &self,
+        workflow: &Workflow,
+        run: &mut LiveRun,
+        journal: &mut J,
+        park: bool,
+    ) -> Result<DriveEnd, String> {
         let mut calls: JoinSet<Finished> = JoinSet::new();
+        for (step, attempt, input) in interrupted_calls(run) {
+            self.start_call(workflow, run, &mut calls, step, attempt, input);
+        }
         loop {
             let now = Utc::now();
-            let next = plan(&workflow, &run.state, &self.env, now);
+            let next = plan(workflow, &run.state, &self.env, now);
             let progressed = !next.actions.is_empty();
+            let mut to_call = Vec::new();
             for action in next.actions {
                 match action {
                     Action::Record(event) => run.record(event),
@@ -70,36 +195,38 @@ impl Executor {
                             attempt,
                             input: input.clone(),
                         });
-                        let request = CallRequest {
-                            plugin,
-                            context: StepContext {
-                                run_id: run_id.to_string(),
-                                workflow: workflow.name.clone(),
-                                step_id: step.clone(),
-                                attempt,
-                                idempotency_key: idempotency_key(run_id, &step),
-                            },
-                            input: input.to_string(),
-                            timeout,
-                        };
-                        let engine = self.engine.clone();
-                        calls.spawn(async move {
-                            let outcome = engine.call(request.clone()).await;
-                            for line in &outcome.logs {
-                                tracing::info!(run = %request.context.run_id, step = %step, plugin = %request.plugin, level = %line.level, "{}", line.message);
-                            }
-                            Finished { step, attempt, result: to_step_result(outcome.result) }
-                        });
+                        to_call.push((step, attempt, plugin, input, timeout));
                     }
                 }
             }
+            // Durable before any side effect starts and before waiting.
+            run.flush(journal, Some(now)).await?;
+            for (step, attempt, plugin, input, timeout) in to_call {
+                self.spawn_call(
+                    workflow,
+                    run,
+                    &mut calls,
+                    CallSpec {
+                        step,
+                        attempt,
+                        plugin,
+                        input,
+                        timeout,
+                    },
+                );
+            }
             if run.state.status.is_terminal() {
-                break;
+                calls.abort_all();
+                return Ok(DriveEnd::Finished);
             }
             if progressed {
                 continue;
             }
-            match self.wait(&mut calls, next.wake_at).await {
+            if park && calls.is_empty() && next.wake_at.is_some_and(|at| at - now > PARK_AFTER) {
+                run.flush_wake(journal, next.wake_at).await?;
+                return Ok(DriveEnd::Parked);
+            }
+            match wait(&mut calls, next.wake_at).await {
                 Some(finished) => {
                     let Some(step) = workflow.step(&finished.step) else {
                         continue;
@@ -121,53 +248,141 @@ impl Executor {
                 None => {}
             }
         }
-        calls.abort_all();
-        RunOutcome {
-            state: run.state,
-            history: run.history,
-        }
     }
 
-    /// Waits for the next finished call or the wake-up time, whichever
-    /// comes first.
-    async fn wait(
+    /// Re-issues a call that was in flight when the process stopped.
+    fn start_call(
         &self,
+        workflow: &Workflow,
+        run: &mut LiveRun,
         calls: &mut JoinSet<Finished>,
-        wake_at: Option<DateTime<Utc>>,
-    ) -> Option<Finished> {
-        let sleep = async {
-            match wake_at {
-                Some(at) => {
-                    let delay = (at - Utc::now()).to_std().unwrap_or_default();
-                    tokio::time::sleep(delay).await
-                }
-                None => std::future::pending().await,
-            }
+        step: String,
+        attempt: u32,
+        input: Value,
+    ) {
+        let Some(crate::workflow::model::StepKind::Plugin { uses, .. }) =
+            workflow.step(&step).map(|s| &s.kind)
+        else {
+            return;
         };
-        if calls.is_empty() {
-            if wake_at.is_some() {
-                sleep.await;
+        let timeout = workflow.step(&step).and_then(|s| s.timeout);
+        let plugin = uses.clone();
+        run.record(Event::StepStarted {
+            step: step.clone(),
+            attempt,
+            input: input.clone(),
+        });
+        self.spawn_call(
+            workflow,
+            run,
+            calls,
+            CallSpec {
+                step,
+                attempt,
+                plugin,
+                input,
+                timeout,
+            },
+        );
+    }
+
+    fn spawn_call(
+        &self,
+        workflow: &Workflow,
+        run: &LiveRun,
+        calls: &mut JoinSet<Finished>,
+        spec: CallSpec,
+    ) {
+        let run_id = run.state.id.clone();
+        let request = CallRequest {
+            plugin: spec.plugin,
+            context: StepContext {
+                idempotency_key: idempotency_key(&run_id, &spec.step),
+                run_id,
+                workflow: workflow.name.clone(),
+                step_id: spec.step.clone(),
+                attempt: spec.attempt,
+            },
+            input: spec.input.to_string(),
+            timeout: spec.timeout,
+        };
+        let engine = self.engine.clone();
+        let (step, attempt) = (spec.step, spec.attempt);
+        calls.spawn(async move {
+            let outcome = engine.call(request.clone()).await;
+            for line in &outcome.logs {
+                tracing::info!(run = %request.context.run_id, step = %step, plugin = %request.plugin, level = %line.level, "{}", line.message);
             }
-            return None;
-        }
-        tokio::select! {
-            joined = calls.join_next() => joined.and_then(|r| r.ok()),
-            _ = sleep => None,
-        }
+            Finished { step, attempt, result: to_step_result(outcome.result) }
+        });
     }
 }
 
-/// A run in memory: its history and the state folded from it.
-struct LiveRun {
-    state: RunState,
-    history: Vec<Recorded>,
+struct CallSpec {
+    step: String,
+    attempt: u32,
+    plugin: String,
+    input: Value,
+    timeout: Option<std::time::Duration>,
 }
 
 impl LiveRun {
-    fn record(&mut self, event: Event) {
-        let recorded = Recorded::now(self.history.len() as u64 + 1, event);
-        self.state.apply(&recorded);
-        self.history.push(recorded);
+    /// Saves pending events and the next wake-up time, even when no event is
+    /// pending.
+    async fn flush_wake<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        wake_at: Option<DateTime<Utc>>,
+    ) -> Result<(), String> {
+        journal
+            .persist(&self.state, &self.history[self.saved..], wake_at)
+            .await?;
+        self.saved = self.history.len();
+        Ok(())
+    }
+}
+
+/// Steps whose last attempt started but never finished: (step, attempt,
+/// the input it was started with).
+fn interrupted_calls(run: &LiveRun) -> Vec<(String, u32, Value)> {
+    let mut out = Vec::new();
+    for (step, record) in &run.state.steps {
+        let StepState::Running { attempt } = record.state else {
+            continue;
+        };
+        let input = run.history.iter().rev().find_map(|r| match &r.event {
+            Event::StepStarted {
+                step: s,
+                attempt: a,
+                input,
+            } if s == step && *a == attempt => Some(input.clone()),
+            _ => None,
+        });
+        if let Some(input) = input {
+            out.push((step.clone(), attempt, input));
+        }
+    }
+    out
+}
+
+/// Waits for the next finished call or the wake-up time, whichever comes
+/// first.
+async fn wait(calls: &mut JoinSet<Finished>, wake_at: Option<DateTime<Utc>>) -> Option<Finished> {
+    let sleep = async {
+        match wake_at {
+            Some(at) => tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await,
+            None => std::future::pending().await,
+        }
+    };
+    if calls.is_empty() {
+        if wake_at.is_some() {
+            sleep.await;
+        }
+        return None;
+    }
+    tokio::select! {
+        joined = calls.join_next() => joined.and_then(|r| r.ok()),
+        _ = sleep => None,
     }
 }
 

@@ -2,6 +2,8 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map of modules.
 
+pub mod api;
+pub mod catalog;
 pub mod config;
 pub mod engine;
 pub mod executor;
@@ -9,4 +11,5 @@ pub mod plugin_build;
 pub mod plugins;
 pub mod run;
 pub mod store;
+pub mod worker;
 pub mod workflow;

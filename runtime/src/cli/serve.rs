@@ -1,26 +1,30 @@
-//! `steward serve`: loads plugins and workflows, then serves HTTP.
-//! The REST API and the durable executor arrive with their issues; today
-//! the server answers `/healthz` and lists what it loaded.
+//! `steward serve`: opens the store, loads plugins and workflows, starts
+//! the worker and the API.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+use anyhow::{Context as _, bail};
+use steward::api::{AppState, router};
+use steward::catalog::Catalog;
 use steward::config::Config;
-use steward::engine::MemoryKeyValue;
+use steward::executor::Executor;
 use steward::plugins::load_plugins;
+use steward::store::{SqliteSync, Store, StoreKeyValue, StoreOptions};
+use steward::worker::{self, WorkerOptions};
 use steward::workflow::load_dir;
 
 pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
-    let set = load_plugins(config, Arc::new(MemoryKeyValue::default()), true)?;
+    let store = open_store(config).await?;
+    let kv = Arc::new(StoreKeyValue::new(
+        store.clone(),
+        tokio::runtime::Handle::current(),
+    ));
+    let set = load_plugins(config, kv, true)?;
     for warning in &set.warnings {
         tracing::warn!("{warning}");
     }
-    let plugin_names = set.names();
-    let mut workflows = Vec::new();
+    let catalog = Arc::new(Catalog::new(store.clone(), set.names()));
     for dir in &config.workflows {
         if !dir.exists() {
             tracing::warn!(
@@ -29,34 +33,33 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             );
             continue;
         }
-        for result in load_dir(dir, &plugin_names).map_err(anyhow::Error::msg)? {
+        for result in load_dir(dir, catalog.plugins()).map_err(anyhow::Error::msg)? {
             match result {
                 Ok(w) => {
-                    tracing::info!(workflow = %w.name, version = w.version, "loaded {}", w.file);
-                    workflows.push(
-                        json!({"name": w.name, "version": w.version, "description": w.description}),
-                    );
+                    let file = w.file.clone();
+                    match catalog.deploy(w).await {
+                        Ok(w) => {
+                            tracing::info!(workflow = %w.name, version = w.version, "loaded {file}")
+                        }
+                        Err(e) => tracing::error!("{file}: not deployed: {e}"),
+                    }
                 }
                 Err(errors) => tracing::error!("workflow not loaded:\n{errors}"),
             }
         }
     }
-    let plugins: Vec<_> = set
-        .engine
-        .plugins()
-        .iter()
-        .map(|p| json!({"name": p.manifest.name, "version": p.manifest.version, "origin": p.origin, "sha256": p.digest}))
-        .collect();
-    let app = Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route(
-            "/v1/workflows",
-            get(move || async move { Json(json!({"items": workflows})) }),
-        )
-        .route(
-            "/v1/plugins",
-            get(move || async move { Json(json!({"items": plugins})) }),
-        );
+    let executor = Executor::new(set.engine.clone(), config.env_json());
+    let options = WorkerOptions {
+        lease: std::time::Duration::from_millis(config.worker.lease_ms.max(100)),
+        capacity: config.worker.capacity.max(1),
+        ..WorkerOptions::default()
+    };
+    let worker = worker::spawn(store.clone(), executor, catalog.clone(), options);
+    let app = router(Arc::new(AppState {
+        store: store.clone(),
+        catalog,
+        worker: worker.clone(),
+    }));
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| {
@@ -71,5 +74,39 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
+    worker.stop();
+    store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let sqlite_sync = match config.sqlite_synchronous.as_str() {
+        "full" => SqliteSync::Full,
+        "normal" => SqliteSync::Normal,
+        other => bail!("sqlite_synchronous = {other:?}: use \"full\" or \"normal\""),
+    };
+    let options = StoreOptions {
+        sqlite_sync,
+        schema: config.database_schema.clone(),
+        max_connections: None,
+    };
+    let store = Store::open(&config.database, options)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact(&config.database)))?;
+    if store.backend() == steward::store::Backend::Sqlite {
+        // SQLite has one server process: leases left by a killed one are stale.
+        store.release_all_leases().await?;
+    }
+    Ok(store)
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
 }

@@ -452,6 +452,17 @@ impl Store {
         Ok(())
     }
 
+    /// Drops every lease: for SQLite, whose single server process starts
+    /// after the previous one died.
+    pub async fn release_all_leases(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE runs SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Counts runs per status, for tests and metrics.
     pub async fn count_by_status(&self, status: Status) -> Result<i64, StoreError> {
         Ok(

@@ -1,0 +1,46 @@
+//! The REST API (axum). Only this module knows HTTP.
+
+mod problem;
+mod runs;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+pub use problem::Problem;
+
+use crate::catalog::Catalog;
+use crate::store::Store;
+use crate::worker::WorkerHandle;
+
+/// What handlers share.
+pub struct AppState {
+    pub store: Store,
+    pub catalog: Arc<Catalog>,
+    pub worker: WorkerHandle,
+}
+
+/// The API's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/v1/workflows", get(list_workflows))
+        .route("/v1/workflows/{name}/runs", post(runs::start))
+        .route("/v1/runs/{id}", get(runs::show))
+        .route("/v1/runs/{id}/events", get(runs::events))
+        .fallback(|| async { Problem::not_found("this route") })
+        .with_state(state)
+}
+
+async fn list_workflows(State(app): State<Arc<AppState>>) -> Json<Value> {
+    let items: Vec<Value> = app
+        .catalog
+        .list()
+        .iter()
+        .map(|w| json!({"name": w.name, "version": w.version, "description": w.description}))
+        .collect();
+    Json(json!({ "items": items }))
+}

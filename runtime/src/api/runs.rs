@@ -1,0 +1,133 @@
+//! Starting and reading runs.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppState, Problem};
+use crate::run::RunState;
+use crate::store::{NewRun, RunRow};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    #[serde(default)]
+    input: Option<Value>,
+}
+
+/// `POST /v1/workflows/{name}/runs`: 201 with the new run; with an
+/// `Idempotency-Key` already used for this workflow, 200 with that run.
+pub async fn start(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<StartRun>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let Json(body) = body.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+            "Invalid request body",
+            format!("{e}: send {{\"input\": {{...}}}}"),
+        )
+    })?;
+    let workflow = app
+        .catalog
+        .latest(&name)
+        .ok_or_else(|| Problem::not_found(&format!("workflow {name}")))?;
+    let input = body.input.unwrap_or_else(|| json!({}));
+    if let Err(errors) = workflow.check_input(&input) {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+            "Input does not match the workflow's schema",
+            errors.join("\n"),
+        )
+        .with("errors", json!(errors)));
+    }
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid-idempotency-key",
+                        "Invalid Idempotency-Key",
+                        "use 1 to 255 visible ASCII characters",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    let (row, created) = app
+        .store
+        .create_run(NewRun {
+            id: &id,
+            workflow: &workflow.name,
+            version: workflow.version,
+            input: &input,
+            idempotency_key: key,
+        })
+        .await?;
+    if created {
+        app.worker.wake();
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(summary(&row))))
+}
+
+/// `GET /v1/runs/{id}`: the run with its steps.
+pub async fn show(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let row = app
+        .store
+        .run(&id)
+        .await?
+        .ok_or_else(|| Problem::not_found(&format!("run {id}")))?;
+    let mut state = RunState::new(&row.id, &row.workflow, row.version, row.created_at);
+    for recorded in app.store.events(&id).await? {
+        state.apply(&recorded);
+    }
+    let mut body = summary(&row);
+    body["input"] = row.input.clone();
+    body["output"] = row.output.clone().unwrap_or(Value::Null);
+    body["error"] = json!(row.error);
+    body["steps"] = json!(state.steps);
+    Ok(Json(body))
+}
+
+/// `GET /v1/runs/{id}/events`: the run's history.
+pub async fn events(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    if app.store.run(&id).await?.is_none() {
+        return Err(Problem::not_found(&format!("run {id}")));
+    }
+    Ok(Json(json!({ "items": app.store.events(&id).await? })))
+}
+
+fn summary(row: &RunRow) -> Value {
+    json!({
+        "id": row.id,
+        "workflow": row.workflow,
+        "version": row.version,
+        "status": row.status,
+        "created_at": row.created_at,
+        "finished_at": row.finished_at,
+    })
+}

@@ -1,0 +1,102 @@
+//! The workflows a server knows: every deployed version, so a run keeps the
+//! version it started on even after a newer one is deployed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use crate::store::{Store, StoreError};
+use crate::workflow::{ValidationErrors, Workflow, load_str};
+
+/// Why a workflow could not be found or deployed.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Deployed workflows by name and version.
+pub struct Catalog {
+    store: Store,
+    plugins: BTreeSet<String>,
+    versions: RwLock<BTreeMap<(String, u32), Arc<Workflow>>>,
+}
+
+impl Catalog {
+    pub fn new(store: Store, plugins: BTreeSet<String>) -> Catalog {
+        Catalog {
+            store,
+            plugins,
+            versions: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    /// The plugin names workflows may use.
+    pub fn plugins(&self) -> &BTreeSet<String> {
+        &self.plugins
+    }
+
+    /// Records a validated workflow in the store and makes it the latest of
+    /// its name when its version is the highest.
+    pub async fn deploy(&self, workflow: Workflow) -> Result<Arc<Workflow>, CatalogError> {
+        self.store
+            .deploy_workflow(&workflow.name, workflow.version, &workflow.source)
+            .await?;
+        let workflow = Arc::new(workflow);
+        self.versions
+            .write()
+            .unwrap()
+            .insert((workflow.name.clone(), workflow.version), workflow.clone());
+        Ok(workflow)
+    }
+
+    /// The highest deployed version of `name`.
+    pub fn latest(&self, name: &str) -> Option<Arc<Workflow>> {
+        let versions = self.versions.read().unwrap();
+        versions
+            .range((name.to_string(), 0)..=(name.to_string(), u32::MAX))
+            .next_back()
+            .map(|(_, w)| w.clone())
+    }
+
+    /// A specific version, loaded from the store when this process has not
+    /// seen it (a run started by another process or before a restart).
+    pub async fn version(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<Arc<Workflow>>, CatalogError> {
+        if let Some(w) = self
+            .versions
+            .read()
+            .unwrap()
+            .get(&(name.to_string(), version))
+        {
+            return Ok(Some(w.clone()));
+        }
+        let Some(source) = self.store.workflow_source(name, version).await? else {
+            return Ok(None);
+        };
+        let workflow = Arc::new(load_str(
+            &source,
+            &format!("{name}@{version}"),
+            &self.plugins,
+        )?);
+        self.versions
+            .write()
+            .unwrap()
+            .insert((name.to_string(), version), workflow.clone());
+        Ok(Some(workflow))
+    }
+
+    /// Every name with its latest version.
+    pub fn list(&self) -> Vec<Arc<Workflow>> {
+        let versions = self.versions.read().unwrap();
+        let mut latest: BTreeMap<&str, Arc<Workflow>> = BTreeMap::new();
+        for ((name, _), w) in versions.iter() {
+            latest.insert(name, w.clone());
+        }
+        latest.into_values().collect()
+    }
+}

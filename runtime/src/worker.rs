@@ -1,0 +1,193 @@
+//! The worker: claims due runs from the store under a lease, drives each
+//! with the executor, renews its leases while it works, and hands parked
+//! runs back. A run whose worker died is claimed again once its lease ends,
+//! and its interrupted step re-runs under the same idempotency key.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::catalog::Catalog;
+use crate::executor::{Executor, LiveRun, StoreJournal};
+use crate::run::{RunState, StepError};
+use crate::store::Store;
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// This process's name in leases.
+    pub owner: String,
+    /// How long a claim lasts without renewal.
+    pub lease: Duration,
+    /// Runs driven at once.
+    pub capacity: usize,
+    /// How often to look for due runs when nothing wakes the worker.
+    pub poll: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            owner: format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple()),
+            lease: Duration::from_secs(15),
+            capacity: 256,
+            poll: Duration::from_millis(200),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "steward".into())
+}
+
+/// Wakes the worker (a run was started) and stops it.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    wake: Arc<Notify>,
+    stop: watch::Sender<bool>,
+}
+
+impl WorkerHandle {
+    /// A run became due now: look without waiting for the next poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+struct Shared {
+    store: Store,
+    executor: Executor,
+    catalog: Arc<Catalog>,
+    options: WorkerOptions,
+    active: Mutex<HashSet<String>>,
+}
+
+/// Starts a worker on the current tokio runtime.
+pub fn spawn(
+    store: Store,
+    executor: Executor,
+    catalog: Arc<Catalog>,
+    options: WorkerOptions,
+) -> WorkerHandle {
+    let wake = Arc::new(Notify::new());
+    let (stop, stopped) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        store,
+        executor,
+        catalog,
+        options,
+        active: Mutex::new(HashSet::new()),
+    });
+    tokio::spawn(heartbeat(shared.clone(), stopped.clone()));
+    tokio::spawn(claim_loop(shared, wake.clone(), stopped));
+    WorkerHandle { wake, stop }
+}
+
+async fn claim_loop(shared: Arc<Shared>, wake: Arc<Notify>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let free = shared
+            .options
+            .capacity
+            .saturating_sub(shared.active.lock().unwrap().len());
+        if free > 0 {
+            match shared
+                .store
+                .claim_due(&shared.options.owner, shared.options.lease, free as i64)
+                .await
+            {
+                Ok(ids) => {
+                    for id in ids {
+                        shared.active.lock().unwrap().insert(id.clone());
+                        tokio::spawn(drive_one(shared.clone(), id));
+                    }
+                }
+                Err(e) => tracing::error!("claiming runs failed: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(shared.options.poll) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Renews the leases of every run this worker drives, well before they end.
+async fn heartbeat(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(shared.options.lease / 3) => {}
+            _ = stopped.changed() => return,
+        }
+        let ids: Vec<String> = shared.active.lock().unwrap().iter().cloned().collect();
+        if let Err(e) = shared
+            .store
+            .renew_leases(&shared.options.owner, &ids, shared.options.lease)
+            .await
+        {
+            tracing::error!("renewing leases failed: {e}");
+        }
+    }
+}
+
+async fn drive_one(shared: Arc<Shared>, id: String) {
+    if let Err(e) = drive(&shared, &id).await {
+        tracing::error!(run = %id, "driving the run failed: {e}");
+    }
+    shared.active.lock().unwrap().remove(&id);
+    if let Err(e) = shared.store.release(&shared.options.owner, &id).await {
+        tracing::error!(run = %id, "releasing the run failed: {e}");
+    }
+}
+
+async fn drive(shared: &Shared, id: &str) -> Result<(), String> {
+    let store = &shared.store;
+    let row = store
+        .run(id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the run vanished")?;
+    let history = store.events(id).await.map_err(|e| e.to_string())?;
+    let state = RunState::new(&row.id, &row.workflow, row.version, row.created_at);
+    let mut run = LiveRun::resume(state, history);
+    let mut journal = StoreJournal {
+        store: store.clone(),
+    };
+    let workflow = match shared.catalog.version(&row.workflow, row.version).await {
+        Ok(Some(w)) => w,
+        other => {
+            let why = match other {
+                Ok(_) => format!(
+                    "workflow {} version {} is not deployed",
+                    row.workflow, row.version
+                ),
+                Err(e) => e.to_string(),
+            };
+            // The run cannot continue anywhere: fail it rather than retry forever.
+            let error = StepError::fatal(format!("cannot load the run's workflow: {why}"));
+            let recorded = crate::run::Recorded::now(
+                run.history.len() as u64 + 1,
+                crate::run::Event::RunFailed { error },
+            );
+            run.state.apply(&recorded);
+            store
+                .append(&run.state, &[recorded], None)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+    };
+    shared
+        .executor
+        .drive(&workflow, &mut run, &mut journal, true)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! Crash recovery against the real binary: many runs with a timer and an
+//! HTTP side effect, the server SIGKILLed mid-flight more than once, then
+//! every run must succeed and every repeated side effect must carry the
+//! same idempotency key. On SQLite, and on PostgreSQL when
+//! `STEWARD_TEST_DATABASE_URL` is set.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::http_server::TestServer;
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(config: &Path) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(config.with_extension(format!("{port}.log"))).unwrap();
+        let child = Command::new(common::steward_bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("STEWARD_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let server = Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&server.url("/healthz")).call().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not come up; see {}",
+                config.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn start_run(&self, workflow: &str, input: Value) -> String {
+        let response = ureq::post(&self.url(&format!("/v1/workflows/{workflow}/runs")))
+            .set("content-type", "application/json")
+            .send_string(&json!({ "input": input }).to_string())
+            .expect("run accepted");
+        assert_eq!(response.status(), 201);
+        json_of(response)["id"].as_str().unwrap().to_string()
+    }
+
+    fn run(&self, id: &str) -> Value {
+        json_of(
+            ureq::get(&self.url(&format!("/v1/runs/{id}")))
+                .call()
+                .unwrap(),
+        )
+    }
+
+    fn events(&self, id: &str) -> Vec<Value> {
+        let body = json_of(
+            ureq::get(&self.url(&format!("/v1/runs/{id}/events")))
+                .call()
+                .unwrap(),
+        );
+        body["items"].as_array().unwrap().clone()
+    }
+
+    fn wait_until_finished(&self, ids: &[String], within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let runs: Vec<Value> = ids.iter().map(|id| self.run(id)).collect();
+            let open = runs
+                .iter()
+                .filter(|r| {
+                    !["succeeded", "failed", "cancelled", "rejected"]
+                        .contains(&r["status"].as_str().unwrap())
+                })
+                .count();
+            if open == 0 {
+                return runs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{open} runs still open: {runs:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn json_of(response: ureq::Response) -> Value {
+    serde_json::from_str(&response.into_string().unwrap()).unwrap()
+}
+
+/// A folder with a workflow and a steward.toml for `database`.
+fn setup(database_lines: &str, side_effect_url: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    std::fs::write(
+        workflows.join("durable.yaml"),
+        format!(
+            "name: durable\nsteps:\n  - id: pause\n    wait: 1s\n  - id: call\n    uses: http-request\n    with:\n      method: POST\n      url: \"{side_effect_url}?run=${{{{ run.id }}}}\"\n      body: {{ n: \"${{{{ input.n }}}}\" }}\n    retry: {{ max_attempts: 10, backoff: 100ms }}\n  - id: done\n    uses: transform\n    with: {{ status: \"${{{{ steps.call.output.status }}}}\" }}\noutput: ${{{{ steps.done.output }}}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        workflows.join("timer.yaml"),
+        "name: timer\nsteps:\n  - id: pause\n    wait: 3s\n  - id: done\n    uses: transform\n    with: { ok: true }\n",
+    )
+    .unwrap();
+    let config = dir.path().join("steward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{database_lines}\ndata_dir = {:?}\nworkflows = [{workflows:?}]\n[worker]\nlease_ms = 1500\n\
+             [plugins.http-request]\nallowed_hosts = [\"http://127.0.0.1:*\"]\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+fn kill_and_recover(database_lines: impl Fn(&Path) -> String) {
+    // The side effect answers slowly, so kills land while calls are in flight.
+    let effects = TestServer::start(|_, _| {
+        std::thread::sleep(Duration::from_millis(300));
+        (
+            200,
+            vec![("content-type".into(), "application/json".into())],
+            b"{\"done\":true}".to_vec(),
+        )
+    });
+    let url = effects.url("/effect");
+    let scratch = tempfile::tempdir().unwrap();
+    let (_dir, config) = setup(&database_lines(scratch.path()), &url);
+
+    let server = Server::start(&config);
+    let ids: Vec<String> = (0..40)
+        .map(|n| server.start_run("durable", json!({ "n": n })))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1200));
+    server.kill();
+
+    let server = Server::start(&config);
+    std::thread::sleep(Duration::from_millis(700));
+    server.kill();
+
+    let server = Server::start(&config);
+    let runs = server.wait_until_finished(&ids, Duration::from_secs(90));
+    for run in &runs {
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+        assert_eq!(run["output"], json!({"status": 200}));
+    }
+
+    let mut keys_by_run: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for request in effects.received() {
+        let run = request.path.split("run=").nth(1).unwrap().to_string();
+        keys_by_run
+            .entry(run)
+            .or_default()
+            .push(request.header("idempotency-key").unwrap().to_string());
+    }
+    let repeated = keys_by_run.values().filter(|k| k.len() > 1).count();
+    eprintln!(
+        "{} side effects for {} runs; {repeated} runs repeated a call after a kill",
+        effects.received().len(),
+        ids.len()
+    );
+    for id in &ids {
+        let keys = keys_by_run
+            .get(id)
+            .unwrap_or_else(|| panic!("run {id} never called out"));
+        let expected = format!("{id}/call");
+        assert!(
+            keys.iter().all(|k| *k == expected),
+            "run {id} used keys {keys:?}"
+        );
+    }
+    server.kill();
+}
+
+#[test]
+fn runs_survive_repeated_sigkill_on_sqlite() {
+    kill_and_recover(|dir| format!("database = \"sqlite://{}/steward.db\"", dir.display()));
+}
+
+#[test]
+fn runs_survive_repeated_sigkill_on_postgres() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!(
+            "runs_survive_repeated_sigkill_on_postgres: skipped: STEWARD_TEST_DATABASE_URL is not set"
+        );
+        return;
+    };
+    let schema = common::unique_schema("kill");
+    kill_and_recover(|_| format!("database = {url:?}\ndatabase_schema = {schema:?}"));
+}
+
+#[test]
+fn a_timer_crossing_a_restart_fires_once_not_early_and_on_time() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (_dir, config) = setup(
+        &format!(
+            "database = \"sqlite://{}/steward.db\"",
+            scratch.path().display()
+        ),
+        "http://127.0.0.1:9/unused",
+    );
+    let server = Server::start(&config);
+    let id = server.start_run("timer", json!({}));
+    std::thread::sleep(Duration::from_millis(800));
+    server.kill();
+    let server = Server::start(&config);
+    let runs = server.wait_until_finished(std::slice::from_ref(&id), Duration::from_secs(30));
+    assert_eq!(runs[0]["status"], "succeeded");
+
+    let events = server.events(&id);
+    let started: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "timer_started")
+        .collect();
+    let fired: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "timer_fired")
+        .collect();
+    assert_eq!((started.len(), fired.len()), (1, 1), "{events:#?}");
+    let until =
+        chrono::DateTime::parse_from_rfc3339(started[0]["until"].as_str().unwrap()).unwrap();
+    let at = chrono::DateTime::parse_from_rfc3339(fired[0]["at"].as_str().unwrap()).unwrap();
+    assert!(at >= until, "fired early: {at} < {until}");
+    assert!(
+        at - until <= chrono::Duration::seconds(1),
+        "fired late: {at} vs {until}"
+    );
+    server.kill();
+}
