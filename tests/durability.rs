@@ -129,6 +129,11 @@ fn setup(database_lines: &str, side_effect_url: &str) -> (tempfile::TempDir, Pat
         "name: timer\nsteps:\n  - id: pause\n    wait: 3s\n  - id: done\n    uses: transform\n    with: { ok: true }\n",
     )
     .unwrap();
+    std::fs::write(
+        workflows.join("long.yaml"),
+        "name: long\nversion: 1\nsteps:\n  - id: pause\n    wait: 1h\n  - id: done\n    uses: transform\n    with: { version: 1 }\noutput: ${{ steps.done.output }}\n",
+    )
+    .unwrap();
     let config = dir.path().join("steward.toml");
     std::fs::write(
         &config,
@@ -254,5 +259,86 @@ fn a_timer_crossing_a_restart_fires_once_not_early_and_on_time() {
         at - until <= chrono::Duration::seconds(1),
         "fired late: {at} vs {until}"
     );
+    server.kill();
+}
+
+fn sqlite_setup() -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
+    let scratch = tempfile::tempdir().unwrap();
+    let (dir, config) = setup(
+        &format!(
+            "database = \"sqlite://{}/steward.db\"",
+            scratch.path().display()
+        ),
+        "http://127.0.0.1:9/unused",
+    );
+    (scratch, dir, config)
+}
+
+fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
+    let result = ureq::post(&server.url(path))
+        .set("content-type", "application/json")
+        .send_string(&body.to_string());
+    match result {
+        Ok(r) => (r.status(), json_of(r)),
+        Err(ureq::Error::Status(code, r)) => (code, json_of(r)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn cancel_interrupts_a_waiting_run_and_a_finished_run_is_a_conflict() {
+    let (_scratch, _dir, config) = sqlite_setup();
+    let server = Server::start(&config);
+    let id = server.start_run("long", json!({}));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.run(&id)["status"], "waiting");
+
+    let (status, body) = post(
+        &server,
+        &format!("/v1/runs/{id}/cancel"),
+        json!({"reason": "duplicate request"}),
+    );
+    assert_eq!(status, 202, "{body}");
+    let runs = server.wait_until_finished(std::slice::from_ref(&id), Duration::from_secs(10));
+    assert_eq!(runs[0]["status"], "cancelled");
+    assert_eq!(runs[0]["error"]["message"], "duplicate request");
+    assert!(
+        server.run(&id)["steps"].get("done").is_none(),
+        "no step ran after the cancel"
+    );
+
+    let (status, body) = post(&server, &format!("/v1/runs/{id}/cancel"), json!({}));
+    assert_eq!(status, 409);
+    assert_eq!(body["type"], "https://steward.dev/problems/run-finished");
+    let (status, _) = post(&server, "/v1/runs/no-such-run/cancel", json!({}));
+    assert_eq!(status, 404);
+    server.kill();
+}
+
+#[test]
+fn a_run_keeps_the_workflow_version_it_started_on() {
+    let (_scratch, dir, config) = sqlite_setup();
+    let server = Server::start(&config);
+    let old = server.start_run("timer", json!({}));
+    server.kill();
+
+    // Version 2 changes what the workflow does; the run in flight stays on 1.
+    std::fs::write(
+        dir.path().join("workflows/timer.yaml"),
+        "name: timer\nversion: 2\nsteps:\n  - id: done\n    uses: transform\n    with: { version: 2 }\noutput: ${{ steps.done.output }}\n",
+    )
+    .unwrap();
+    let server = Server::start(&config);
+    let new = server.start_run("timer", json!({}));
+    let runs = server.wait_until_finished(&[old.clone(), new.clone()], Duration::from_secs(30));
+    assert_eq!(
+        (runs[0]["version"].as_u64(), runs[1]["version"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(
+        runs[0]["output"],
+        json!({"done": {"output": {"ok": true}}, "pause": {"output": null}})
+    );
+    assert_eq!(runs[1]["output"], json!({"version": 2}));
     server.kill();
 }

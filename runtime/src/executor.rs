@@ -29,13 +29,20 @@ const PARK_AFTER: chrono::Duration = chrono::Duration::seconds(2);
 /// Where a run's events are made durable.
 pub trait Journal: Send {
     /// Persists `events` (the newest ones) with the run's state; `wake_at` is
-    /// when the run next needs a worker.
+    /// when the run next needs a worker. Answers a pending cancel request's
+    /// reason, if any.
     fn persist(
         &mut self,
         state: &RunState,
         events: &[Recorded],
         wake_at: Option<DateTime<Utc>>,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, String>> + Send;
+
+    /// A pending cancel request's reason.
+    fn cancel_requested(
+        &mut self,
+        run_id: &str,
+    ) -> impl Future<Output = Result<Option<String>, String>> + Send;
 }
 
 /// Keeps nothing beyond the run's in-memory history: `steward run`.
@@ -47,8 +54,12 @@ impl Journal for MemoryJournal {
         _: &RunState,
         _: &[Recorded],
         _: Option<DateTime<Utc>>,
-    ) -> Result<(), String> {
-        Ok(())
+    ) -> Result<Option<String>, String> {
+        Ok(None)
+    }
+
+    async fn cancel_requested(&mut self, _: &str) -> Result<Option<String>, String> {
+        Ok(None)
     }
 }
 
@@ -63,9 +74,16 @@ impl Journal for StoreJournal {
         state: &RunState,
         events: &[Recorded],
         wake_at: Option<DateTime<Utc>>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<String>, String> {
         self.store
             .append(state, events, wake_at)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn cancel_requested(&mut self, run_id: &str) -> Result<Option<String>, String> {
+        self.store
+            .cancel_requested(run_id)
             .await
             .map_err(|e| e.to_string())
     }
@@ -113,17 +131,33 @@ impl LiveRun {
         &mut self,
         journal: &mut J,
         wake_at: Option<DateTime<Utc>>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<String>, String> {
         if self.saved == self.history.len() {
-            return Ok(());
+            return Ok(None);
         }
-        journal
+        let cancel = journal
             .persist(&self.state, &self.history[self.saved..], wake_at)
             .await?;
         self.saved = self.history.len();
-        Ok(())
+        Ok(cancel)
+    }
+
+    /// Ends the run as cancelled, abandoning calls in flight.
+    async fn cancel<J: Journal>(
+        &mut self,
+        journal: &mut J,
+        calls: &mut JoinSet<Finished>,
+        reason: String,
+    ) -> Result<DriveEnd, String> {
+        calls.abort_all();
+        self.record(Event::RunCancelled { reason });
+        self.flush(journal, None).await?;
+        Ok(DriveEnd::Finished)
     }
 }
+
+/// How often a run that waits checks for a cancel request.
+const CANCEL_CHECK: chrono::Duration = chrono::Duration::seconds(1);
 
 /// How a drive ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -172,6 +206,9 @@ impl Executor {
         park: bool,
     ) -> Result<DriveEnd, String> {
         let mut calls: JoinSet<Finished> = JoinSet::new();
+        if let Some(reason) = journal.cancel_requested(&run.state.id).await? {
+            return run.cancel(journal, &mut calls, reason).await;
+        }
         for (step, attempt, input) in interrupted_calls(run) {
             self.start_call(workflow, run, &mut calls, step, attempt, input);
         }
@@ -200,7 +237,11 @@ impl Executor {
                 }
             }
             // Durable before any side effect starts and before waiting.
-            run.flush(journal, Some(now)).await?;
+            if let Some(reason) = run.flush(journal, Some(now)).await?
+                && !run.state.status.is_terminal()
+            {
+                return run.cancel(journal, &mut calls, reason).await;
+            }
             for (step, attempt, plugin, input, timeout) in to_call {
                 self.spawn_call(
                     workflow,
@@ -226,7 +267,13 @@ impl Executor {
                 run.flush_wake(journal, next.wake_at).await?;
                 return Ok(DriveEnd::Parked);
             }
-            match wait(&mut calls, next.wake_at).await {
+            // A durable run looks for cancel requests while it waits.
+            let check_at = park.then(|| now + CANCEL_CHECK);
+            let wake_at = match (next.wake_at, check_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match wait(&mut calls, wake_at).await {
                 Some(finished) => {
                     let Some(step) = workflow.step(&finished.step) else {
                         continue;
@@ -245,7 +292,11 @@ impl Executor {
                         ),
                     });
                 }
-                None => {}
+                None => {
+                    if park && let Some(reason) = journal.cancel_requested(&run.state.id).await? {
+                        return run.cancel(journal, &mut calls, reason).await;
+                    }
+                }
             }
         }
     }
@@ -334,6 +385,8 @@ impl LiveRun {
         journal: &mut J,
         wake_at: Option<DateTime<Utc>>,
     ) -> Result<(), String> {
+        // A cancel request that raced with parking keeps the run due (see
+        // `Store::append`), so the next claim honours it.
         journal
             .persist(&self.state, &self.history[self.saved..], wake_at)
             .await?;

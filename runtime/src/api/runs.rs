@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{AppState, Problem};
 use crate::run::RunState;
-use crate::store::{NewRun, RunRow};
+use crate::store::{CancelRequest, NewRun, RunRow};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,4 +130,44 @@ fn summary(row: &RunRow) -> Value {
         "created_at": row.created_at,
         "finished_at": row.finished_at,
     })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRun {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/runs/{id}/cancel`: 202 once the request is recorded; the run
+/// becomes `cancelled` between steps or at once when it waits. 409 when the
+/// run already finished.
+pub async fn cancel(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Option<Json<CancelRun>>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let reason = body
+        .and_then(|Json(b)| b.reason)
+        .unwrap_or_else(|| "cancelled through the API".to_string());
+    match app.store.request_cancel(&id, &reason).await? {
+        CancelRequest::Requested => {
+            app.worker.wake();
+            let row = app
+                .store
+                .run(&id)
+                .await?
+                .ok_or_else(|| Problem::not_found(&format!("run {id}")))?;
+            let mut body = summary(&row);
+            body["cancel_requested"] = json!(reason);
+            Ok((StatusCode::ACCEPTED, Json(body)))
+        }
+        CancelRequest::AlreadyFinished(status) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "run-finished",
+            "The run already finished",
+            format!("run {id} is {status}: there is nothing to cancel"),
+        )),
+        CancelRequest::NotFound => Err(Problem::not_found(&format!("run {id}"))),
+    }
 }

@@ -7,16 +7,30 @@ use sqlx::AnyPool;
 use super::{Backend, StoreError};
 
 /// (version, name, SQL) per dialect, in order.
-const SQLITE: &[(i64, &str, &str)] = &[(
-    1,
-    "runs",
-    include_str!("../../../migrations/sqlite/0001_runs.sql"),
-)];
-const POSTGRES: &[(i64, &str, &str)] = &[(
-    1,
-    "runs",
-    include_str!("../../../migrations/postgres/0001_runs.sql"),
-)];
+const SQLITE: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "runs",
+        include_str!("../../../migrations/sqlite/0001_runs.sql"),
+    ),
+    (
+        2,
+        "cancel",
+        include_str!("../../../migrations/sqlite/0002_cancel.sql"),
+    ),
+];
+const POSTGRES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "runs",
+        include_str!("../../../migrations/postgres/0001_runs.sql"),
+    ),
+    (
+        2,
+        "cancel",
+        include_str!("../../../migrations/postgres/0002_cancel.sql"),
+    ),
+];
 
 /// Applies every migration the database lacks, each in its own transaction.
 pub async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {

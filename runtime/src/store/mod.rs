@@ -78,6 +78,14 @@ pub struct RunRow {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// What a cancel request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelRequest {
+    Requested,
+    AlreadyFinished(String),
+    NotFound,
+}
+
 /// A run to create, with its first event.
 pub struct NewRun<'a> {
     pub id: &'a str,
@@ -361,12 +369,13 @@ impl Store {
     /// Appends events and updates the run's columns from `state`, in one
     /// transaction: a step's result is durable before the next step starts.
     /// `wake_at` is when the run next needs a worker (`None` when finished).
+    /// Returns the reason of a pending cancel request, if any.
     pub async fn append(
         &self,
         state: &RunState,
         events: &[Recorded],
         wake_at: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
         for e in events {
             sqlx::query("INSERT INTO run_events (run_id, seq, at, body) VALUES ($1, $2, $3, $4)")
@@ -378,9 +387,10 @@ impl Store {
                 .await?;
         }
         let terminal = state.status.is_terminal();
-        sqlx::query(
-            "UPDATE runs SET status = $2, output = $3, error = $4, updated_at = $5, finished_at = $6, wake_at = $7 \
-             WHERE id = $1",
+        let cancel: Option<Option<String>> = sqlx::query_scalar(
+            "UPDATE runs SET status = $2, output = $3, error = $4, updated_at = $5, finished_at = $6, \
+             wake_at = CASE WHEN $8 = 1 THEN NULL WHEN cancel_requested IS NOT NULL THEN $5 ELSE $7 END \
+             WHERE id = $1 RETURNING cancel_requested",
         )
         .bind(&state.id)
         .bind(state.status.as_str())
@@ -389,10 +399,46 @@ impl Store {
         .bind(now_ms())
         .bind(state.finished_at.filter(|_| terminal).map(|t| t.timestamp_millis()))
         .bind(if terminal { None } else { wake_at.map(|t| t.timestamp_millis()) })
-        .execute(&mut *tx)
+        .bind(terminal as i64)
+        .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(cancel.flatten())
+    }
+
+    /// Asks for a run to be cancelled: recorded for the worker driving it,
+    /// and the run made due so a parked one is picked up at once.
+    pub async fn request_cancel(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> Result<CancelRequest, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE runs SET cancel_requested = $2, wake_at = $3 \
+             WHERE id = $1 AND status NOT IN ('succeeded', 'failed', 'rejected', 'cancelled')",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 1 {
+            return Ok(CancelRequest::Requested);
+        }
+        Ok(match self.run(id).await? {
+            Some(row) => CancelRequest::AlreadyFinished(row.status),
+            None => CancelRequest::NotFound,
+        })
+    }
+
+    /// The reason of a pending cancel request.
+    pub async fn cancel_requested(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let reason: Option<Option<String>> =
+            sqlx::query_scalar("SELECT cancel_requested FROM runs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(reason.flatten())
     }
 
     /// Claims up to `limit` runs that are due and not leased by a live
