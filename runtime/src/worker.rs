@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::catalog::Catalog;
-use crate::executor::{Executor, LiveRun, StoreJournal};
+use crate::executor::{DriveEnd, Executor, LiveRun, StoreJournal};
 use crate::run::{RunState, StepError};
 use crate::store::Store;
 
@@ -139,16 +139,21 @@ async fn heartbeat(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
 }
 
 async fn drive_one(shared: Arc<Shared>, id: String) {
-    if let Err(e) = drive(&shared, &id).await {
-        tracing::error!(run = %id, "driving the run failed: {e}");
-    }
+    let finished = match drive(&shared, &id).await {
+        Ok(end) => end == DriveEnd::Finished,
+        Err(e) => {
+            tracing::error!(run = %id, "driving the run failed: {e}");
+            false
+        }
+    };
     shared.active.lock().unwrap().remove(&id);
-    if let Err(e) = shared.store.release(&shared.options.owner, &id).await {
+    // A finished run gave its lease up with its last write.
+    if !finished && let Err(e) = shared.store.release(&shared.options.owner, &id).await {
         tracing::error!(run = %id, "releasing the run failed: {e}");
     }
 }
 
-async fn drive(shared: &Shared, id: &str) -> Result<(), String> {
+async fn drive(shared: &Shared, id: &str) -> Result<DriveEnd, String> {
     let store = &shared.store;
     let row = store
         .run(id)
@@ -182,12 +187,11 @@ async fn drive(shared: &Shared, id: &str) -> Result<(), String> {
                 .append(&run.state, &[recorded], None)
                 .await
                 .map_err(|e| e.to_string())?;
-            return Ok(());
+            return Ok(DriveEnd::Finished);
         }
     };
     shared
         .executor
         .drive(&workflow, &mut run, &mut journal, true)
-        .await?;
-    Ok(())
+        .await
 }

@@ -6,6 +6,7 @@
 //! events and leases.
 
 mod migrate;
+mod writer;
 
 use std::time::Duration;
 
@@ -58,6 +59,8 @@ pub enum StoreError {
         "workflow {name} version {version} is already deployed with different content: bump the version"
     )]
     VersionConflict { name: String, version: u32 },
+    #[error("the store's writer stopped: the process is shutting down")]
+    WriterGone,
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -100,6 +103,7 @@ pub struct NewRun<'a> {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    writer: tokio::sync::mpsc::Sender<writer::Write>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -186,7 +190,12 @@ impl Store {
             .connect_with(connect)
             .await?;
         migrate::migrate(&pool, backend).await?;
-        Ok(Store { pool, backend })
+        let writer = writer::spawn(pool.clone());
+        Ok(Store {
+            pool,
+            backend,
+            writer,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -254,26 +263,22 @@ impl Store {
             return Ok((existing, false));
         }
         let now = now_ms();
-        let input = new.input.to_string();
-        let event = serde_json::to_string(&Event::RunStarted {
+        let first_event = serde_json::to_string(&Event::RunStarted {
             input: new.input.clone(),
         })
         .expect("events serialise");
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at) \
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $6, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(new.id)
-        .bind(new.workflow)
-        .bind(new.version as i64)
-        .bind(&input)
-        .bind(new.idempotency_key)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            tx.rollback().await?;
+        let row = writer::CreateRow {
+            id: new.id.to_string(),
+            workflow: new.workflow.to_string(),
+            version: new.version as i64,
+            input: new.input.to_string(),
+            idempotency_key: new.idempotency_key.map(str::to_string),
+            now,
+            first_event,
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(writer::Write::Create(row, reply)).await?;
+        if !answer.await.map_err(|_| StoreError::WriterGone)?? {
             // Lost a race on the idempotency key: the winner's run is the answer.
             if let Some(key) = new.idempotency_key
                 && let Some(existing) = self.run_by_key(new.workflow, key).await?
@@ -285,18 +290,25 @@ impl Store {
                 new.id
             )));
         }
-        sqlx::query("INSERT INTO run_events (run_id, seq, at, body) VALUES ($1, 1, $2, $3)")
-            .bind(new.id)
-            .bind(now)
-            .bind(&event)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let row = self
-            .run(new.id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("created run vanished".into()))?;
+        let row = RunRow {
+            id: new.id.to_string(),
+            workflow: new.workflow.to_string(),
+            version: new.version,
+            status: Status::Pending.as_str().to_string(),
+            input: new.input.clone(),
+            output: None,
+            error: None,
+            created_at: to_time(now),
+            finished_at: None,
+        };
         Ok((row, true))
+    }
+
+    async fn submit(&self, write: writer::Write) -> Result<(), StoreError> {
+        self.writer
+            .send(write)
+            .await
+            .map_err(|_| StoreError::WriterGone)
     }
 
     async fn run_by_key(&self, workflow: &str, key: &str) -> Result<Option<RunRow>, StoreError> {
@@ -376,34 +388,38 @@ impl Store {
         events: &[Recorded],
         wake_at: Option<DateTime<Utc>>,
     ) -> Result<Option<String>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for e in events {
-            sqlx::query("INSERT INTO run_events (run_id, seq, at, body) VALUES ($1, $2, $3, $4)")
-                .bind(&state.id)
-                .bind(e.seq as i64)
-                .bind(e.at.timestamp_millis())
-                .bind(serde_json::to_string(&e.event).expect("events serialise"))
-                .execute(&mut *tx)
-                .await?;
-        }
         let terminal = state.status.is_terminal();
-        let cancel: Option<Option<String>> = sqlx::query_scalar(
-            "UPDATE runs SET status = $2, output = $3, error = $4, updated_at = $5, finished_at = $6, \
-             wake_at = CASE WHEN $8 = 1 THEN NULL WHEN cancel_requested IS NOT NULL THEN $5 ELSE $7 END \
-             WHERE id = $1 RETURNING cancel_requested",
-        )
-        .bind(&state.id)
-        .bind(state.status.as_str())
-        .bind(state.output.as_ref().map(|o| o.to_string()))
-        .bind(state.error.as_ref().map(|e| serde_json::to_string(e).expect("errors serialise")))
-        .bind(now_ms())
-        .bind(state.finished_at.filter(|_| terminal).map(|t| t.timestamp_millis()))
-        .bind(if terminal { None } else { wake_at.map(|t| t.timestamp_millis()) })
-        .bind(terminal as i64)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(cancel.flatten())
+        let row = writer::AppendRow {
+            id: state.id.clone(),
+            events: events
+                .iter()
+                .map(|e| writer::EventRow {
+                    seq: e.seq as i64,
+                    at: e.at.timestamp_millis(),
+                    body: serde_json::to_string(&e.event).expect("events serialise"),
+                })
+                .collect(),
+            status: state.status.as_str(),
+            output: state.output.as_ref().map(|o| o.to_string()),
+            error: state
+                .error
+                .as_ref()
+                .map(|e| serde_json::to_string(e).expect("errors serialise")),
+            now: now_ms(),
+            finished_at: state
+                .finished_at
+                .filter(|_| terminal)
+                .map(|t| t.timestamp_millis()),
+            wake_at: if terminal {
+                None
+            } else {
+                wake_at.map(|t| t.timestamp_millis())
+            },
+            terminal,
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(writer::Write::Append(row, reply)).await?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Asks for a run to be cancelled: recorded for the worker driving it,
