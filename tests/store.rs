@@ -228,3 +228,34 @@ async fn a_database_from_a_newer_binary_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn concurrent_writes_commit_together_and_a_bad_one_fails_alone() {
+    on_every_backend("batch", |store| async move {
+        let input = json!({});
+        let ids: Vec<String> = (0..50).map(|i| format!("r{i}")).collect();
+        for id in &ids {
+            store.create_run(new_run(id, &input, None)).await.unwrap();
+        }
+        // Fifty appends at once, one of them reusing a sequence number.
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            let store = store.clone();
+            let id = id.clone();
+            tasks.spawn(async move {
+                let mut state = RunState::new(&id, "demo", 1, Utc::now());
+                let seq = if i == 7 { 1 } else { 2 };
+                let done = Recorded::now(seq, Event::RunSucceeded { output: json!(i) });
+                state.apply(&done);
+                (i, store.append(&state, &[done], None).await)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (i, result) = joined.unwrap();
+            assert_eq!(result.is_err(), i == 7, "append {i}: {result:?}");
+        }
+        assert_eq!(store.count_by_status(Status::Succeeded).await.unwrap(), 49);
+        assert_eq!(store.run("r7").await.unwrap().unwrap().status, "pending");
+    })
+    .await;
+}

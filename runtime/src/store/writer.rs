@@ -4,7 +4,7 @@
 //! is retried one write per transaction, so one bad write cannot fail its
 //! neighbours.
 
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
@@ -112,81 +112,125 @@ fn reply(write: Write, result: Result<Done, StoreError>) {
     }
 }
 
+/// Rows per multi-row statement, well under every bind-parameter limit.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Commits a batch with a handful of statements, whatever its size: one
+/// INSERT of new runs, one INSERT of all events, one UPDATE of all runs.
 async fn commit(pool: &AnyPool, batch: &[Write]) -> Result<Vec<Done>, StoreError> {
     let mut tx = pool.begin().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for write in batch {
-        results.push(match write {
-            Write::Create(row, _) => Done::Created(create(&mut tx, row).await?),
-            Write::Append(row, _) => Done::Appended(append(&mut tx, row).await?),
-        });
+    let creates: Vec<&CreateRow> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create(row, _) => Some(row),
+            Write::Append(..) => None,
+        })
+        .collect();
+    let appends: Vec<&AppendRow> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Append(row, _) => Some(row),
+            Write::Create(..) => None,
+        })
+        .collect();
+
+    let mut created = std::collections::HashSet::new();
+    for chunk in creates.chunks(ROWS_PER_STATEMENT / 4) {
+        let sql = format!(
+            "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at) \
+             VALUES {} ON CONFLICT DO NOTHING RETURNING id",
+            placeholders(chunk.len(), 6, |p| format!(
+                "({}, {}, {}, 'pending', {}, {}, {}, {}, {})",
+                p[0], p[1], p[2], p[3], p[4], p[5], p[5], p[5]
+            ))
+        );
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            query = query
+                .bind(&row.id)
+                .bind(&row.workflow)
+                .bind(row.version)
+                .bind(&row.input)
+                .bind(&row.idempotency_key)
+                .bind(row.now);
+        }
+        created.extend(query.fetch_all(&mut *tx).await?);
+    }
+
+    let mut events: Vec<(&str, i64, i64, &str)> = Vec::new();
+    for row in creates.iter().filter(|r| created.contains(&r.id)) {
+        events.push((&row.id, 1, row.now, &row.first_event));
+    }
+    for row in &appends {
+        events.extend(
+            row.events
+                .iter()
+                .map(|e| (row.id.as_str(), e.seq, e.at, e.body.as_str())),
+        );
+    }
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO run_events (run_id, seq, at, body) VALUES {}",
+            placeholders(chunk.len(), 4, |p| format!(
+                "({}, {}, {}, {})",
+                p[0], p[1], p[2], p[3]
+            ))
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (run, seq, at, body) in chunk {
+            query = query.bind(*run).bind(*seq).bind(*at).bind(*body);
+        }
+        query.execute(&mut *tx).await?;
+    }
+
+    let mut cancels = std::collections::HashMap::new();
+    for chunk in appends.chunks(ROWS_PER_STATEMENT / 4) {
+        // VALUES columns are column1..column9 in both SQLite and PostgreSQL.
+        // A finished run gives up its lease here, saving the worker a write.
+        let sql = format!(
+            "UPDATE runs SET status = v.column2, output = v.column3, error = v.column4, updated_at = v.column5, \
+             finished_at = v.column6, \
+             wake_at = CASE WHEN v.column8 = 1 THEN NULL WHEN runs.cancel_requested IS NOT NULL THEN v.column5 ELSE v.column7 END, \
+             lease_owner = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_owner END, \
+             lease_until = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_until END \
+             FROM (VALUES {}) AS v WHERE runs.id = v.column1 RETURNING runs.id, runs.cancel_requested",
+            placeholders(chunk.len(), 8, |p| format!("({})", p.join(", ")))
+        );
+        let mut query = sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            query = query
+                .bind(&row.id)
+                .bind(row.status)
+                .bind(&row.output)
+                .bind(&row.error)
+                .bind(row.now)
+                .bind(row.finished_at)
+                .bind(row.wake_at)
+                .bind(row.terminal as i64);
+        }
+        cancels.extend(query.fetch_all(&mut *tx).await?);
     }
     tx.commit().await?;
-    Ok(results)
+
+    Ok(batch
+        .iter()
+        .map(|w| match w {
+            Write::Create(row, _) => Done::Created(created.contains(&row.id)),
+            Write::Append(row, _) => Done::Appended(cancels.get(&row.id).cloned().flatten()),
+        })
+        .collect())
 }
 
-async fn create(tx: &mut Transaction<'static, Any>, row: &CreateRow) -> Result<bool, StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at) \
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $6, $6) ON CONFLICT DO NOTHING",
-    )
-    .bind(&row.id)
-    .bind(&row.workflow)
-    .bind(row.version)
-    .bind(&row.input)
-    .bind(&row.idempotency_key)
-    .bind(row.now)
-    .execute(&mut **tx)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return Ok(false);
-    }
-    sqlx::query("INSERT INTO run_events (run_id, seq, at, body) VALUES ($1, 1, $2, $3)")
-        .bind(&row.id)
-        .bind(row.now)
-        .bind(&row.first_event)
-        .execute(&mut **tx)
-        .await?;
-    Ok(true)
-}
-
-async fn append(
-    tx: &mut Transaction<'static, Any>,
-    row: &AppendRow,
-) -> Result<Option<String>, StoreError> {
-    if !row.events.is_empty() {
-        // One statement for all of the run's new events.
-        let mut sql = String::from("INSERT INTO run_events (run_id, seq, at, body) VALUES ");
-        for i in 0..row.events.len() {
-            let b = i * 4;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
-        }
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in &row.events {
-            query = query.bind(&row.id).bind(e.seq).bind(e.at).bind(&e.body);
-        }
-        query.execute(&mut **tx).await?;
-    }
-    // A finished run gives up its lease here, saving the worker a write.
-    let cancel: Option<Option<String>> = sqlx::query_scalar(
-        "UPDATE runs SET status = $2, output = $3, error = $4, updated_at = $5, finished_at = $6, \
-         wake_at = CASE WHEN $8 = 1 THEN NULL WHEN cancel_requested IS NOT NULL THEN $5 ELSE $7 END, \
-         lease_owner = CASE WHEN $8 = 1 THEN NULL ELSE lease_owner END, \
-         lease_until = CASE WHEN $8 = 1 THEN NULL ELSE lease_until END \
-         WHERE id = $1 RETURNING cancel_requested",
-    )
-    .bind(&row.id)
-    .bind(row.status)
-    .bind(&row.output)
-    .bind(&row.error)
-    .bind(row.now)
-    .bind(row.finished_at)
-    .bind(row.wake_at)
-    .bind(row.terminal as i64)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(cancel.flatten())
+/// `rows` groups of `per_row` numbered placeholders, each group shaped by
+/// `shape`, joined with commas.
+fn placeholders(rows: usize, per_row: usize, shape: impl Fn(&[String]) -> String) -> String {
+    (0..rows)
+        .map(|r| {
+            let p: Vec<String> = (1..=per_row)
+                .map(|i| format!("${}", r * per_row + i))
+                .collect();
+            shape(&p)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
