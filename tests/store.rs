@@ -46,6 +46,7 @@ fn new_run<'a>(id: &'a str, input: &'a serde_json::Value, key: Option<&'a str>) 
         version: 1,
         input,
         idempotency_key: key,
+        lease: None,
     }
 }
 

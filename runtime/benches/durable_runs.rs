@@ -107,20 +107,15 @@ async fn measure(label: &str, url: &str, options: StoreOptions) {
     let started = Instant::now();
     let mut creators = tokio::task::JoinSet::new();
     for c in 0..64 {
-        let (store, worker) = (store.clone(), worker.clone());
+        let (worker, workflow) = (worker.clone(), catalog.latest("one").unwrap());
         creators.spawn(async move {
             for n in (c..ONE_STEP_RUNS).step_by(64) {
                 let id = format!("one-{n}");
                 let input = json!({ "n": n });
-                let run = NewRun {
-                    id: &id,
-                    workflow: "one",
-                    version: 1,
-                    input: &input,
-                    idempotency_key: None,
-                };
-                store.create_run(run).await.unwrap();
-                worker.wake();
+                worker
+                    .start(workflow.clone(), &id, &input, None)
+                    .await
+                    .unwrap();
             }
         });
     }
@@ -134,17 +129,8 @@ async fn measure(label: &str, url: &str, options: StoreOptions) {
         let id = format!("chain-{n}");
         let input = json!({});
         let started = Instant::now();
-        store
-            .create_run(NewRun {
-                id: &id,
-                workflow: "chain",
-                version: 1,
-                input: &input,
-                idempotency_key: None,
-            })
-            .await
-            .unwrap();
-        worker.wake();
+        let workflow = catalog.latest("chain").unwrap();
+        worker.start(workflow, &id, &input, None).await.unwrap();
         loop {
             let row = store.run(&id).await.unwrap().unwrap();
             if row.status == "succeeded" {
@@ -184,6 +170,7 @@ async fn store_alone(store: &Store) -> f64 {
                         version: 1,
                         input: &input,
                         idempotency_key: None,
+                        lease: None,
                     })
                     .await
                     .unwrap();

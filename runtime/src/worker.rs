@@ -11,8 +11,11 @@ use tokio::sync::{Notify, watch};
 
 use crate::catalog::Catalog;
 use crate::executor::{DriveEnd, Executor, LiveRun, StoreJournal};
-use crate::run::{RunState, StepError};
-use crate::store::Store;
+use serde_json::Value;
+
+use crate::run::{Event, Recorded, RunState, StepError};
+use crate::store::{NewRun, RunRow, Store, StoreError};
+use crate::workflow::Workflow;
 
 /// How a worker behaves.
 #[derive(Debug, Clone)]
@@ -44,11 +47,12 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "steward".into())
 }
 
-/// Wakes the worker (a run was started) and stops it.
+/// Starts runs, wakes the worker and stops it.
 #[derive(Clone)]
 pub struct WorkerHandle {
     wake: Arc<Notify>,
     stop: watch::Sender<bool>,
+    shared: Arc<Shared>,
 }
 
 impl WorkerHandle {
@@ -60,6 +64,60 @@ impl WorkerHandle {
     pub fn stop(&self) {
         let _ = self.stop.send(true);
     }
+
+    /// Creates a run and, when this worker has room, drives it right away:
+    /// the run is created already leased to this worker, so no claim and no
+    /// reload are needed. Answers `false` when the idempotency key returned
+    /// an existing run.
+    pub async fn start(
+        &self,
+        workflow: Arc<Workflow>,
+        id: &str,
+        input: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<(RunRow, bool), StoreError> {
+        let shared = &self.shared;
+        let has_room = shared.active.lock().unwrap().len() < shared.options.capacity;
+        let lease = has_room.then_some((shared.options.owner.as_str(), shared.options.lease));
+        let new = NewRun {
+            id,
+            workflow: &workflow.name,
+            version: workflow.version,
+            input,
+            idempotency_key,
+            lease,
+        };
+        let (row, created) = shared.store.create_run(new).await?;
+        if created && has_room {
+            shared.active.lock().unwrap().insert(row.id.clone());
+            let started = Recorded {
+                seq: 1,
+                at: row.created_at,
+                event: Event::RunStarted {
+                    input: input.clone(),
+                },
+            };
+            let state = RunState::new(&row.id, &row.workflow, row.version, row.created_at);
+            let run = LiveRun::resume(state, vec![started]);
+            tokio::spawn(drive_adopted(shared.clone(), workflow, run));
+        } else if created {
+            self.wake();
+        }
+        Ok((row, created))
+    }
+}
+
+/// Drives a run this process created, then lets it go like a claimed one.
+async fn drive_adopted(shared: Arc<Shared>, workflow: Arc<Workflow>, mut run: LiveRun) {
+    let mut journal = StoreJournal {
+        store: shared.store.clone(),
+    };
+    let id = run.state.id.clone();
+    let result = shared
+        .executor
+        .drive(&workflow, &mut run, &mut journal, true)
+        .await;
+    finish(&shared, &id, result).await;
 }
 
 struct Shared {
@@ -87,8 +145,8 @@ pub fn spawn(
         active: Mutex::new(HashSet::new()),
     });
     tokio::spawn(heartbeat(shared.clone(), stopped.clone()));
-    tokio::spawn(claim_loop(shared, wake.clone(), stopped));
-    WorkerHandle { wake, stop }
+    tokio::spawn(claim_loop(shared.clone(), wake.clone(), stopped));
+    WorkerHandle { wake, stop, shared }
 }
 
 async fn claim_loop(shared: Arc<Shared>, wake: Arc<Notify>, mut stopped: watch::Receiver<bool>) {
@@ -139,16 +197,21 @@ async fn heartbeat(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
 }
 
 async fn drive_one(shared: Arc<Shared>, id: String) {
-    let finished = match drive(&shared, &id).await {
+    let result = drive(&shared, &id).await;
+    finish(&shared, &id, result).await;
+}
+
+async fn finish(shared: &Shared, id: &str, result: Result<DriveEnd, String>) {
+    let finished = match result {
         Ok(end) => end == DriveEnd::Finished,
         Err(e) => {
             tracing::error!(run = %id, "driving the run failed: {e}");
             false
         }
     };
-    shared.active.lock().unwrap().remove(&id);
+    shared.active.lock().unwrap().remove(id);
     // A finished run gave its lease up with its last write.
-    if !finished && let Err(e) = shared.store.release(&shared.options.owner, &id).await {
+    if !finished && let Err(e) = shared.store.release(&shared.options.owner, id).await {
         tracing::error!(run = %id, "releasing the run failed: {e}");
     }
 }

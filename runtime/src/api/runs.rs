@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{AppState, Problem};
 use crate::run::RunState;
-use crate::store::{CancelRequest, NewRun, RunRow};
+use crate::store::{CancelRequest, RunRow};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,19 +67,7 @@ pub async fn start(
         None => None,
     };
     let id = uuid::Uuid::now_v7().to_string();
-    let (row, created) = app
-        .store
-        .create_run(NewRun {
-            id: &id,
-            workflow: &workflow.name,
-            version: workflow.version,
-            input: &input,
-            idempotency_key: key,
-        })
-        .await?;
-    if created {
-        app.worker.wake();
-    }
+    let (row, created) = app.worker.start(workflow, &id, &input, key).await?;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -96,6 +96,9 @@ pub struct NewRun<'a> {
     pub version: u32,
     pub input: &'a Value,
     pub idempotency_key: Option<&'a str>,
+    /// Create it already claimed by this worker for this long, so the
+    /// process that accepted it can drive it without a claim and a reload.
+    pub lease: Option<(&'a str, Duration)>,
 }
 
 /// The store; cheap to clone.
@@ -275,6 +278,9 @@ impl Store {
             idempotency_key: new.idempotency_key.map(str::to_string),
             now,
             first_event,
+            lease: new
+                .lease
+                .map(|(owner, d)| (owner.to_string(), now + d.as_millis() as i64)),
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.submit(writer::Write::Create(row, reply)).await?;

@@ -28,6 +28,8 @@ pub struct CreateRow {
     pub idempotency_key: Option<String>,
     pub now: i64,
     pub first_event: String,
+    /// Created already claimed by this worker (owner, lease end).
+    pub lease: Option<(String, i64)>,
 }
 
 /// New events of a run and its columns after them.
@@ -135,13 +137,13 @@ async fn commit(pool: &AnyPool, batch: &[Write]) -> Result<Vec<Done>, StoreError
         .collect();
 
     let mut created = std::collections::HashSet::new();
-    for chunk in creates.chunks(ROWS_PER_STATEMENT / 4) {
+    for chunk in creates.chunks(ROWS_PER_STATEMENT / 8) {
         let sql = format!(
-            "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at) \
-             VALUES {} ON CONFLICT DO NOTHING RETURNING id",
-            placeholders(chunk.len(), 6, |p| format!(
-                "({}, {}, {}, 'pending', {}, {}, {}, {}, {})",
-                p[0], p[1], p[2], p[3], p[4], p[5], p[5], p[5]
+            "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at, \
+             lease_owner, lease_until) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
+            placeholders(chunk.len(), 8, |p| format!(
+                "({}, {}, {}, 'pending', {}, {}, {}, {}, {}, {}, {})",
+                p[0], p[1], p[2], p[3], p[4], p[5], p[5], p[5], p[6], p[7]
             ))
         );
         let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
@@ -152,7 +154,9 @@ async fn commit(pool: &AnyPool, batch: &[Write]) -> Result<Vec<Done>, StoreError
                 .bind(row.version)
                 .bind(&row.input)
                 .bind(&row.idempotency_key)
-                .bind(row.now);
+                .bind(row.now)
+                .bind(row.lease.as_ref().map(|l| l.0.clone()))
+                .bind(row.lease.as_ref().map(|l| l.1));
         }
         created.extend(query.fetch_all(&mut *tx).await?);
     }
