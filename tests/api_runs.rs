@@ -1,0 +1,149 @@
+//! The run endpoints over real HTTP: status codes, idempotency keys and the
+//! problem+json error shape.
+
+mod common;
+
+use std::time::Duration;
+
+use common::server::{Server, json_of};
+use serde_json::{Value, json};
+
+fn server() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("steward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database = \"sqlite://{}/steward.db\"\ndata_dir = {:?}\nworkflows = [{:?}]\n",
+            dir.path().display(),
+            dir.path().join("data"),
+            common::root().join("examples/workflows")
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config);
+    (dir, server)
+}
+
+fn send(server: &Server, path: &str, body: &str, key: Option<&str>) -> (u16, String, Value) {
+    let mut request = ureq::post(&server.url(path)).set("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.set("Idempotency-Key", key);
+    }
+    let response = match request.send_string(body) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let status = response.status();
+    let content_type = response.content_type().to_string();
+    (status, content_type, json_of(response))
+}
+
+const TICKET: &str = r#"{"input": {"number": "INC0042", "impact": 1, "urgency": 1}}"#;
+
+#[test]
+fn an_idempotency_key_returns_the_same_run() {
+    let (_dir, server) = server();
+    let (status, _, first) = send(
+        &server,
+        "/v1/workflows/ticket-triage/runs",
+        TICKET,
+        Some("ticket-INC0042"),
+    );
+    assert_eq!(status, 201, "{first}");
+    let (status, _, again) = send(
+        &server,
+        "/v1/workflows/ticket-triage/runs",
+        TICKET,
+        Some("ticket-INC0042"),
+    );
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    let (status, _, other) = send(
+        &server,
+        "/v1/workflows/ticket-triage/runs",
+        TICKET,
+        Some("ticket-INC0043"),
+    );
+    assert_eq!(status, 201);
+    assert_ne!(other["id"], first["id"]);
+
+    let id = first["id"].as_str().unwrap().to_string();
+    let runs = server.wait_until_finished(std::slice::from_ref(&id), Duration::from_secs(20));
+    assert_eq!(runs[0]["status"], "succeeded");
+    assert_eq!(runs[0]["output"]["priority"], "P1");
+    assert_eq!(runs[0]["steps"]["major"]["state"], "succeeded");
+    let events = server.events(&id);
+    assert_eq!(events.first().unwrap()["type"], "run_started");
+    assert_eq!(events.last().unwrap()["type"], "run_succeeded");
+    server.kill();
+}
+
+#[test]
+fn bad_requests_get_problem_details() {
+    let (_dir, server) = server();
+    let (status, content_type, body) = send(
+        &server,
+        "/v1/workflows/ticket-triage/runs",
+        r#"{"input": {"number": 7}}"#,
+        None,
+    );
+    assert_eq!(status, 422);
+    assert_eq!(content_type, "application/problem+json");
+    assert_eq!(body["type"], "https://steward.dev/problems/invalid-input");
+    let errors = body["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e
+            .as_str()
+            .unwrap()
+            .contains("ticket-triage.yaml:5:3: input.number: 7 is not of type \"string\"")),
+        "{body:#}"
+    );
+
+    let (status, _, body) = send(&server, "/v1/workflows/no-such-flow/runs", TICKET, None);
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (404, Some("https://steward.dev/problems/not-found"))
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("workflow no-such-flow")
+    );
+
+    let (status, _, body) = send(
+        &server,
+        "/v1/workflows/ticket-triage/runs",
+        "{not json",
+        None,
+    );
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (400, Some("https://steward.dev/problems/invalid-body"))
+    );
+
+    let (status, _, body) = send(
+        &server,
+        "/v1/workflows/ticket-triage/runs",
+        TICKET,
+        Some(""),
+    );
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (
+            400,
+            Some("https://steward.dev/problems/invalid-idempotency-key")
+        )
+    );
+
+    let missing = ureq::get(&server.url("/v1/runs/missing"))
+        .call()
+        .unwrap_err();
+    let ureq::Error::Status(404, response) = missing else {
+        panic!("expected 404")
+    };
+    assert_eq!(json_of(response)["status"], json!(404));
+    server.kill();
+}

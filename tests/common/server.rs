@@ -1,0 +1,105 @@
+//! `steward serve` as a child process on a free port, spoken to over HTTP.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    pub fn start(config: &Path) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(config.with_extension(format!("{port}.log"))).unwrap();
+        let child = Command::new(super::steward_bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("STEWARD_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let server = Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&server.url("/healthz")).call().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not come up; see {}",
+                config.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn start_run(&self, workflow: &str, input: Value) -> String {
+        let response = ureq::post(&self.url(&format!("/v1/workflows/{workflow}/runs")))
+            .set("content-type", "application/json")
+            .send_string(&json!({ "input": input }).to_string())
+            .expect("run accepted");
+        assert_eq!(response.status(), 201);
+        json_of(response)["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn run(&self, id: &str) -> Value {
+        json_of(
+            ureq::get(&self.url(&format!("/v1/runs/{id}")))
+                .call()
+                .unwrap(),
+        )
+    }
+
+    pub fn events(&self, id: &str) -> Vec<Value> {
+        let body = json_of(
+            ureq::get(&self.url(&format!("/v1/runs/{id}/events")))
+                .call()
+                .unwrap(),
+        );
+        body["items"].as_array().unwrap().clone()
+    }
+
+    pub fn wait_until_finished(&self, ids: &[String], within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let runs: Vec<Value> = ids.iter().map(|id| self.run(id)).collect();
+            let open = runs
+                .iter()
+                .filter(|r| {
+                    !["succeeded", "failed", "cancelled", "rejected"]
+                        .contains(&r["status"].as_str().unwrap())
+                })
+                .count();
+            if open == 0 {
+                return runs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{open} runs still open: {runs:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+pub fn json_of(response: ureq::Response) -> Value {
+    serde_json::from_str(&response.into_string().unwrap()).unwrap()
+}
