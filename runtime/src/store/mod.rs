@@ -193,7 +193,7 @@ impl Store {
             .connect_with(connect)
             .await?;
         migrate::migrate(&pool, backend).await?;
-        let writer = writer::spawn(pool.clone());
+        let writer = writer::spawn(pool.clone(), backend);
         Ok(Store {
             pool,
             backend,

@@ -7,7 +7,7 @@
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
+use super::{Backend, StoreError};
 
 /// Writes committed together at most.
 const MAX_BATCH: usize = 512;
@@ -61,13 +61,13 @@ enum Done {
 }
 
 /// Starts the writer; it stops when every sender is dropped.
-pub fn spawn(pool: AnyPool) -> mpsc::Sender<Write> {
+pub fn spawn(pool: AnyPool, backend: Backend) -> mpsc::Sender<Write> {
     let (tx, rx) = mpsc::channel(4096);
-    tokio::spawn(run(pool, rx));
+    tokio::spawn(run(pool, backend, rx));
     tx
 }
 
-async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Write>) {
+async fn run(pool: AnyPool, backend: Backend, mut queue: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
         batch.push(first);
@@ -77,7 +77,7 @@ async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        match commit(&pool, &batch).await {
+        match commit(&pool, backend, &batch).await {
             Ok(results) => {
                 for (write, done) in batch.drain(..).zip(results) {
                     reply(write, Ok(done));
@@ -86,7 +86,7 @@ async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Write>) {
             Err(_) => {
                 // Find the culprit: each write alone, in its own transaction.
                 for write in batch.drain(..) {
-                    let result = commit(&pool, std::slice::from_ref(&write))
+                    let result = commit(&pool, backend, std::slice::from_ref(&write))
                         .await
                         .map(|mut r| r.remove(0));
                     reply(write, result);
@@ -119,7 +119,11 @@ const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Commits a batch with a handful of statements, whatever its size: one
 /// INSERT of new runs, one INSERT of all events, one UPDATE of all runs.
-async fn commit(pool: &AnyPool, batch: &[Write]) -> Result<Vec<Done>, StoreError> {
+async fn commit(
+    pool: &AnyPool,
+    backend: Backend,
+    batch: &[Write],
+) -> Result<Vec<Done>, StoreError> {
     let mut tx = pool.begin().await?;
     let creates: Vec<&CreateRow> = batch
         .iter()
@@ -137,13 +141,13 @@ async fn commit(pool: &AnyPool, batch: &[Write]) -> Result<Vec<Done>, StoreError
         .collect();
 
     let mut created = std::collections::HashSet::new();
-    for chunk in creates.chunks(ROWS_PER_STATEMENT / 8) {
+    for chunk in creates.chunks(ROWS_PER_STATEMENT / 10) {
         let sql = format!(
             "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at, \
              lease_owner, lease_until) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
-            placeholders(chunk.len(), 8, |p| format!(
+            placeholders(backend, chunk.len(), 10, |p| format!(
                 "({}, {}, {}, 'pending', {}, {}, {}, {}, {}, {}, {})",
-                p[0], p[1], p[2], p[3], p[4], p[5], p[5], p[5], p[6], p[7]
+                p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
             ))
         );
         let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
@@ -154,6 +158,8 @@ async fn commit(pool: &AnyPool, batch: &[Write]) -> Result<Vec<Done>, StoreError
                 .bind(row.version)
                 .bind(&row.input)
                 .bind(&row.idempotency_key)
+                .bind(row.now)
+                .bind(row.now)
                 .bind(row.now)
                 .bind(row.lease.as_ref().map(|l| l.0.clone()))
                 .bind(row.lease.as_ref().map(|l| l.1));
@@ -175,7 +181,7 @@ async fn commit(pool: &AnyPool, batch: &[Write]) -> Result<Vec<Done>, StoreError
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO run_events (run_id, seq, at, body) VALUES {}",
-            placeholders(chunk.len(), 4, |p| format!(
+            placeholders(backend, chunk.len(), 4, |p| format!(
                 "({}, {}, {}, {})",
                 p[0], p[1], p[2], p[3]
             ))
@@ -198,7 +204,7 @@ async fn commit(pool: &AnyPool, batch: &[Write]) -> Result<Vec<Done>, StoreError
              lease_owner = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_owner END, \
              lease_until = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_until END \
              FROM (VALUES {}) AS v WHERE runs.id = v.column1 RETURNING runs.id, runs.cancel_requested",
-            placeholders(chunk.len(), 8, |p| format!("({})", p.join(", ")))
+            placeholders(backend, chunk.len(), 8, |p| format!("({})", p.join(", ")))
         );
         let mut query = sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(sql));
         for row in chunk {
@@ -225,13 +231,23 @@ async fn commit(pool: &AnyPool, batch: &[Write]) -> Result<Vec<Done>, StoreError
         .collect())
 }
 
-/// `rows` groups of `per_row` numbered placeholders, each group shaped by
-/// `shape`, joined with commas.
-fn placeholders(rows: usize, per_row: usize, shape: impl Fn(&[String]) -> String) -> String {
+/// `rows` groups of `per_row` placeholders, each group shaped by `shape`,
+/// joined with commas. Every placeholder is used once, in bind order: SQLite
+/// gets plain `?`, since sqlx resolves each `$N` there by scanning parameter
+/// names, which is quadratic in a statement of thousands of parameters.
+fn placeholders(
+    backend: Backend,
+    rows: usize,
+    per_row: usize,
+    shape: impl Fn(&[String]) -> String,
+) -> String {
     (0..rows)
         .map(|r| {
             let p: Vec<String> = (1..=per_row)
-                .map(|i| format!("${}", r * per_row + i))
+                .map(|i| match backend {
+                    Backend::Sqlite => "?".to_string(),
+                    Backend::Postgres => format!("${}", r * per_row + i),
+                })
                 .collect();
             shape(&p)
         })
