@@ -147,3 +147,10 @@ fn bad_requests_get_problem_details() {
     assert_eq!(json_of(response)["status"], json!(404));
     server.kill();
 }
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let (_dir, server) = server();
+    let status = server.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}

@@ -70,9 +70,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         })?;
     tracing::info!("steward listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
     worker.stop();
     store.close().await;
@@ -109,4 +107,22 @@ fn redact(url: &str) -> String {
         },
         _ => url.to_string(),
     }
+}
+
+/// Ctrl-C or SIGTERM (what service managers send) stops accepting requests;
+/// runs in flight are left to their leases and resume on the next start.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
 }
