@@ -381,3 +381,13 @@ fn an_oversized_response_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn wasi_grants_no_environment_files_or_sockets() {
+    let set = engine_with("allowed_hosts = [\"*\"]");
+    let seen = call(&set.engine, "hostile", json!({"do": "ambient"})).unwrap();
+    assert_eq!(
+        seen,
+        json!({"env": 0, "args": 0, "read_root": false, "read_passwd": false, "tcp": false})
+    );
+}

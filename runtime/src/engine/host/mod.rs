@@ -38,7 +38,9 @@ pub struct PluginHost {
 /// Everything a single call can touch. Built fresh for every call and
 /// dropped with its `Store`, so nothing leaks from one step to the next.
 pub struct HostState {
-    wasi: WasiCtx,
+    /// Built on first use: most plugin calls never touch WASI, and building
+    /// a context seeds three random number generators.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) plugin: Arc<PluginHost>,
@@ -61,15 +63,8 @@ pub struct CallScope {
 
 impl HostState {
     pub fn new(scope: CallScope) -> HostState {
-        // WASI is linked only because guest toolchains import it; it grants
-        // nothing: no preopens, no env, no args, no sockets, stdio discarded.
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         HostState {
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(scope.memory_limit),
             plugin: scope.plugin,
@@ -105,8 +100,17 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        // WASI is linked only because guest toolchains import it; it grants
+        // nothing: no preopens, no env, no args, no sockets, stdio discarded.
+        let ctx = self.wasi.get_or_insert_with(|| {
+            wasmtime_wasi::WasiCtxBuilder::new()
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build()
+        });
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx,
             table: &mut self.table,
         }
     }

@@ -13,6 +13,8 @@ enum Act {
     Secret { name: String },
     Counter,
     Echo { value: Value },
+    /// Reach for the environment, the file system and the network.
+    Ambient,
     Fail { retryable: bool, message: String },
 }
 
@@ -49,6 +51,13 @@ fn handle(ctx: &Context, act: Act) -> Result<Value, Error> {
             Ok(json!({ "count": n, "attempt": ctx.attempt }))
         }
         Act::Echo { value } => Ok(value),
+        Act::Ambient => Ok(json!({
+            "env": std::env::vars().count(),
+            "args": std::env::args().count(),
+            "read_root": std::fs::read_dir("/").is_ok(),
+            "read_passwd": std::fs::read_to_string("/etc/passwd").is_ok(),
+            "tcp": std::net::TcpStream::connect("127.0.0.1:22").is_ok(),
+        })),
         Act::Fail { retryable, message } => {
             Err(if retryable { Error::retryable(message) } else { Error::fatal(message) })
         }
