@@ -14,8 +14,9 @@ use steward::plugins::{PluginSet, load_plugins};
 
 /// An engine with the first-party plugins plus `hostile`, under `extra`
 /// configuration (TOML appended to the plugin's section).
-fn engine_with(hostile_settings: &str) -> PluginSet {
-    let dir = tempfile::tempdir().unwrap().keep();
+fn engine_with(hostile_settings: &str) -> (PluginSet, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let text = format!(
         "data_dir = {:?}\n[secrets]\nGRANTED_TOKEN = {{ value = \"s3cret\" }}\nUNGRANTED_TOKEN = {{ value = \"nope\" }}\n\
          [plugins.hostile]\npath = {:?}\n{hostile_settings}\n",
@@ -23,7 +24,9 @@ fn engine_with(hostile_settings: &str) -> PluginSet {
         common::install_fixture("hostile", &dir),
     );
     let config = Config::parse(&text, "steward.toml").unwrap();
-    load_plugins(&config, Arc::new(MemoryKeyValue::default()), true).expect("plugins load")
+    let set =
+        load_plugins(&config, Arc::new(MemoryKeyValue::default()), true).expect("plugins load");
+    (set, tmp)
 }
 
 fn request(plugin: &str, input: Value) -> CallRequest {
@@ -50,7 +53,7 @@ fn call(engine: &Engine, plugin: &str, input: Value) -> Result<Value, CallError>
 
 #[test]
 fn an_infinite_loop_stops_at_its_cpu_budget_while_a_concurrent_call_finishes() {
-    let set = engine_with("cpu_ms = 300");
+    let (set, _dir) = engine_with("cpu_ms = 300");
     let engine = set.engine.clone();
     let looping = std::thread::spawn(move || {
         let started = Instant::now();
@@ -89,7 +92,7 @@ fn rss_kib() -> u64 {
 
 #[test]
 fn a_memory_hog_is_refused_at_its_limit_and_the_process_stays_small() {
-    let set = engine_with("");
+    let (set, _dir) = engine_with("");
     let before = rss_kib();
     let err = call(&set.engine, "hostile", json!({"do": "hog", "mib": 1024})).unwrap_err();
     assert_eq!(
@@ -111,7 +114,7 @@ fn a_memory_hog_is_refused_at_its_limit_and_the_process_stays_small() {
 
 #[test]
 fn a_lower_memory_limit_per_plugin_applies() {
-    let set = engine_with("memory_mib = 16");
+    let (set, _dir) = engine_with("memory_mib = 16");
     let err = call(&set.engine, "hostile", json!({"do": "hog", "mib": 32})).unwrap_err();
     assert_eq!(
         err,
@@ -125,7 +128,7 @@ fn a_lower_memory_limit_per_plugin_applies() {
 #[test]
 fn http_reaches_granted_origins_only() {
     let server = TestServer::ok(r#"{"ok":true}"#);
-    let set = engine_with("allowed_hosts = [\"http://127.0.0.1:*\"]");
+    let (set, _dir) = engine_with("allowed_hosts = [\"http://127.0.0.1:*\"]");
     let ok = call(
         &set.engine,
         "hostile",
@@ -152,7 +155,7 @@ fn http_reaches_granted_origins_only() {
 
 #[test]
 fn metadata_addresses_are_refused_even_under_a_wildcard_grant() {
-    let set = engine_with("allowed_hosts = [\"*\"]");
+    let (set, _dir) = engine_with("allowed_hosts = [\"*\"]");
     for url in [
         "http://169.254.169.254/latest/meta-data/",
         "http://[fd00:ec2::254]/",
@@ -169,7 +172,7 @@ fn metadata_addresses_are_refused_even_under_a_wildcard_grant() {
 
 #[test]
 fn a_plugin_without_any_host_grant_is_denied_and_warned_about() {
-    let set = engine_with("");
+    let (set, _dir) = engine_with("");
     assert!(
         set.warnings
             .iter()
@@ -191,7 +194,7 @@ fn a_plugin_without_any_host_grant_is_denied_and_warned_about() {
 
 #[test]
 fn secrets_are_given_only_when_granted() {
-    let set = engine_with("secrets = [\"GRANTED_TOKEN\"]");
+    let (set, _dir) = engine_with("secrets = [\"GRANTED_TOKEN\"]");
     assert!(
         set.warnings
             .iter()
@@ -221,7 +224,7 @@ fn secrets_are_given_only_when_granted() {
 
 #[test]
 fn a_panic_is_a_crash_of_the_step_not_of_the_process() {
-    let set = engine_with("");
+    let (set, _dir) = engine_with("");
     let err = call(&set.engine, "hostile", json!({"do": "panic"})).unwrap_err();
     assert!(matches!(err, CallError::Trap { .. }), "{err:?}");
     assert!(err.to_string().contains("plugin hostile crashed"), "{err}");
@@ -233,7 +236,7 @@ fn a_panic_is_a_crash_of_the_step_not_of_the_process() {
 
 #[test]
 fn typed_plugin_errors_keep_their_retryability() {
-    let set = engine_with("");
+    let (set, _dir) = engine_with("");
     let retryable = call(
         &set.engine,
         "hostile",
@@ -263,7 +266,7 @@ fn typed_plugin_errors_keep_their_retryability() {
 
 #[test]
 fn key_value_state_is_kept_per_plugin_across_calls() {
-    let set = engine_with("");
+    let (set, _dir) = engine_with("");
     assert_eq!(
         call(&set.engine, "hostile", json!({"do": "counter"})).unwrap()["count"],
         1
@@ -276,7 +279,7 @@ fn key_value_state_is_kept_per_plugin_across_calls() {
 
 #[test]
 fn a_wall_clock_timeout_stops_a_call() {
-    let set = engine_with("");
+    let (set, _dir) = engine_with("");
     let mut req = request("hostile", json!({"do": "loop"}));
     req.timeout = Some(Duration::from_millis(100));
     let err = set.engine.call_blocking(&req).result.unwrap_err();
@@ -344,7 +347,7 @@ fn redirects_are_followed_within_the_origin_only() {
         "/new" => (200, vec![], b"moved here".to_vec()),
         _ => (307, vec![("location".into(), target.clone())], vec![]),
     });
-    let set = engine_with("allowed_hosts = [\"http://127.0.0.1:*\"]");
+    let (set, _dir) = engine_with("allowed_hosts = [\"http://127.0.0.1:*\"]");
     let same = call(
         &set.engine,
         "hostile",
@@ -369,7 +372,7 @@ fn redirects_are_followed_within_the_origin_only() {
 #[test]
 fn an_oversized_response_is_refused() {
     let server = TestServer::start(|_, _| (200, vec![], vec![b'x'; 11 << 20]));
-    let set = engine_with("allowed_hosts = [\"http://127.0.0.1:*\"]");
+    let (set, _dir) = engine_with("allowed_hosts = [\"http://127.0.0.1:*\"]");
     let err = call(
         &set.engine,
         "hostile",
@@ -384,7 +387,7 @@ fn an_oversized_response_is_refused() {
 
 #[test]
 fn wasi_grants_no_environment_files_or_sockets() {
-    let set = engine_with("allowed_hosts = [\"*\"]");
+    let (set, _dir) = engine_with("allowed_hosts = [\"*\"]");
     let seen = call(&set.engine, "hostile", json!({"do": "ambient"})).unwrap();
     assert_eq!(
         seen,
