@@ -154,3 +154,53 @@ fn sigterm_stops_the_server_cleanly() {
     let status = server.terminate(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn runs_are_listed_with_filters_and_a_cursor() {
+    let (_dir, server) = server();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let body = format!(r#"{{"input": {{"number": "INC{n}", "impact": 3, "urgency": 3}}}}"#);
+        ids.push(
+            send(&server, "/v1/workflows/ticket-triage/runs", &body, None).2["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    server.wait_until_finished(&ids, Duration::from_secs(20));
+    let get = |path: &str| -> (u16, Value) {
+        match ureq::get(&server.url(path)).call() {
+            Ok(r) => (r.status(), json_of(r)),
+            Err(ureq::Error::Status(code, r)) => (code, json_of(r)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let (_, first) = get("/v1/runs?workflow=ticket-triage&status=succeeded&limit=2");
+    let first_ids: Vec<&str> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(first_ids, [ids[2].as_str(), ids[1].as_str()]);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = get(&format!(
+        "/v1/runs?workflow=ticket-triage&limit=2&cursor={cursor}"
+    ));
+    assert_eq!(second["items"][0]["id"], json!(ids[0]));
+    assert_eq!(second["next_cursor"], Value::Null);
+
+    let (status, body) = get("/v1/runs?status=done");
+    assert_eq!(status, 400);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not one of pending, running"),
+        "{body}"
+    );
+    let (status, _) = get("/v1/runs?limit=0");
+    assert_eq!(status, 400);
+    server.kill();
+}

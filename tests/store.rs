@@ -260,3 +260,45 @@ async fn concurrent_writes_commit_together_and_a_bad_one_fails_alone() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn runs_are_listed_newest_first_by_workflow_and_status_in_pages() {
+    on_every_backend("list", |store| async move {
+        let input = json!({});
+        for i in 0..5 {
+            let id = format!("0190000{i}");
+            let workflow = if i % 2 == 0 { "even" } else { "odd" };
+            let new = NewRun {
+                id: &id,
+                workflow,
+                version: 1,
+                input: &input,
+                idempotency_key: None,
+                lease: None,
+            };
+            store.create_run(new).await.unwrap();
+        }
+        let ids =
+            |rows: Vec<steward::store::RunRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let page = store.list_runs(None, None, None, 2).await.unwrap();
+        assert_eq!(ids(page), ["01900004", "01900003"]);
+        let page = store
+            .list_runs(None, None, Some("01900003"), 2)
+            .await
+            .unwrap();
+        assert_eq!(ids(page), ["01900002", "01900001"]);
+        let even = store
+            .list_runs(Some("even"), Some(Status::Pending), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(ids(even), ["01900004", "01900002", "01900000"]);
+        assert!(
+            store
+                .list_runs(None, Some(Status::Failed), None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await;
+}

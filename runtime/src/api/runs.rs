@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, Problem};
-use crate::run::RunState;
+use crate::run::{RunState, Status};
 use crate::store::{CancelRequest, RunRow};
 
 #[derive(Deserialize)]
@@ -158,4 +158,64 @@ pub async fn cancel(
         )),
         CancelRequest::NotFound => Err(Problem::not_found(&format!("run {id}"))),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    workflow: Option<String>,
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/runs?workflow=&status=&limit=&cursor=`: newest first;
+/// `next_cursor` fetches the next page and is null on the last one.
+pub async fn list(
+    State(app): State<Arc<AppState>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, Problem> {
+    let Query(query) = query.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+            "Invalid query",
+            format!("{e}: use workflow, status, limit, cursor"),
+        )
+    })?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(Status::parse(text).ok_or_else(|| {
+            let known: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-query",
+                "Invalid query",
+                format!("status {text:?} is not one of {}", known.join(", ")),
+            )
+        })?),
+    };
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+            "Invalid query",
+            "limit is 1 to 500",
+        ));
+    }
+    let rows = app
+        .store
+        .list_runs(
+            query.workflow.as_deref(),
+            status,
+            query.cursor.as_deref(),
+            limit,
+        )
+        .await?;
+    let next_cursor = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.id.clone()))
+        .flatten();
+    let items: Vec<Value> = rows.iter().map(summary).collect();
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }

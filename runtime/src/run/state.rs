@@ -30,6 +30,21 @@ impl Status {
         )
     }
 
+    /// Every status, for validating filters.
+    pub const ALL: [Status; 7] = [
+        Status::Pending,
+        Status::Running,
+        Status::Waiting,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Rejected,
+        Status::Cancelled,
+    ];
+
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",

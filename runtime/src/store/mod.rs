@@ -337,31 +337,31 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            let json = |text: Option<String>| -> Result<Option<Value>, StoreError> {
-                text.map(|t| {
-                    serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string()))
-                })
-                .transpose()
-            };
-            let error: Option<String> = r.try_get("error")?;
-            Ok(RunRow {
-                id: r.try_get("id")?,
-                workflow: r.try_get("workflow")?,
-                version: r.try_get::<i64, _>("version")? as u32,
-                status: r.try_get("status")?,
-                input: json(Some(r.try_get("input")?))?.unwrap_or_default(),
-                output: json(r.try_get("output")?)?,
-                error: error
-                    .map(|e| {
-                        serde_json::from_str(&e).map_err(|e| StoreError::Corrupt(e.to_string()))
-                    })
-                    .transpose()?,
-                created_at: to_time(r.try_get("created_at")?),
-                finished_at: r.try_get::<Option<i64>, _>("finished_at")?.map(to_time),
-            })
-        })
-        .transpose()
+        row.as_ref().map(run_row).transpose()
+    }
+
+    /// Runs, newest first, optionally of one workflow and one status,
+    /// starting after the run `after` (the previous page's last id: run ids
+    /// are UUIDv7, so they sort by creation time).
+    pub async fn list_runs(
+        &self,
+        workflow: Option<&str>,
+        status: Option<Status>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, workflow, version, status, input, output, error, created_at, finished_at FROM runs \
+             WHERE ($1 IS NULL OR workflow = $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3) \
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(workflow)
+        .bind(status.map(Status::as_str))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_row).collect()
     }
 
     /// The run's whole history, in order.
@@ -576,6 +576,27 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+fn run_row(r: &sqlx::any::AnyRow) -> Result<RunRow, StoreError> {
+    let json = |text: Option<String>| -> Result<Option<Value>, StoreError> {
+        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    };
+    let error: Option<String> = r.try_get("error")?;
+    Ok(RunRow {
+        id: r.try_get("id")?,
+        workflow: r.try_get("workflow")?,
+        version: r.try_get::<i64, _>("version")? as u32,
+        status: r.try_get("status")?,
+        input: json(Some(r.try_get("input")?))?.unwrap_or_default(),
+        output: json(r.try_get("output")?)?,
+        error: error
+            .map(|e| serde_json::from_str(&e).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()?,
+        created_at: to_time(r.try_get("created_at")?),
+        finished_at: r.try_get::<Option<i64>, _>("finished_at")?.map(to_time),
+    })
 }
 
 /// Plugin key-value data in the store, for the engine's `kv` capability
