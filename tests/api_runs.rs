@@ -204,3 +204,36 @@ fn runs_are_listed_with_filters_and_a_cursor() {
     assert_eq!(status, 400);
     server.kill();
 }
+
+#[test]
+fn the_cli_lists_and_shows_runs_of_a_server() {
+    let (_dir, server) = server();
+    let (_, _, run) = send(&server, "/v1/workflows/ticket-triage/runs", TICKET, None);
+    let id = run["id"].as_str().unwrap().to_string();
+    server.wait_until_finished(std::slice::from_ref(&id), Duration::from_secs(20));
+    let cli = |args: &[&str]| {
+        std::process::Command::new(common::steward_bin())
+            .args(args)
+            .env("STEWARD_SERVER", server.url(""))
+            .output()
+            .unwrap()
+    };
+    let list = cli(&["runs", "list", "--workflow", "ticket-triage"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains(&id) && text.contains("succeeded"), "{text}");
+    let show = cli(&["runs", "show", &id]);
+    let shown: Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(shown["output"]["priority"], "P1");
+    let missing = cli(&["runs", "show", "nope"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("the server answered 404: run nope does not exist")
+    );
+    let unreachable = std::process::Command::new(common::steward_bin())
+        .args(["runs", "list", "--server", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("is `steward serve` running?"));
+    server.kill();
+}

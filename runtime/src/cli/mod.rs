@@ -2,6 +2,7 @@
 
 mod plugin;
 mod run;
+mod runs;
 mod serve;
 mod validate;
 
@@ -46,6 +47,19 @@ pub enum Command {
         #[arg(long, env = "STEWARD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// List and show the server's runs.
+    Runs {
+        #[command(subcommand)]
+        command: runs::RunsCommand,
+        /// The server's base URL.
+        #[arg(
+            long,
+            env = "STEWARD_SERVER",
+            default_value = "http://127.0.0.1:8080",
+            global = true
+        )]
+        server: String,
+    },
     /// Write, build and look into plugins.
     Plugin {
         #[command(subcommand)]
@@ -79,6 +93,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => run::run(&file, &input, &load_config(config)?).await,
         Command::Validate { files, config } => validate::validate(&files, &load_config(config)?),
         Command::Plugin { command } => plugin::dispatch(command),
+        Command::Runs { command, server } => runs::dispatch(command, server.trim_end_matches('/')),
     }
 }
 

@@ -1,0 +1,78 @@
+//! `steward runs list|show`: the server's runs, from the command line.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use serde_json::Value;
+
+#[derive(Subcommand)]
+pub enum RunsCommand {
+    /// Runs, newest first.
+    List {
+        #[arg(long)]
+        workflow: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One run with its steps, as JSON.
+    Show { id: String },
+}
+
+/// Where the server is: `--server`, `STEWARD_SERVER`, or the default listen address.
+pub fn dispatch(command: RunsCommand, server: &str) -> anyhow::Result<ExitCode> {
+    match command {
+        RunsCommand::List {
+            workflow,
+            status,
+            limit,
+        } => {
+            let mut url = format!("{server}/v1/runs?limit={limit}");
+            if let Some(w) = workflow {
+                url.push_str(&format!("&workflow={w}"));
+            }
+            if let Some(s) = status {
+                url.push_str(&format!("&status={s}"));
+            }
+            let body = get(&url)?;
+            let items = body["items"].as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                println!("no runs");
+            }
+            for run in items {
+                println!(
+                    "{}  {:<10} {}@{}  {}",
+                    run["id"].as_str().unwrap_or("?"),
+                    run["status"].as_str().unwrap_or("?"),
+                    run["workflow"].as_str().unwrap_or("?"),
+                    run["version"],
+                    run["created_at"].as_str().unwrap_or("")
+                );
+            }
+        }
+        RunsCommand::Show { id } => {
+            let body = get(&format!("{server}/v1/runs/{id}"))?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn get(url: &str) -> anyhow::Result<Value> {
+    match ureq::get(url).call() {
+        Ok(response) => Ok(serde_json::from_str(&response.into_string()?)?),
+        Err(ureq::Error::Status(status, response)) => {
+            let body: Value = serde_json::from_str(&response.into_string().unwrap_or_default())
+                .unwrap_or_default();
+            let detail = body["detail"].as_str().unwrap_or("no detail");
+            bail!("the server answered {status}: {detail}")
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "cannot reach {url}: is `steward serve` running? set --server or STEWARD_SERVER"
+            )
+        }),
+    }
+}
