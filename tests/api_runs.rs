@@ -26,7 +26,9 @@ fn server() -> (tempfile::TempDir, Server) {
 }
 
 fn send(server: &Server, path: &str, body: &str, key: Option<&str>) -> (u16, String, Value) {
-    let mut request = ureq::post(&server.url(path)).set("content-type", "application/json");
+    let mut request = server
+        .request("POST", path)
+        .set("content-type", "application/json");
     if let Some(key) = key {
         request = request.set("Idempotency-Key", key);
     }
@@ -138,7 +140,8 @@ fn bad_requests_get_problem_details() {
         )
     );
 
-    let missing = ureq::get(&server.url("/v1/runs/missing"))
+    let missing = server
+        .request("GET", "/v1/runs/missing")
         .call()
         .unwrap_err();
     let ureq::Error::Status(404, response) = missing else {
@@ -170,7 +173,7 @@ fn runs_are_listed_with_filters_and_a_cursor() {
     }
     server.wait_until_finished(&ids, Duration::from_secs(20));
     let get = |path: &str| -> (u16, Value) {
-        match ureq::get(&server.url(path)).call() {
+        match server.request("GET", path).call() {
             Ok(r) => (r.status(), json_of(r)),
             Err(ureq::Error::Status(code, r)) => (code, json_of(r)),
             Err(e) => panic!("{e}"),
@@ -215,6 +218,7 @@ fn the_cli_lists_and_shows_runs_of_a_server() {
         std::process::Command::new(common::steward_bin())
             .args(args)
             .env("STEWARD_SERVER", server.url(""))
+            .env("STEWARD_TOKEN", common::server::ADMIN_TOKEN)
             .output()
             .unwrap()
     };
@@ -236,4 +240,187 @@ fn the_cli_lists_and_shows_runs_of_a_server() {
         .unwrap();
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("is `steward serve` running?"));
     server.kill();
+}
+
+fn call(request: ureq::Request, body: Option<Value>) -> (u16, Value, Option<String>) {
+    let result = match body {
+        Some(b) => request
+            .set("content-type", "application/json")
+            .send_string(&b.to_string()),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let status = response.status();
+    let challenge = response.header("www-authenticate").map(str::to_string);
+    let text = response.into_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        challenge,
+    )
+}
+
+#[test]
+fn tokens_and_scopes_guard_the_api() {
+    let (_dir, server) = server();
+    let anonymous = call(ureq::get(&server.url("/v1/runs")), None);
+    assert_eq!((anonymous.0, anonymous.2.as_deref()), (401, Some("Bearer")));
+    assert_eq!(
+        anonymous.1["type"],
+        "https://steward.dev/problems/unauthorized"
+    );
+    let forged = call(
+        ureq::get(&server.url("/v1/runs")).set("Authorization", "Bearer stw_forged"),
+        None,
+    );
+    assert_eq!(forged.0, 401);
+    assert_eq!(
+        call(ureq::get(&server.url("/healthz")), None).0,
+        200,
+        "liveness needs no token"
+    );
+
+    // The admin creates a read-only token; its secret is shown once.
+    let (status, created, _) = call(
+        server.request("POST", "/v1/tokens"),
+        Some(json!({"name": "dashboard", "scopes": ["runs:read"]})),
+    );
+    assert_eq!(status, 201, "{created}");
+    let secret = created["token"].as_str().unwrap().to_string();
+    let reader = |method: &str, path: &str| {
+        ureq::request(method, &server.url(path)).set("Authorization", &format!("Bearer {secret}"))
+    };
+    assert_eq!(call(reader("GET", "/v1/runs"), None).0, 200);
+    let (status, body, _) = call(
+        reader("POST", "/v1/workflows/ticket-triage/runs"),
+        Some(serde_json::from_str(TICKET).unwrap()),
+    );
+    assert_eq!(status, 403);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("lacks the runs:write scope"),
+        "{body}"
+    );
+    assert_eq!(
+        call(
+            reader("POST", "/v1/tokens"),
+            Some(json!({"scopes": ["admin"]}))
+        )
+        .0,
+        403,
+        "no self-promotion"
+    );
+
+    let (status, body, _) = call(
+        server.request("POST", "/v1/tokens"),
+        Some(json!({"scopes": ["runs:delete"]})),
+    );
+    assert_eq!(status, 422);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown scope \"runs:delete\"")
+    );
+
+    // Revoked: refused from then on.
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(
+        call(server.request("DELETE", &format!("/v1/tokens/{id}")), None).0,
+        204
+    );
+    assert_eq!(call(reader("GET", "/v1/runs"), None).0, 401);
+    assert_eq!(
+        call(server.request("DELETE", &format!("/v1/tokens/{id}")), None).0,
+        404
+    );
+    server.kill();
+}
+
+#[test]
+fn a_fresh_installation_gets_an_admin_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("steward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database = \"sqlite://{}/steward.db\"\ndata_dir = {data:?}\nworkflows = []\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    // Started without STEWARD_ADMIN_TOKEN: the harness's token is not used here.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(common::steward_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("STEWARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env_remove("STEWARD_ADMIN_TOKEN")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let token_file = data.join("admin-token");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ureq::get(&format!("http://127.0.0.1:{port}/healthz"))
+        .call()
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secret = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let ok = ureq::get(&format!("http://127.0.0.1:{port}/v1/runs"))
+        .set("Authorization", &format!("Bearer {secret}"))
+        .call();
+    assert_eq!(ok.unwrap().status(), 200);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // `steward token create` writes to the same database.
+    let out = std::process::Command::new(common::steward_bin())
+        .args([
+            "token",
+            "create",
+            "--scopes",
+            "runs:read,runs:write",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .starts_with("stw_")
+    );
+    let bad = std::process::Command::new(common::steward_bin())
+        .args(["token", "create", "--scopes", "everything", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scope \"everything\""));
 }

@@ -177,7 +177,8 @@ fn sqlite_setup() -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
 }
 
 fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
-    let result = ureq::post(&server.url(path))
+    let result = server
+        .request("POST", path)
         .set("content-type", "application/json")
         .send_string(&body.to_string());
     match result {

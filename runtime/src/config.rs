@@ -33,6 +33,10 @@ pub struct Config {
     pub limits: Limits,
     pub engine: EngineSettings,
     pub worker: WorkerSettings,
+    /// `STEWARD_ADMIN_TOKEN`: an admin API token that lives only in the
+    /// environment (never read from the file).
+    #[serde(skip)]
+    pub admin_token: Option<String>,
 }
 
 /// How this process claims and drives runs.
@@ -73,6 +77,7 @@ impl Default for Config {
             limits: Limits::default(),
             engine: EngineSettings::default(),
             worker: WorkerSettings::default(),
+            admin_token: None,
         }
     }
 }
@@ -196,6 +201,9 @@ impl Config {
         }
         if let Some(v) = get("STEWARD_DATABASE") {
             self.database = v;
+        }
+        if let Some(v) = get("STEWARD_ADMIN_TOKEN").filter(|v| !v.is_empty()) {
+            self.admin_token = Some(v);
         }
         if let Some(v) = get("STEWARD_DATABASE_SCHEMA") {
             self.database_schema = Some(v);

@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the map of modules.
 
 pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod engine;

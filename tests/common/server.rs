@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// The admin token every test server is started with.
+pub const ADMIN_TOKEN: &str = "test-admin-secret";
+
 pub struct Server {
     child: Child,
     port: u16,
@@ -24,6 +27,7 @@ impl Server {
             .args(["serve", "--config"])
             .arg(config)
             .env("STEWARD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("STEWARD_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -39,6 +43,12 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         server
+    }
+
+    /// A request carrying the admin token.
+    pub fn request(&self, method: &str, path: &str) -> ureq::Request {
+        ureq::request(method, &self.url(path))
+            .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -66,7 +76,8 @@ impl Server {
     }
 
     pub fn start_run(&self, workflow: &str, input: Value) -> String {
-        let response = ureq::post(&self.url(&format!("/v1/workflows/{workflow}/runs")))
+        let response = self
+            .request("POST", &format!("/v1/workflows/{workflow}/runs"))
             .set("content-type", "application/json")
             .send_string(&json!({ "input": input }).to_string())
             .expect("run accepted");
@@ -76,7 +87,7 @@ impl Server {
 
     pub fn run(&self, id: &str) -> Value {
         json_of(
-            ureq::get(&self.url(&format!("/v1/runs/{id}")))
+            self.request("GET", &format!("/v1/runs/{id}"))
                 .call()
                 .unwrap(),
         )
@@ -84,7 +95,7 @@ impl Server {
 
     pub fn events(&self, id: &str) -> Vec<Value> {
         let body = json_of(
-            ureq::get(&self.url(&format!("/v1/runs/{id}/events")))
+            self.request("GET", &format!("/v1/runs/{id}/events"))
                 .call()
                 .unwrap(),
         );

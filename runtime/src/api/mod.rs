@@ -1,12 +1,14 @@
 //! The REST API (axum). Only this module knows HTTP.
 
+mod auth;
 mod problem;
 mod runs;
+mod tokens;
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
@@ -19,6 +21,7 @@ use crate::worker::WorkerHandle;
 /// What handlers share.
 pub struct AppState {
     pub store: Store,
+    pub auth: crate::auth::Authenticator,
     pub catalog: Arc<Catalog>,
     pub worker: WorkerHandle,
 }
@@ -33,7 +36,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/runs/{id}", get(runs::show))
         .route("/v1/runs/{id}/events", get(runs::events))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/tokens", post(tokens::create))
+        .route("/v1/tokens/{id}", delete(tokens::revoke))
         .fallback(|| async { Problem::not_found("this route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_scope,
+        ))
         .with_state(state)
 }
 

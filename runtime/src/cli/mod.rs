@@ -59,12 +59,48 @@ pub enum Command {
             global = true
         )]
         server: String,
+        /// An API token with the runs:read scope.
+        #[arg(long, env = "STEWARD_TOKEN", global = true, hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Write, build and look into plugins.
     Plugin {
         #[command(subcommand)]
         command: plugin::PluginCommand,
     },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token in the server's database and print its secret (once).
+    Create {
+        /// Comma-separated: runs:write, runs:read, approvals:decide, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        #[arg(long, env = "STEWARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+async fn token_create(scopes: &[String], name: &str, config: &Config) -> anyhow::Result<ExitCode> {
+    let scopes = steward::auth::parse_scopes(scopes).map_err(anyhow::Error::msg)?;
+    let store = serve::open_store(config).await?;
+    let (token, secret) = steward::auth::issue_token(&store, name, scopes).await?;
+    eprintln!(
+        "created token {} ({}) with scopes {}; the secret is shown only now:",
+        token.id,
+        token.name,
+        token.scopes.join(", ")
+    );
+    println!("{secret}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Logs go to stderr; `STEWARD_LOG` (or `RUST_LOG`) overrides the level.
@@ -93,7 +129,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => run::run(&file, &input, &load_config(config)?).await,
         Command::Validate { files, config } => validate::validate(&files, &load_config(config)?),
         Command::Plugin { command } => plugin::dispatch(command),
-        Command::Runs { command, server } => runs::dispatch(command, server.trim_end_matches('/')),
+        Command::Runs {
+            command,
+            server,
+            token,
+        } => runs::dispatch(command, server.trim_end_matches('/'), token.as_deref()),
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    scopes,
+                    name,
+                    config,
+                },
+        } => token_create(&scopes, &name, &load_config(config)?).await,
     }
 }
 

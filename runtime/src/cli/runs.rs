@@ -22,7 +22,11 @@ pub enum RunsCommand {
 }
 
 /// Where the server is: `--server`, `STEWARD_SERVER`, or the default listen address.
-pub fn dispatch(command: RunsCommand, server: &str) -> anyhow::Result<ExitCode> {
+pub fn dispatch(
+    command: RunsCommand,
+    server: &str,
+    token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     match command {
         RunsCommand::List {
             workflow,
@@ -36,7 +40,7 @@ pub fn dispatch(command: RunsCommand, server: &str) -> anyhow::Result<ExitCode> 
             if let Some(s) = status {
                 url.push_str(&format!("&status={s}"));
             }
-            let body = get(&url)?;
+            let body = get(&url, token)?;
             let items = body["items"].as_array().cloned().unwrap_or_default();
             if items.is_empty() {
                 println!("no runs");
@@ -53,15 +57,19 @@ pub fn dispatch(command: RunsCommand, server: &str) -> anyhow::Result<ExitCode> 
             }
         }
         RunsCommand::Show { id } => {
-            let body = get(&format!("{server}/v1/runs/{id}"))?;
+            let body = get(&format!("{server}/v1/runs/{id}"), token)?;
             println!("{}", serde_json::to_string_pretty(&body)?);
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn get(url: &str) -> anyhow::Result<Value> {
-    match ureq::get(url).call() {
+fn get(url: &str, token: Option<&str>) -> anyhow::Result<Value> {
+    let mut request = ureq::get(url);
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    match request.call() {
         Ok(response) => Ok(serde_json::from_str(&response.into_string()?)?),
         Err(ureq::Error::Status(status, response)) => {
             let body: Value = serde_json::from_str(&response.into_string().unwrap_or_default())

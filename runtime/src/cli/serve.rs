@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use steward::api::{AppState, router};
+use steward::auth::{Authenticator, issue_token};
 use steward::catalog::Catalog;
 use steward::config::Config;
 use steward::executor::Executor;
@@ -55,7 +56,10 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         ..WorkerOptions::default()
     };
     let worker = worker::spawn(store.clone(), executor, catalog.clone(), options);
+    let auth = Authenticator::new(store.clone(), config.admin_token.as_deref());
+    bootstrap_admin_token(config, &store).await?;
     let app = router(Arc::new(AppState {
+        auth,
         store: store.clone(),
         catalog,
         worker: worker.clone(),
@@ -77,7 +81,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<Store> {
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let sqlite_sync = match config.sqlite_synchronous.as_str() {
         "full" => SqliteSync::Full,
         "normal" => SqliteSync::Normal,
@@ -125,4 +129,25 @@ async fn shutdown_signal() {
         _ = terminate => {}
     }
     tracing::info!("shutting down");
+}
+
+/// A fresh installation without `STEWARD_ADMIN_TOKEN` gets one admin token,
+/// written to `DATA_DIR/admin-token` (readable by its owner only), so the
+/// API is never open and never locked.
+async fn bootstrap_admin_token(config: &Config, store: &Store) -> anyhow::Result<()> {
+    if config.admin_token.is_some() || store.count_live_tokens().await? > 0 {
+        return Ok(());
+    }
+    let (_, secret) = issue_token(store, "bootstrap admin", vec!["admin".into()]).await?;
+    let path = config.data_dir.join("admin-token");
+    std::fs::create_dir_all(&config.data_dir)?;
+    std::fs::write(&path, format!("{secret}\n"))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tracing::warn!(
+        "created an admin API token in {}: use it as `Authorization: Bearer TOKEN`, create narrower \
+         tokens with POST /v1/tokens, then delete the file",
+        path.display()
+    );
+    Ok(())
 }

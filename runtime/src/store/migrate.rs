@@ -6,31 +6,22 @@ use sqlx::AnyPool;
 
 use super::{Backend, StoreError};
 
-/// (version, name, SQL) per dialect, in order.
-const SQLITE: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "runs",
-        include_str!("../../../migrations/sqlite/0001_runs.sql"),
-    ),
-    (
-        2,
-        "cancel",
-        include_str!("../../../migrations/sqlite/0002_cancel.sql"),
-    ),
-];
-const POSTGRES: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "runs",
-        include_str!("../../../migrations/postgres/0001_runs.sql"),
-    ),
-    (
-        2,
-        "cancel",
-        include_str!("../../../migrations/postgres/0002_cancel.sql"),
-    ),
-];
+/// The migrations of one dialect folder, as (version, name, SQL), in order.
+macro_rules! migrations {
+    ($dialect:literal: $($version:literal $name:literal),* $(,)?) => {
+        &[$((
+            $version,
+            $name,
+            include_str!(concat!("../../../migrations/", $dialect, "/", $name, ".sql")),
+        )),*]
+    };
+}
+
+/// (version, name, SQL) per dialect, in order; the file names are the names.
+#[rustfmt::skip]
+const SQLITE: &[(i64, &str, &str)] = migrations!("sqlite": 1 "0001_runs", 2 "0002_cancel", 3 "0003_tokens");
+#[rustfmt::skip]
+const POSTGRES: &[(i64, &str, &str)] = migrations!("postgres": 1 "0001_runs", 2 "0002_cancel", 3 "0003_tokens");
 
 /// Applies every migration the database lacks, each in its own transaction.
 pub async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
@@ -91,4 +82,44 @@ fn statements(sql: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file in `migrations/<dialect>` is embedded, in order, in both.
+    #[test]
+    fn every_migration_file_is_embedded() {
+        for (dialect, embedded) in [("sqlite", SQLITE), ("postgres", POSTGRES)] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../migrations")
+                .join(dialect);
+            let mut files: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| {
+                    e.unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .trim_end_matches(".sql")
+                        .to_string()
+                })
+                .collect();
+            files.sort();
+            let names: Vec<String> = embedded.iter().map(|m| m.1.to_string()).collect();
+            assert_eq!(names, files, "{dialect}");
+            for (i, m) in embedded.iter().enumerate() {
+                assert_eq!(m.0, i as i64 + 1);
+            }
+        }
+    }
+
+    #[test]
+    fn comments_cannot_split_statements() {
+        let sql = "-- a; b\nCREATE TABLE x (a INT);\n-- c;\nCREATE TABLE y (b INT);\n";
+        assert_eq!(
+            statements(sql),
+            ["CREATE TABLE x (a INT)", "CREATE TABLE y (b INT)"]
+        );
+    }
 }

@@ -81,6 +81,15 @@ pub struct RunRow {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// An API token as stored: its secret is never kept, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub id: String,
+    pub name: String,
+    pub secret_hash: String,
+    pub scopes: Vec<String>,
+}
+
 /// What a cancel request found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelRequest {
@@ -529,6 +538,65 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Stores a new API token (only the secret's hash).
+    pub async fn create_token(&self, token: &StoredToken) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, secret_hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&token.id)
+        .bind(&token.name)
+        .bind(&token.secret_hash)
+        .bind(token.scopes.join(","))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The live (not revoked) token with this secret hash.
+    pub async fn token_by_hash(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<StoredToken>, StoreError> {
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT id, name, scopes FROM api_tokens WHERE secret_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(id, name, scopes)| StoredToken {
+            id,
+            name,
+            secret_hash: secret_hash.to_string(),
+            scopes: scopes
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+        }))
+    }
+
+    /// How many tokens are live: zero on a fresh installation.
+    pub async fn count_live_tokens(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Revokes a token; false when there is no live token with this id.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Counts runs per status, for tests and metrics.

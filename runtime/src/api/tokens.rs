@@ -1,0 +1,64 @@
+//! `POST /v1/tokens` and `DELETE /v1/tokens/{id}` (admin).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppState, Problem};
+use crate::auth::{issue_token, parse_scopes};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    #[serde(default)]
+    name: Option<String>,
+    scopes: Vec<String>,
+}
+
+/// 201 with the secret, shown this once.
+pub async fn create(
+    State(app): State<Arc<AppState>>,
+    body: Result<Json<CreateToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let Json(body) = body.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+            "Invalid request body",
+            format!("{e}: send {{\"scopes\": [\"runs:read\"]}}"),
+        )
+    })?;
+    let scopes = parse_scopes(&body.scopes).map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-scopes",
+            "Invalid scopes",
+            e,
+        )
+    })?;
+    let name = body.name.unwrap_or_else(|| "api".to_string());
+    let (token, secret) = issue_token(&app.store, &name, scopes).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "id": token.id, "name": token.name, "scopes": token.scopes, "token": secret }),
+        ),
+    ))
+}
+
+/// 204 when revoked, 404 when there is no live token with this id.
+pub async fn revoke(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    if app.store.revoke_token(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found(&format!("token {id}")))
+    }
+}
