@@ -245,3 +245,31 @@ fn a_run_keeps_the_workflow_version_it_started_on() {
     assert_eq!(runs[1]["output"], json!({"version": 2}));
     server.kill();
 }
+
+#[test]
+fn an_edited_workflow_without_a_new_version_keeps_its_deployed_definition() {
+    let (_scratch, dir, config) = sqlite_setup();
+    let server = Server::start(&config);
+    server.kill();
+    std::fs::write(
+        dir.path().join("workflows/timer.yaml"),
+        "name: timer\nsteps:\n  - id: changed\n    uses: transform\n    with: { edited: true }\n",
+    )
+    .unwrap();
+    let server = Server::start(&config);
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(
+        log.contains(
+            "timer version 1 is already deployed with different content: bump the version"
+        ),
+        "{log}"
+    );
+    let id = server.start_run("timer", json!({}));
+    let runs = server.wait_until_finished(std::slice::from_ref(&id), Duration::from_secs(30));
+    assert!(
+        runs[0]["steps"].get("pause").is_some(),
+        "the deployed definition ran: {:#}",
+        runs[0]
+    );
+    server.kill();
+}

@@ -13,6 +13,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-secret";
 pub struct Server {
     child: Child,
     port: u16,
+    /// Where the server's stderr goes.
+    pub log: std::path::PathBuf,
 }
 
 impl Server {
@@ -22,7 +24,8 @@ impl Server {
             .local_addr()
             .unwrap()
             .port();
-        let log = std::fs::File::create(config.with_extension(format!("{port}.log"))).unwrap();
+        let log_path = config.with_extension(format!("{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(super::steward_bin())
             .args(["serve", "--config"])
             .arg(config)
@@ -32,7 +35,11 @@ impl Server {
             .stderr(log)
             .spawn()
             .unwrap();
-        let server = Server { child, port };
+        let server = Server {
+            child,
+            port,
+            log: log_path,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while ureq::get(&server.url("/healthz")).call().is_err() {
             assert!(

@@ -38,11 +38,20 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             match result {
                 Ok(w) => {
                     let file = w.file.clone();
+                    let (name, version) = (w.name.clone(), w.version);
                     match catalog.deploy(w).await {
                         Ok(w) => {
                             tracing::info!(workflow = %w.name, version = w.version, "loaded {file}")
                         }
-                        Err(e) => tracing::error!("{file}: not deployed: {e}"),
+                        Err(e) => {
+                            tracing::error!("{file}: not deployed: {e}");
+                            // Keep serving what was deployed under that version.
+                            if let Ok(Some(_)) = catalog.version(&name, version).await {
+                                tracing::warn!(
+                                    "{name} version {version} keeps its deployed definition"
+                                );
+                            }
+                        }
                     }
                 }
                 Err(errors) => tracing::error!("workflow not loaded:\n{errors}"),
