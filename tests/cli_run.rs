@@ -299,3 +299,19 @@ fn a_scaffolded_plugin_builds_and_runs_in_a_workflow() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("name must not be empty"));
 }
+
+#[test]
+fn a_wait_beyond_the_calendar_fails_the_step_instead_of_the_process() {
+    let ws = Workspace::new();
+    let workflow = ws.write(
+        "far.yaml",
+        "name: far\nsteps:\n  - id: pause\n    wait: 1000000y\n",
+    );
+    let out = ws.run(&workflow, "{}", &ws.config(""));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("steps.pause.wait: the wait ends too far in the future"),
+        "{stderr}"
+    );
+}

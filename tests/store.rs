@@ -100,7 +100,7 @@ async fn appended_events_and_status_are_durable() {
         );
         state.apply(&done);
         store
-            .append(&state, std::slice::from_ref(&done), None)
+            .append(&state, std::slice::from_ref(&done), None, None)
             .await
             .unwrap();
         history.push(done);
@@ -150,7 +150,7 @@ async fn a_leased_run_is_claimed_once_until_its_lease_ends() {
             vec!["r1".to_string()],
             "a dead worker's run is taken over"
         );
-        store.release("w2", "r1").await.unwrap();
+        store.release("w2", "r1", None).await.unwrap();
         assert_eq!(
             store
                 .claim_due("w3", Duration::from_secs(30), 10)
@@ -248,7 +248,7 @@ async fn concurrent_writes_commit_together_and_a_bad_one_fails_alone() {
                 let seq = if i == 7 { 1 } else { 2 };
                 let done = Recorded::now(seq, Event::RunSucceeded { output: json!(i) });
                 state.apply(&done);
-                (i, store.append(&state, &[done], None).await)
+                (i, store.append(&state, &[done], None, None).await)
             });
         }
         while let Some(joined) = tasks.join_next().await {
@@ -295,6 +295,64 @@ async fn runs_are_listed_newest_first_by_workflow_and_status_in_pages() {
         assert!(
             store
                 .list_runs(None, Some(Status::Failed), None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_the_lease_cannot_write() {
+    on_every_backend("lease", |store| async move {
+        let input = json!({});
+        store.create_run(new_run("r1", &input, None)).await.unwrap();
+        assert_eq!(
+            store
+                .claim_due("w1", Duration::from_secs(30), 10)
+                .await
+                .unwrap(),
+            ["r1"]
+        );
+        let mut state = RunState::new("r1", "demo", 1, Utc::now());
+        let done = Recorded::now(2, Event::RunSucceeded { output: json!(1) });
+        state.apply(&done);
+        let err = store
+            .append(&state, std::slice::from_ref(&done), None, Some("w2"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::LeaseLost(ref id) if id == "r1"),
+            "{err}"
+        );
+        assert_eq!(
+            store.events("r1").await.unwrap().len(),
+            1,
+            "nothing was written"
+        );
+        assert_eq!(store.run("r1").await.unwrap().unwrap().status, "pending");
+        store
+            .append(&state, std::slice::from_ref(&done), None, Some("w1"))
+            .await
+            .unwrap();
+        assert_eq!(store.run("r1").await.unwrap().unwrap().status, "succeeded");
+        // A failed drive's release keeps the run back for a while.
+        store.create_run(new_run("r2", &input, None)).await.unwrap();
+        assert_eq!(
+            store
+                .claim_due("w1", Duration::from_secs(30), 10)
+                .await
+                .unwrap(),
+            ["r2"]
+        );
+        store
+            .release("w1", "r2", Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .claim_due("w3", Duration::from_secs(30), 10)
                 .await
                 .unwrap()
                 .is_empty()

@@ -201,7 +201,10 @@ async fn store_alone(store: &Store) -> f64 {
                 for r in &recorded {
                     state.apply(r);
                 }
-                store.append(&state, &recorded[1..], None).await.unwrap();
+                store
+                    .append(&state, &recorded[1..], None, None)
+                    .await
+                    .unwrap();
             }
         });
     }

@@ -63,9 +63,11 @@ impl Journal for MemoryJournal {
     }
 }
 
-/// Appends to the store, one transaction per batch.
+/// Appends to the store (group-committed), only while `owner` holds the
+/// run's lease.
 pub struct StoreJournal {
     pub store: Store,
+    pub owner: Option<String>,
 }
 
 impl Journal for StoreJournal {
@@ -76,7 +78,7 @@ impl Journal for StoreJournal {
         wake_at: Option<DateTime<Utc>>,
     ) -> Result<Option<String>, String> {
         self.store
-            .append(state, events, wake_at)
+            .append(state, events, wake_at, self.owner.as_deref())
             .await
             .map_err(|e| e.to_string())
     }
@@ -209,8 +211,17 @@ impl Executor {
         if let Some(reason) = journal.cancel_requested(&run.state.id).await? {
             return run.cancel(journal, &mut calls, reason).await;
         }
-        for (step, attempt, input) in interrupted_calls(run) {
-            self.start_call(workflow, run, &mut calls, step, attempt, input);
+        // Re-issue what was in flight: recorded and durable first, so a
+        // worker that lost the run does not call out again.
+        let resumed: Vec<CallSpec> = interrupted_calls(run)
+            .into_iter()
+            .filter_map(|(step, attempt, input)| resume_call(workflow, run, step, attempt, input))
+            .collect();
+        if !resumed.is_empty() {
+            run.flush(journal, Some(Utc::now())).await?;
+            for spec in resumed {
+                self.spawn_call(workflow, run, &mut calls, spec);
+            }
         }
         loop {
             let now = Utc::now();
@@ -301,42 +312,6 @@ impl Executor {
         }
     }
 
-    /// Re-issues a call that was in flight when the process stopped.
-    fn start_call(
-        &self,
-        workflow: &Workflow,
-        run: &mut LiveRun,
-        calls: &mut JoinSet<Finished>,
-        step: String,
-        attempt: u32,
-        input: Value,
-    ) {
-        let Some(crate::workflow::model::StepKind::Plugin { uses, .. }) =
-            workflow.step(&step).map(|s| &s.kind)
-        else {
-            return;
-        };
-        let timeout = workflow.step(&step).and_then(|s| s.timeout);
-        let plugin = uses.clone();
-        run.record(Event::StepStarted {
-            step: step.clone(),
-            attempt,
-            input: input.clone(),
-        });
-        self.spawn_call(
-            workflow,
-            run,
-            calls,
-            CallSpec {
-                step,
-                attempt,
-                plugin,
-                input,
-                timeout,
-            },
-        );
-    }
-
     fn spawn_call(
         &self,
         workflow: &Workflow,
@@ -393,6 +368,32 @@ impl LiveRun {
         self.saved = self.history.len();
         Ok(())
     }
+}
+
+/// Records the re-run of a call that was in flight when the process stopped.
+fn resume_call(
+    workflow: &Workflow,
+    run: &mut LiveRun,
+    step: String,
+    attempt: u32,
+    input: Value,
+) -> Option<CallSpec> {
+    let definition = workflow.step(&step)?;
+    let crate::workflow::model::StepKind::Plugin { uses, .. } = &definition.kind else {
+        return None;
+    };
+    run.record(Event::StepStarted {
+        step: step.clone(),
+        attempt,
+        input: input.clone(),
+    });
+    Some(CallSpec {
+        step,
+        attempt,
+        plugin: uses.clone(),
+        input,
+        timeout: definition.timeout,
+    })
 }
 
 /// Steps whose last attempt started but never finished: (step, attempt,

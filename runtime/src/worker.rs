@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogError};
 use crate::executor::{DriveEnd, Executor, LiveRun, StoreJournal};
 use serde_json::Value;
 
@@ -109,16 +109,31 @@ impl WorkerHandle {
 
 /// Drives a run this process created, then lets it go like a claimed one.
 async fn drive_adopted(shared: Arc<Shared>, workflow: Arc<Workflow>, mut run: LiveRun) {
-    let mut journal = StoreJournal {
-        store: shared.store.clone(),
-    };
     let id = run.state.id.clone();
-    let result = shared
-        .executor
-        .drive(&workflow, &mut run, &mut journal, true)
-        .await;
-    finish(&shared, &id, result).await;
+    let inner = shared.clone();
+    let task = tokio::spawn(async move {
+        let mut journal = StoreJournal {
+            store: inner.store.clone(),
+            owner: Some(inner.options.owner.clone()),
+        };
+        inner
+            .executor
+            .drive(&workflow, &mut run, &mut journal, true)
+            .await
+    });
+    finish(&shared, &id, joined(task).await).await;
 }
+
+/// A drive's result; a panic becomes an error, so the run is always let go.
+async fn joined(
+    task: tokio::task::JoinHandle<Result<DriveEnd, String>>,
+) -> Result<DriveEnd, String> {
+    task.await
+        .unwrap_or_else(|e| Err(format!("the drive panicked: {e}")))
+}
+
+/// After a failed drive, the run waits this long before it is claimed again.
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
 
 struct Shared {
     store: Store,
@@ -163,8 +178,10 @@ async fn claim_loop(shared: Arc<Shared>, wake: Arc<Notify>, mut stopped: watch::
             {
                 Ok(ids) => {
                     for id in ids {
-                        shared.active.lock().unwrap().insert(id.clone());
-                        tokio::spawn(drive_one(shared.clone(), id));
+                        // Never two drives of one run in this process.
+                        if shared.active.lock().unwrap().insert(id.clone()) {
+                            tokio::spawn(drive_one(shared.clone(), id));
+                        }
                     }
                 }
                 Err(e) => tracing::error!("claiming runs failed: {e}"),
@@ -185,10 +202,9 @@ async fn heartbeat(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             _ = tokio::time::sleep(shared.options.lease / 3) => {}
             _ = stopped.changed() => return,
         }
-        let ids: Vec<String> = shared.active.lock().unwrap().iter().cloned().collect();
         if let Err(e) = shared
             .store
-            .renew_leases(&shared.options.owner, &ids, shared.options.lease)
+            .renew_leases(&shared.options.owner, shared.options.lease)
             .await
         {
             tracing::error!("renewing leases failed: {e}");
@@ -197,21 +213,28 @@ async fn heartbeat(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
 }
 
 async fn drive_one(shared: Arc<Shared>, id: String) {
-    let result = drive(&shared, &id).await;
-    finish(&shared, &id, result).await;
+    let (inner, run_id) = (shared.clone(), id.clone());
+    let task = tokio::spawn(async move { drive(&inner, &run_id).await });
+    finish(&shared, &id, joined(task).await).await;
 }
 
 async fn finish(shared: &Shared, id: &str, result: Result<DriveEnd, String>) {
-    let finished = match result {
-        Ok(end) => end == DriveEnd::Finished,
+    let (finished, retry_in) = match result {
+        Ok(end) => (end == DriveEnd::Finished, None),
         Err(e) => {
             tracing::error!(run = %id, "driving the run failed: {e}");
-            false
+            (false, Some(RETRY_AFTER_ERROR))
         }
     };
     shared.active.lock().unwrap().remove(id);
-    // A finished run gave its lease up with its last write.
-    if !finished && let Err(e) = shared.store.release(&shared.options.owner, id).await {
+    // A finished run gave its lease up with its last write; a lost one is
+    // not ours to release (the owner check makes that a no-op).
+    if !finished
+        && let Err(e) = shared
+            .store
+            .release(&shared.options.owner, id, retry_in)
+            .await
+    {
         tracing::error!(run = %id, "releasing the run failed: {e}");
     }
 }
@@ -226,11 +249,15 @@ async fn drive(shared: &Shared, id: &str) -> Result<DriveEnd, String> {
     let history = store.events(id).await.map_err(|e| e.to_string())?;
     let state = RunState::new(&row.id, &row.workflow, row.version, row.created_at);
     let mut run = LiveRun::resume(state, history);
+    let owner = shared.options.owner.clone();
     let mut journal = StoreJournal {
         store: store.clone(),
+        owner: Some(owner.clone()),
     };
     let workflow = match shared.catalog.version(&row.workflow, row.version).await {
         Ok(Some(w)) => w,
+        // The database may be back soon: try again later.
+        Err(CatalogError::Store(e)) => return Err(format!("cannot load the run's workflow: {e}")),
         other => {
             let why = match other {
                 Ok(_) => format!(
@@ -247,7 +274,7 @@ async fn drive(shared: &Shared, id: &str) -> Result<DriveEnd, String> {
             );
             run.state.apply(&recorded);
             store
-                .append(&run.state, &[recorded], None)
+                .append(&run.state, &[recorded], None, Some(&owner))
                 .await
                 .map_err(|e| e.to_string())?;
             return Ok(DriveEnd::Finished);

@@ -147,8 +147,18 @@ impl OriginPattern {
 
     /// True when this pattern names `ip` literally, the only way to reach a
     /// link-local or metadata address.
-    pub fn names_exactly(&self, ip: IpAddr) -> bool {
-        matches!(&self.host, HostPattern::Exact(h) if h.parse::<IpAddr>().ok() == Some(ip))
+    pub fn names_exactly(&self, ip: IpAddr, port: u16) -> bool {
+        let host_ok =
+            matches!(&self.host, HostPattern::Exact(h) if h.parse::<IpAddr>().ok() == Some(ip));
+        let port_ok = match self.port {
+            PortPattern::Any => true,
+            PortPattern::Exact(p) => p == port,
+            PortPattern::Default => self
+                .scheme
+                .as_deref()
+                .is_some_and(|s| default_port(s) == port),
+        };
+        host_ok && port_ok
     }
 }
 
@@ -265,8 +275,8 @@ impl Grants {
 
     /// Link-local and metadata addresses are reachable only when the
     /// operator names them exactly.
-    pub fn grants_exact_address(&self, ip: IpAddr) -> bool {
-        self.allowed_hosts.iter().any(|p| p.names_exactly(ip))
+    pub fn grants_exact_address(&self, ip: IpAddr, port: u16) -> bool {
+        self.allowed_hosts.iter().any(|p| p.names_exactly(ip, port))
     }
 
     pub fn has_secret(&self, name: &str) -> bool {
@@ -292,11 +302,37 @@ pub fn is_sensitive_address(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local() || v4.octets() == [100, 100, 100, 200],
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_sensitive_address(IpAddr::V4(v4));
+            // IPv4 embedded in IPv6 reaches the same host through a
+            // translator: mapped, compatible, NAT64 (64:ff9b::/96), 6to4.
+            let s = v6.segments();
+            let embedded = if let Some(v4) = v6.to_ipv4() {
+                Some(v4)
+            } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                Some(std::net::Ipv4Addr::new(
+                    (s[6] >> 8) as u8,
+                    s[6] as u8,
+                    (s[7] >> 8) as u8,
+                    s[7] as u8,
+                ))
+            } else if s[0] == 0x2002 {
+                Some(std::net::Ipv4Addr::new(
+                    (s[1] >> 8) as u8,
+                    s[1] as u8,
+                    (s[2] >> 8) as u8,
+                    s[2] as u8,
+                ))
+            } else {
+                None
+            };
+            if embedded.is_some_and(|v4| is_sensitive_address(IpAddr::V4(v4))) {
+                return true;
             }
-            let metadata: std::net::Ipv6Addr = "fd00:ec2::254".parse().unwrap();
-            (v6.segments()[0] & 0xffc0) == 0xfe80 || v6 == metadata
+            // Cloud metadata services on IPv6: AWS, GCP, OCI.
+            let metadata = ["fd00:ec2::254", "fd20:ce::254", "fd00:c1::a9fe:a9fe"];
+            (s[0] & 0xffc0) == 0xfe80
+                || metadata
+                    .iter()
+                    .any(|m| m.parse::<std::net::Ipv6Addr>().ok() == Some(v6))
         }
     }
 }
@@ -371,12 +407,32 @@ mod tests {
             "fe80::1",
             "::ffff:169.254.1.1",
             "100.100.100.200",
+            "64:ff9b::a9fe:a9fe",
+            "::a9fe:a9fe",
+            "2002:a9fe:a9fe::",
+            "fd20:ce::254",
         ] {
             assert!(is_sensitive_address(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["127.0.0.1", "10.0.0.1", "::1", "93.184.216.34"] {
             assert!(!is_sensitive_address(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[test]
+    fn an_exact_address_grant_covers_its_port_only() {
+        let manifest = Manifest {
+            allowed_hosts: vec!["*".into()],
+            ..Manifest::bare("p")
+        };
+        let operator = PluginSettings {
+            allowed_hosts: vec!["*".into(), "http://169.254.169.254".into()],
+            ..Default::default()
+        };
+        let (grants, _) = Grants::resolve(&manifest, &operator, &BTreeSet::new()).unwrap();
+        let ip: IpAddr = "169.254.169.254".parse().unwrap();
+        assert!(grants.grants_exact_address(ip, 80));
+        assert!(!grants.grants_exact_address(ip, 8080));
     }
 
     #[test]

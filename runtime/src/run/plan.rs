@@ -106,10 +106,14 @@ pub fn outcome_event(
             output,
         },
         Err(error) => {
-            let retry_at = (error.retryable && attempt < step.retry.max_attempts).then(|| {
-                now + chrono::Duration::from_std(step.retry.delay_after(attempt))
-                    .unwrap_or(chrono::Duration::MAX)
-            });
+            // A delay past the calendar's end means: no further attempt.
+            let retry_at = (error.retryable && attempt < step.retry.max_attempts)
+                .then(|| {
+                    chrono::Duration::from_std(step.retry.delay_after(attempt))
+                        .ok()
+                        .and_then(|d| now.checked_add_signed(d))
+                })
+                .flatten();
             Event::StepFailed {
                 step: step.id.clone(),
                 attempt,
@@ -223,6 +227,20 @@ impl Planner<'_> {
     /// Every branch advances on its own; the group finishes when all have,
     /// and fails as soon as one branch fails.
     fn parallel(&mut self, group: &Step, branches: &[Step]) -> Progress {
+        // A failed branch fails the group before any sibling starts again.
+        if let Some(failed) = branches
+            .iter()
+            .find(|b| self.state.step(&b.id).state == StepState::Failed)
+            && let Progress::Failed(error) = self.step(failed)
+        {
+            self.record(Event::StepFailed {
+                step: group.id.clone(),
+                attempt: 1,
+                error,
+                retry_at: None,
+            });
+            return Progress::Blocked;
+        }
         let mut all_done = true;
         let mut outputs = Map::new();
         for branch in branches {
@@ -277,7 +295,9 @@ impl Planner<'_> {
         match wait {
             WaitFor::Duration(d) => {
                 let d = chrono::Duration::from_std(*d).map_err(|e| e.to_string())?;
-                Ok(self.now + d)
+                self.now
+                    .checked_add_signed(d)
+                    .ok_or_else(|| "the wait ends too far in the future".to_string())
             }
             WaitFor::Until(template) => match template.render(self.scope)? {
                 Value::String(text) => DateTime::parse_from_rfc3339(&text)

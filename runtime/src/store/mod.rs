@@ -59,6 +59,8 @@ pub enum StoreError {
         "workflow {name} version {version} is already deployed with different content: bump the version"
     )]
     VersionConflict { name: String, version: u32 },
+    #[error("run {0} is no longer leased to this worker: another one took it over")]
+    LeaseLost(String),
     #[error("the store's writer stopped: the process is shutting down")]
     WriterGone,
     #[error("stored data is unreadable: {0}")]
@@ -397,11 +399,16 @@ impl Store {
     /// transaction: a step's result is durable before the next step starts.
     /// `wake_at` is when the run next needs a worker (`None` when finished).
     /// Returns the reason of a pending cancel request, if any.
+    ///
+    /// With `owner`, the write happens only while that worker still holds
+    /// the run's lease; otherwise it fails with [`StoreError::LeaseLost`] and
+    /// writes nothing, so a worker that lost a run cannot add to its history.
     pub async fn append(
         &self,
         state: &RunState,
         events: &[Recorded],
         wake_at: Option<DateTime<Utc>>,
+        owner: Option<&str>,
     ) -> Result<Option<String>, StoreError> {
         let terminal = state.status.is_terminal();
         let row = writer::AppendRow {
@@ -431,6 +438,7 @@ impl Store {
                 wake_at.map(|t| t.timestamp_millis())
             },
             terminal,
+            owner: owner.map(str::to_string),
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.submit(writer::Write::Append(row, reply)).await?;
@@ -501,31 +509,36 @@ impl Store {
     }
 
     /// Extends the leases `owner` holds on `ids`.
-    pub async fn renew_leases(
-        &self,
-        owner: &str,
-        ids: &[String],
-        lease: Duration,
-    ) -> Result<(), StoreError> {
-        let until = now_ms() + lease.as_millis() as i64;
-        for id in ids {
-            sqlx::query("UPDATE runs SET lease_until = $3 WHERE id = $1 AND lease_owner = $2")
-                .bind(id)
-                .bind(owner)
-                .bind(until)
-                .execute(&self.pool)
-                .await?;
-        }
+    pub async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<(), StoreError> {
+        // Every run this owner holds, in one statement: finished runs have
+        // dropped their lease and parked ones were released.
+        sqlx::query("UPDATE runs SET lease_until = $2 WHERE lease_owner = $1")
+            .bind(owner)
+            .bind(now_ms() + lease.as_millis() as i64)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
-    /// Gives a run back: another claim may take it once it is due.
-    pub async fn release(&self, owner: &str, id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE runs SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2")
-            .bind(id)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
+    /// Gives a run back: another claim may take it once it is due, or not
+    /// before `retry_in` has passed (after a failure, to avoid a hot loop).
+    pub async fn release(
+        &self,
+        owner: &str,
+        id: &str,
+        retry_in: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let not_before = retry_in.map(|d| now_ms() + d.as_millis() as i64);
+        sqlx::query(
+            "UPDATE runs SET lease_owner = NULL, lease_until = NULL, \
+             wake_at = CASE WHEN $3 IS NULL OR wake_at IS NULL THEN wake_at ELSE $3 END \
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(not_before)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -43,6 +43,8 @@ pub struct AppendRow {
     pub finished_at: Option<i64>,
     pub wake_at: Option<i64>,
     pub terminal: bool,
+    /// Write only while this worker holds the run's lease.
+    pub owner: Option<String>,
 }
 
 pub enum Write {
@@ -58,6 +60,7 @@ pub enum Write {
 enum Done {
     Created(bool),
     Appended(Option<String>),
+    LeaseLost(String),
 }
 
 /// Starts the writer; it stops when every sender is dropped.
@@ -103,6 +106,9 @@ fn reply(write: Write, result: Result<Done, StoreError>) {
         }
         (Write::Append(_, tx), Ok(Done::Appended(cancel))) => {
             let _ = tx.send(Ok(cancel));
+        }
+        (Write::Append(_, tx), Ok(Done::LeaseLost(id))) => {
+            let _ = tx.send(Err(StoreError::LeaseLost(id)));
         }
         (Write::Create(_, tx), Err(e)) => {
             let _ = tx.send(Err(e));
@@ -167,11 +173,42 @@ async fn commit(
         created.extend(query.fetch_all(&mut *tx).await?);
     }
 
+    let mut cancels = std::collections::HashMap::new();
+    for chunk in appends.chunks(ROWS_PER_STATEMENT / 9) {
+        // VALUES columns are column1..column9 in both SQLite and PostgreSQL.
+        // A run whose lease another worker holds is not updated (and gets
+        // no events below): the caller learns it lost the run.
+        // A finished run gives up its lease here, saving the worker a write.
+        let sql = format!(
+            "UPDATE runs SET status = v.column2, output = v.column3, error = v.column4, updated_at = v.column5, \
+             finished_at = v.column6, \
+             wake_at = CASE WHEN v.column8 = 1 THEN NULL WHEN runs.cancel_requested IS NOT NULL THEN v.column5 ELSE v.column7 END, \
+             lease_owner = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_owner END, \
+             lease_until = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_until END \
+             FROM (VALUES {}) AS v WHERE runs.id = v.column1 \
+             AND (v.column9 IS NULL OR runs.lease_owner = v.column9) RETURNING runs.id, runs.cancel_requested",
+            placeholders(backend, chunk.len(), 9, |p| format!("({})", p.join(", ")))
+        );
+        let mut query = sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            query = query
+                .bind(&row.id)
+                .bind(row.status)
+                .bind(&row.output)
+                .bind(&row.error)
+                .bind(row.now)
+                .bind(row.finished_at)
+                .bind(row.wake_at)
+                .bind(row.terminal as i64)
+                .bind(&row.owner);
+        }
+        cancels.extend(query.fetch_all(&mut *tx).await?);
+    }
     let mut events: Vec<(&str, i64, i64, &str)> = Vec::new();
     for row in creates.iter().filter(|r| created.contains(&r.id)) {
         events.push((&row.id, 1, row.now, &row.first_event));
     }
-    for row in &appends {
+    for row in appends.iter().filter(|r| cancels.contains_key(&r.id)) {
         events.extend(
             row.events
                 .iter()
@@ -193,40 +230,16 @@ async fn commit(
         query.execute(&mut *tx).await?;
     }
 
-    let mut cancels = std::collections::HashMap::new();
-    for chunk in appends.chunks(ROWS_PER_STATEMENT / 4) {
-        // VALUES columns are column1..column9 in both SQLite and PostgreSQL.
-        // A finished run gives up its lease here, saving the worker a write.
-        let sql = format!(
-            "UPDATE runs SET status = v.column2, output = v.column3, error = v.column4, updated_at = v.column5, \
-             finished_at = v.column6, \
-             wake_at = CASE WHEN v.column8 = 1 THEN NULL WHEN runs.cancel_requested IS NOT NULL THEN v.column5 ELSE v.column7 END, \
-             lease_owner = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_owner END, \
-             lease_until = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_until END \
-             FROM (VALUES {}) AS v WHERE runs.id = v.column1 RETURNING runs.id, runs.cancel_requested",
-            placeholders(backend, chunk.len(), 8, |p| format!("({})", p.join(", ")))
-        );
-        let mut query = sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(sql));
-        for row in chunk {
-            query = query
-                .bind(&row.id)
-                .bind(row.status)
-                .bind(&row.output)
-                .bind(&row.error)
-                .bind(row.now)
-                .bind(row.finished_at)
-                .bind(row.wake_at)
-                .bind(row.terminal as i64);
-        }
-        cancels.extend(query.fetch_all(&mut *tx).await?);
-    }
     tx.commit().await?;
 
     Ok(batch
         .iter()
         .map(|w| match w {
             Write::Create(row, _) => Done::Created(created.contains(&row.id)),
-            Write::Append(row, _) => Done::Appended(cancels.get(&row.id).cloned().flatten()),
+            Write::Append(row, _) => match cancels.get(&row.id) {
+                Some(cancel) => Done::Appended(cancel.clone()),
+                None => Done::LeaseLost(row.id.clone()),
+            },
         })
         .collect())
 }

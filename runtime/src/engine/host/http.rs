@@ -33,7 +33,9 @@ impl HttpClient {
             let allowed: Vec<SocketAddr> = all
                 .iter()
                 .copied()
-                .filter(|a| !is_sensitive_address(a.ip()) || grants.grants_exact_address(a.ip()))
+                .filter(|a| {
+                    !is_sensitive_address(a.ip()) || grants.grants_exact_address(a.ip(), a.port())
+                })
                 .collect();
             if allowed.is_empty() && !all.is_empty() {
                 let ips: BTreeSet<IpAddr> = all.iter().map(|a| a.ip()).collect();
