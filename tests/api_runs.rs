@@ -424,3 +424,43 @@ fn a_fresh_installation_gets_an_admin_token_file() {
         .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scope \"everything\""));
 }
+
+#[test]
+fn the_openapi_document_describes_every_route() {
+    let (_dir, server) = server();
+    let response = ureq::get(&server.url("/openapi.json"))
+        .call()
+        .expect("open to everyone");
+    let doc = json_of(response);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let routes = [
+        ("/healthz", "get"),
+        ("/openapi.json", "get"),
+        ("/v1/workflows", "get"),
+        ("/v1/workflows/{name}/runs", "post"),
+        ("/v1/runs", "get"),
+        ("/v1/runs/{id}", "get"),
+        ("/v1/runs/{id}/events", "get"),
+        ("/v1/runs/{id}/cancel", "post"),
+        ("/v1/tokens", "post"),
+        ("/v1/tokens/{id}", "delete"),
+    ];
+    for (path, method) in routes {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+    let documented: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        documented,
+        routes.len(),
+        "the document lists a route the test does not know"
+    );
+    server.kill();
+}

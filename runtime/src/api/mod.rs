@@ -30,6 +30,7 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/openapi.json", get(openapi))
         .route("/v1/workflows", get(list_workflows))
         .route("/v1/workflows/{name}/runs", post(runs::start))
         .route("/v1/runs", get(runs::list))
@@ -44,6 +45,17 @@ pub fn router(state: Arc<AppState>) -> Router {
             auth::require_scope,
         ))
         .with_state(state)
+}
+
+/// The API's OpenAPI document, kept beside the routes it describes (a test
+/// checks that every route is in it).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }
 
 async fn list_workflows(State(app): State<Arc<AppState>>) -> Json<Value> {
