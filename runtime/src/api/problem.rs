@@ -39,6 +39,16 @@ impl Problem {
         self
     }
 
+    /// A JSON body that did not parse; `example` shows what to send.
+    pub fn invalid_body(rejection: impl std::fmt::Display, example: &str) -> Problem {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+            "Invalid request body",
+            format!("{rejection}: send {example}"),
+        )
+    }
+
     pub fn not_found(what: &str) -> Problem {
         Problem::new(
             StatusCode::NOT_FOUND,

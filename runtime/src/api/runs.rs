@@ -28,14 +28,7 @@ pub async fn start(
     headers: HeaderMap,
     body: Result<Json<StartRun>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    let Json(body) = body.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-body",
-            "Invalid request body",
-            format!("{e}: send {{\"input\": {{...}}}}"),
-        )
-    })?;
+    let Json(body) = body.map_err(|e| Problem::invalid_body(e, r#"{"input": {...}}"#))?;
     let workflow = app
         .catalog
         .latest(&name)

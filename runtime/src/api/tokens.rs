@@ -25,14 +25,7 @@ pub async fn create(
     State(app): State<Arc<AppState>>,
     body: Result<Json<CreateToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    let Json(body) = body.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-body",
-            "Invalid request body",
-            format!("{e}: send {{\"scopes\": [\"runs:read\"]}}"),
-        )
-    })?;
+    let Json(body) = body.map_err(|e| Problem::invalid_body(e, r#"{"scopes": ["runs:read"]}"#))?;
     let scopes = parse_scopes(&body.scopes).map_err(|e| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
