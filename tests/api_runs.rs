@@ -152,6 +152,50 @@ fn bad_requests_get_problem_details() {
 }
 
 #[test]
+fn bodies_are_limited_in_size_type_and_depth() {
+    let (_dir, server) = server();
+    let path = "/v1/workflows/ticket-triage/runs";
+    let huge = format!(
+        r#"{{"input": {{"pad": "{}"}}}}"#,
+        "x".repeat(1024 * 1024 + 1)
+    );
+    let (status, content_type, body) = send(&server, path, &huge, None);
+    assert_eq!(status, 413, "{body:#}");
+    assert_eq!(content_type, "application/problem+json");
+    assert_eq!(body["type"], "https://steward.dev/problems/body-too-large");
+
+    let deep = format!(
+        r#"{{"input": {{"x": {}1{}}}}}"#,
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let (status, _, body) = send(&server, path, &deep, None);
+    assert_eq!(status, 400, "{body:#}");
+    assert_eq!(body["type"], "https://steward.dev/problems/too-deep");
+
+    let (status, _, body) = send(&server, path, r#"{"inputs": {}}"#, None);
+    assert_eq!(status, 422, "{body:#}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("inputs"),
+        "{body:#}"
+    );
+
+    let response = server
+        .request("POST", path)
+        .set("content-type", "text/plain")
+        .send_string(TICKET)
+        .unwrap_err();
+    let ureq::Error::Status(415, response) = response else {
+        panic!("expected 415")
+    };
+    assert_eq!(
+        json_of(response)["type"],
+        "https://steward.dev/problems/unsupported-media-type"
+    );
+    server.kill();
+}
+
+#[test]
 fn sigterm_stops_the_server_cleanly() {
     let (_dir, server) = server();
     let status = server.terminate(Duration::from_secs(10));

@@ -33,6 +33,7 @@ pub struct Config {
     pub limits: Limits,
     pub engine: EngineSettings,
     pub worker: WorkerSettings,
+    pub api: ApiSettings,
     /// `STEWARD_ADMIN_TOKEN`: an admin API token that lives only in the
     /// environment (never read from the file).
     #[serde(skip)]
@@ -59,6 +60,25 @@ impl Default for WorkerSettings {
     }
 }
 
+/// Bounds on what the API accepts.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Request bodies past this many bytes are refused with 413.
+    pub max_body_bytes: usize,
+    /// JSON bodies nesting deeper than this are refused with 400.
+    pub max_json_depth: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            max_body_bytes: 1024 * 1024,
+            max_json_depth: 64,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -77,6 +97,7 @@ impl Default for Config {
             limits: Limits::default(),
             engine: EngineSettings::default(),
             worker: WorkerSettings::default(),
+            api: ApiSettings::default(),
             admin_token: None,
         }
     }

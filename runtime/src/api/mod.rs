@@ -1,6 +1,7 @@
 //! The REST API (axum). Only this module knows HTTP.
 
 mod auth;
+mod body;
 mod problem;
 mod runs;
 mod tokens;
@@ -24,6 +25,7 @@ pub struct AppState {
     pub auth: crate::auth::Authenticator,
     pub catalog: Arc<Catalog>,
     pub worker: WorkerHandle,
+    pub limits: crate::config::ApiSettings,
 }
 
 /// The API's routes.
@@ -40,6 +42,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tokens", post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .fallback(|| async { Problem::not_found("this route") })
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.limits.max_body_bytes,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_scope,

@@ -39,13 +39,13 @@ impl Problem {
         self
     }
 
-    /// A JSON body that did not parse; `example` shows what to send.
-    pub fn invalid_body(rejection: impl std::fmt::Display, example: &str) -> Problem {
+    /// A body over the configured limit.
+    pub fn too_large(limit: usize) -> Problem {
         Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-body",
-            "Invalid request body",
-            format!("{rejection}: send {example}"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            format!("bodies are limited to {limit} bytes (set [api] max_body_bytes to change it)"),
         )
     }
 

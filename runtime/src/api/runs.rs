@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::body::{Example, JsonBody, parse_json, read_body, require_json};
 use super::{AppState, Problem};
 use crate::run::{RunState, Status};
 use crate::store::{CancelRequest, RunRow};
@@ -20,15 +21,18 @@ pub struct StartRun {
     input: Option<Value>,
 }
 
+impl Example for StartRun {
+    const EXAMPLE: &'static str = r#"{"input": {...}}"#;
+}
+
 /// `POST /v1/workflows/{name}/runs`: 201 with the new run; with an
 /// `Idempotency-Key` already used for this workflow, 200 with that run.
 pub async fn start(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<StartRun>, JsonRejection>,
+    JsonBody(body): JsonBody<StartRun>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    let Json(body) = body.map_err(|e| Problem::invalid_body(e, r#"{"input": {...}}"#))?;
     let workflow = app
         .catalog
         .latest(&name)
@@ -120,16 +124,31 @@ pub struct CancelRun {
     reason: Option<String>,
 }
 
+impl Example for CancelRun {
+    const EXAMPLE: &'static str = r#"{"reason": "..."} or no body"#;
+}
+
 /// `POST /v1/runs/{id}/cancel`: 202 once the request is recorded; the run
 /// becomes `cancelled` between steps or at once when it waits. 409 when the
 /// run already finished.
 pub async fn cancel(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
-    body: Option<Json<CancelRun>>,
+    request: Request,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
+    let typed = request.headers().contains_key(header::CONTENT_TYPE);
+    let checked = require_json(&request);
+    let bytes = read_body(request, &app).await?;
+    let body: CancelRun = if bytes.trim_ascii().is_empty() {
+        CancelRun::default()
+    } else {
+        if typed {
+            checked?;
+        }
+        parse_json(&bytes, app.limits.max_json_depth, CancelRun::EXAMPLE)?
+    };
     let reason = body
-        .and_then(|Json(b)| b.reason)
+        .reason
         .unwrap_or_else(|| "cancelled through the API".to_string());
     match app.store.request_cancel(&id, &reason).await? {
         CancelRequest::Requested => {

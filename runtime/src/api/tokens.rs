@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::body::{Example, JsonBody};
 use super::{AppState, Problem};
 use crate::auth::{issue_token, parse_scopes};
 
@@ -20,12 +20,15 @@ pub struct CreateToken {
     scopes: Vec<String>,
 }
 
+impl Example for CreateToken {
+    const EXAMPLE: &'static str = r#"{"scopes": ["runs:read"]}"#;
+}
+
 /// 201 with the secret, shown this once.
 pub async fn create(
     State(app): State<Arc<AppState>>,
-    body: Result<Json<CreateToken>, JsonRejection>,
+    JsonBody(body): JsonBody<CreateToken>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    let Json(body) = body.map_err(|e| Problem::invalid_body(e, r#"{"scopes": ["runs:read"]}"#))?;
     let scopes = parse_scopes(&body.scopes).map_err(|e| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,

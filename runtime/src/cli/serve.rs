@@ -72,6 +72,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         store: store.clone(),
         catalog,
         worker: worker.clone(),
+        limits: config.api,
     }));
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
