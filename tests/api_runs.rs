@@ -71,6 +71,47 @@ fn an_idempotency_key_returns_the_same_run() {
     assert_eq!(status, 201);
     assert_ne!(other["id"], first["id"]);
 
+    let (status, _, reused) = send(
+        &server,
+        "/v1/workflows/ticket-triage/runs",
+        r#"{"input": {"number": "INC0099", "impact": 3, "urgency": 3}}"#,
+        Some("ticket-INC0042"),
+    );
+    assert_eq!(status, 422, "{reused}");
+    assert_eq!(
+        reused["type"],
+        "https://steward.dev/problems/idempotency-key-reused"
+    );
+    assert_eq!(reused["run_id"], first["id"]);
+
+    // Eight clients retrying at once with one key make one run.
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (status, _, body) = send(
+                        &server,
+                        "/v1/workflows/ticket-triage/runs",
+                        TICKET,
+                        Some("concurrent-key"),
+                    );
+                    (status, body)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created = answers.iter().filter(|(s, _)| *s == 201).count();
+    assert_eq!(created, 1, "{answers:?}");
+    assert!(
+        answers.iter().all(|(s, _)| *s == 201 || *s == 200),
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().all(|(_, b)| b["id"] == answers[0].1["id"]),
+        "{answers:?}"
+    );
+
     let id = first["id"].as_str().unwrap().to_string();
     let runs = server.wait_until_finished(std::slice::from_ref(&id), Duration::from_secs(20));
     assert_eq!(runs[0]["status"], "succeeded");
@@ -488,6 +529,7 @@ fn the_openapi_document_describes_every_route() {
         ("/v1/runs/{id}/cancel", "post"),
         ("/v1/tokens", "post"),
         ("/v1/tokens/{id}", "delete"),
+        ("/v1/hooks/{name}", "post"),
     ];
     for (path, method) in routes {
         assert!(
@@ -506,5 +548,39 @@ fn the_openapi_document_describes_every_route() {
         routes.len(),
         "the document lists a route the test does not know"
     );
+    server.kill();
+}
+
+#[test]
+fn every_route_but_the_open_ones_needs_a_token() {
+    let (_dir, server) = server();
+    let doc = json_of(ureq::get(&server.url("/openapi.json")).call().unwrap());
+    let open = ["/healthz", "/metrics", "/openapi.json", "/v1/hooks/{name}"];
+    let mut walked = 0;
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .split('/')
+            .map(|part| if part.starts_with('{') { "x" } else { part })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in methods.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            let status = match ureq::request(&method, &server.url(&concrete))
+                .set("content-type", "application/json")
+                .send_string("{}")
+            {
+                Ok(r) => r.status(),
+                Err(ureq::Error::Status(s, _)) => s,
+                Err(e) => panic!("{method} {concrete}: {e}"),
+            };
+            if open.contains(&path.as_str()) {
+                assert_ne!(status, 401, "{method} {path} must be open");
+            } else {
+                assert_eq!(status, 401, "{method} {path} is open without a token");
+                walked += 1;
+            }
+        }
+    }
+    assert!(walked >= 8, "only {walked} guarded routes were walked");
     server.kill();
 }

@@ -28,7 +28,8 @@ pub struct Config {
     pub groups: BTreeMap<String, Vec<String>>,
     /// Values for `env.NAME` in workflow expressions.
     pub env: BTreeMap<String, toml::Value>,
-    pub hooks: BTreeMap<String, toml::Value>,
+    /// Signed webhooks: `POST /v1/hooks/NAME` starts `workflow`.
+    pub hooks: BTreeMap<String, HookSettings>,
     /// Defaults for every plugin call; `[plugins.NAME]` may override them.
     pub limits: Limits,
     pub engine: EngineSettings,
@@ -120,6 +121,25 @@ pub struct PluginSettings {
     /// Plugin-specific settings (e.g. `notify`'s channels).
     #[serde(flatten)]
     pub extra: toml::Table,
+}
+
+/// One webhook: which workflow it starts and the secret its deliveries are
+/// signed with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookSettings {
+    pub workflow: String,
+    pub secret: SecretSource,
+    /// The secret being rotated out: deliveries signed with either are
+    /// accepted until it is removed.
+    pub previous_secret: Option<SecretSource>,
+    /// How far `t` may be from now, in seconds (default 300).
+    #[serde(default = "default_hook_tolerance")]
+    pub tolerance_s: u64,
+}
+
+fn default_hook_tolerance() -> u64 {
+    300
 }
 
 /// Where a secret's value comes from. Values are resolved at start and never
@@ -239,23 +259,7 @@ impl Config {
     pub fn resolve_secrets(&self) -> Result<Secrets, ConfigError> {
         let mut values = BTreeMap::new();
         for (name, source) in &self.secrets {
-            let value = match (&source.env, &source.value, &source.file) {
-                (Some(var), None, None) => std::env::var(var).map_err(|_| {
-                    ConfigError::Invalid(format!(
-                        "[secrets] {name}: environment variable {var} is not set: export it or remove the secret"
-                    ))
-                })?,
-                (None, Some(value), None) => value.clone(),
-                (None, None, Some(file)) => std::fs::read_to_string(file)
-                    .map(|s| s.trim_end().to_string())
-                    .map_err(|e| ConfigError::Invalid(format!("[secrets] {name}: cannot read {}: {e}", file.display())))?,
-                _ => {
-                    return Err(ConfigError::Invalid(format!(
-                        "[secrets] {name}: give exactly one of env, value or file"
-                    )));
-                }
-            };
-            values.insert(name.clone(), value);
+            values.insert(name.clone(), source.resolve(&format!("[secrets] {name}"))?);
         }
         Ok(Secrets(values))
     }
@@ -279,6 +283,28 @@ impl Config {
     /// `[env]` as JSON, for expressions.
     pub fn env_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.env).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl SecretSource {
+    /// The value now; `what` names the setting in errors.
+    pub fn resolve(&self, what: &str) -> Result<String, ConfigError> {
+        match (&self.env, &self.value, &self.file) {
+            (Some(var), None, None) => std::env::var(var).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "{what}: environment variable {var} is not set: export it or remove the setting"
+                ))
+            }),
+            (None, Some(value), None) => Ok(value.clone()),
+            (None, None, Some(file)) => std::fs::read_to_string(file)
+                .map(|s| s.trim_end().to_string())
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("{what}: cannot read {}: {e}", file.display()))
+                }),
+            _ => Err(ConfigError::Invalid(format!(
+                "{what}: give exactly one of env, value or file"
+            ))),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod engine;
 pub mod executor;
+pub mod hooks;
 pub mod plugin_build;
 pub mod plugins;
 pub mod run;

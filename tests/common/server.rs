@@ -19,6 +19,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: &Path) -> Server {
+        Server::start_with_env(config, &[])
+    }
+
+    /// Starts with extra environment variables for the child.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -31,6 +36,7 @@ impl Server {
             .arg(config)
             .env("STEWARD_LISTEN", format!("127.0.0.1:{port}"))
             .env("STEWARD_ADMIN_TOKEN", ADMIN_TOKEN)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

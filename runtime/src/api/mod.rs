@@ -2,6 +2,7 @@
 
 mod auth;
 mod body;
+mod hooks;
 mod problem;
 mod runs;
 mod tokens;
@@ -26,6 +27,7 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub worker: WorkerHandle,
     pub limits: crate::config::ApiSettings,
+    pub hooks: crate::hooks::Hooks,
 }
 
 /// The API's routes.
@@ -39,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/runs/{id}", get(runs::show))
         .route("/v1/runs/{id}/events", get(runs::events))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/hooks/{name}", post(hooks::deliver))
         .route("/v1/tokens", post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .fallback(|| async { Problem::not_found("this route") })

@@ -33,11 +33,49 @@ pub async fn start(
     headers: HeaderMap,
     JsonBody(body): JsonBody<StartRun>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
+    let input = body.input.unwrap_or_else(|| json!({}));
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255 && !k.starts_with(HOOK_KEY_PREFIX))
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid-idempotency-key",
+                        "Invalid Idempotency-Key",
+                        "use 1 to 255 visible ASCII characters, not starting with `hook:`",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let (row, created) = start_run(&app, &name, input, key).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(summary(&row))))
+}
+
+/// Idempotency keys of webhook deliveries start with this, so a client's
+/// own keys never collide with them.
+pub(super) const HOOK_KEY_PREFIX: &str = "hook:";
+
+/// Starts a run of the latest `workflow` after checking `input` against its
+/// schema; with a `key` used before, returns that run (`false`), or 422
+/// when that run was started with another input.
+pub(super) async fn start_run(
+    app: &AppState,
+    workflow: &str,
+    input: Value,
+    key: Option<&str>,
+) -> Result<(RunRow, bool), Problem> {
     let workflow = app
         .catalog
-        .latest(&name)
-        .ok_or_else(|| Problem::not_found(&format!("workflow {name}")))?;
-    let input = body.input.unwrap_or_else(|| json!({}));
+        .latest(workflow)
+        .ok_or_else(|| Problem::not_found(&format!("workflow {workflow}")))?;
     if let Err(errors) = workflow.check_input(&input) {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -47,30 +85,21 @@ pub async fn start(
         )
         .with("errors", json!(errors)));
     }
-    let key = match headers.get("idempotency-key") {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    Problem::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid-idempotency-key",
-                        "Invalid Idempotency-Key",
-                        "use 1 to 255 visible ASCII characters",
-                    )
-                })?,
-        ),
-        None => None,
-    };
     let id = uuid::Uuid::now_v7().to_string();
     let (row, created) = app.worker.start(workflow, &id, &input, key).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(summary(&row))))
+    if !created && row.input != input {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency-Key reused with another body",
+            format!(
+                "run {} was started with this Idempotency-Key and a different input: use a new key for a new run",
+                row.id
+            ),
+        )
+        .with("run_id", json!(row.id)));
+    }
+    Ok((row, created))
 }
 
 /// `GET /v1/runs/{id}`: the run with its steps.
@@ -106,7 +135,7 @@ pub async fn events(
     Ok(Json(json!({ "items": app.store.events(&id).await? })))
 }
 
-fn summary(row: &RunRow) -> Value {
+pub(super) fn summary(row: &RunRow) -> Value {
     json!({
         "id": row.id,
         "workflow": row.workflow,

@@ -10,12 +10,14 @@ use steward::auth::{Authenticator, issue_token};
 use steward::catalog::Catalog;
 use steward::config::Config;
 use steward::executor::Executor;
+use steward::hooks::Hooks;
 use steward::plugins::load_plugins;
 use steward::store::{SqliteSync, Store, StoreKeyValue, StoreOptions};
 use steward::worker::{self, WorkerOptions};
 use steward::workflow::load_dir;
 
 pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
+    let hooks = Hooks::from_config(config)?;
     let store = open_store(config).await?;
     let kv = Arc::new(StoreKeyValue::new(
         store.clone(),
@@ -58,6 +60,14 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    for (name, hook) in hooks.iter() {
+        if catalog.latest(&hook.workflow).is_none() {
+            tracing::warn!(
+                "[hooks.{name}] starts workflow {}, which is not deployed: deliveries get 404 until it is",
+                hook.workflow
+            );
+        }
+    }
     let executor = Executor::new(set.engine.clone(), config.env_json());
     let options = WorkerOptions {
         lease: std::time::Duration::from_millis(config.worker.lease_ms.max(100)),
@@ -73,6 +83,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         catalog,
         worker: worker.clone(),
         limits: config.api,
+        hooks,
     }));
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
