@@ -521,6 +521,7 @@ fn the_openapi_document_describes_every_route() {
     let routes = [
         ("/healthz", "get"),
         ("/openapi.json", "get"),
+        ("/metrics", "get"),
         ("/v1/workflows", "get"),
         ("/v1/workflows/{name}/runs", "post"),
         ("/v1/runs", "get"),
@@ -582,5 +583,121 @@ fn every_route_but_the_open_ones_needs_a_token() {
         }
     }
     assert!(walked >= 8, "only {walked} guarded routes were walked");
+    server.kill();
+}
+
+/// One sample of the exposition: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Parses the text exposition into samples, failing on any line that is not
+/// a comment or a well-formed sample.
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample: SERIES VALUE");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("labels of {line}"));
+                let labels = body
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(|pair| {
+                        let (k, v) = pair
+                            .split_once('=')
+                            .unwrap_or_else(|| panic!("label in {line}"));
+                        let v = v
+                            .strip_prefix('"')
+                            .and_then(|v| v.strip_suffix('"'))
+                            .unwrap();
+                        (k.to_string(), v.to_string())
+                    })
+                    .collect();
+                (name, labels)
+            }
+            None => (series, Vec::new()),
+        };
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "metric name in {line}"
+        );
+        samples.push((name.to_string(), labels, value));
+    }
+    samples
+}
+
+#[test]
+fn metrics_count_runs_steps_requests_and_the_queue() {
+    let (_dir, server) = server();
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            server.start_run(
+                "ticket-triage",
+                serde_json::from_str::<Value>(TICKET).unwrap()["input"].clone(),
+            )
+        })
+        .collect();
+    server.wait_until_finished(&ids, Duration::from_secs(20));
+    let response = ureq::get(&server.url("/metrics"))
+        .call()
+        .expect("open to everyone");
+    assert!(response.content_type().contains("openmetrics-text"));
+    let text = response.into_string().unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let samples = parse_exposition(&text);
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    };
+    assert_eq!(
+        value(
+            "steward_runs_started_total",
+            &[("workflow", "ticket-triage")]
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "steward_runs_finished_total",
+            &[("workflow", "ticket-triage"), ("status", "succeeded")]
+        ),
+        3.0,
+        "{text}"
+    );
+    assert!(
+        value("steward_step_duration_seconds_count", &[("outcome", "ok")]) >= 3.0,
+        "{text}"
+    );
+    assert!(
+        samples.iter().any(|(n, l, _)| n == "steward_queue_depth"
+            && l.iter().any(|(k, v)| k == "status" && v == "waiting")),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "steward_http_request_duration_seconds_count",
+            &[
+                ("method", "POST"),
+                ("route", "/v1/workflows/{name}/runs"),
+                ("status", "201")
+            ]
+        ),
+        3.0,
+        "{text}"
+    );
     server.kill();
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use crate::engine::{CallError, CallRequest, Engine, StepContext};
 use crate::run::{
@@ -207,6 +208,24 @@ impl Executor {
         journal: &mut J,
         park: bool,
     ) -> Result<DriveEnd, String> {
+        let span = tracing::info_span!("run", id = %run.state.id, workflow = %workflow.name);
+        let end = self
+            .advance(workflow, run, journal, park)
+            .instrument(span)
+            .await;
+        if let Ok(DriveEnd::Finished) = end {
+            crate::metrics::global().run_finished(&workflow.name, run.state.status.as_str());
+        }
+        end
+    }
+
+    async fn advance<J: Journal>(
+        &self,
+        workflow: &Workflow,
+        run: &mut LiveRun,
+        journal: &mut J,
+        park: bool,
+    ) -> Result<DriveEnd, String> {
         let mut calls: JoinSet<Finished> = JoinSet::new();
         if let Some(reason) = journal.cancel_requested(&run.state.id).await? {
             return run.cancel(journal, &mut calls, reason).await;
@@ -334,13 +353,27 @@ impl Executor {
         };
         let engine = self.engine.clone();
         let (step, attempt) = (spec.step, spec.attempt);
-        calls.spawn(async move {
-            let outcome = engine.call(request.clone()).await;
-            for line in &outcome.logs {
-                tracing::info!(run = %request.context.run_id, step = %step, plugin = %request.plugin, level = %line.level, "{}", line.message);
+        let span = tracing::info_span!("step", run = %request.context.run_id, step = %step, plugin = %request.plugin, attempt);
+        calls.spawn(
+            async move {
+                let began = std::time::Instant::now();
+                let outcome = engine.call(request.clone()).await;
+                crate::metrics::global().step_finished(
+                    &request.plugin,
+                    outcome.result.is_ok(),
+                    began.elapsed(),
+                );
+                for line in &outcome.logs {
+                    tracing::info!(level = %line.level, "{}", line.message);
+                }
+                Finished {
+                    step,
+                    attempt,
+                    result: to_step_result(outcome.result),
+                }
             }
-            Finished { step, attempt, result: to_step_result(outcome.result) }
-        });
+            .instrument(span),
+        );
     }
 }
 

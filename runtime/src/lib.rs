@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod executor;
 pub mod hooks;
+pub mod metrics;
 pub mod plugin_build;
 pub mod plugins;
 pub mod run;

@@ -88,6 +88,9 @@ impl WorkerHandle {
             lease,
         };
         let (row, created) = shared.store.create_run(new).await?;
+        if created {
+            crate::metrics::global().run_started(&workflow.name);
+        }
         if created && has_room {
             shared.active.lock().unwrap().insert(row.id.clone());
             let started = Recorded {

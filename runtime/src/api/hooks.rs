@@ -13,6 +13,7 @@ use super::body::{parse_json, read_body, require_json};
 use super::runs::{start_run, summary};
 use super::{AppState, Problem};
 use crate::hooks::{SIGNATURE_HEADER, SignatureError};
+use crate::metrics;
 
 /// 201 with the run; 401 for a missing, wrong or stale signature; 409 for
 /// a delivery already accepted (its run is named).
@@ -35,10 +36,11 @@ pub async fn deliver(
     let verified = hook
         .verify(&name, header.as_deref(), &body, now)
         .map_err(|e| {
-            let kind = match e {
-                SignatureError::Stale { .. } => "stale-signature",
-                _ => "invalid-signature",
+            let (kind, outcome) = match e {
+                SignatureError::Stale { .. } => ("stale-signature", "stale"),
+                _ => ("invalid-signature", "invalid"),
             };
+            metrics::global().hook_delivery(&name, outcome);
             tracing::warn!(hook = %name, "delivery refused: {e}");
             Problem::new(
                 StatusCode::UNAUTHORIZED,
@@ -54,6 +56,7 @@ pub async fn deliver(
         "a JSON document: it becomes the run's input",
     )?;
     let (row, created) = start_run(&app, &hook.workflow, input, Some(&verified.replay_key)).await?;
+    metrics::global().hook_delivery(&name, if created { "accepted" } else { "replayed" });
     if !created {
         return Err(Problem::new(
             StatusCode::CONFLICT,

@@ -3,6 +3,7 @@
 mod auth;
 mod body;
 mod hooks;
+mod metrics;
 mod problem;
 mod runs;
 mod tokens;
@@ -35,6 +36,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics::expose))
         .route("/v1/workflows", get(list_workflows))
         .route("/v1/workflows/{name}/runs", post(runs::start))
         .route("/v1/runs", get(runs::list))
@@ -52,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             auth::require_scope,
         ))
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }
 
