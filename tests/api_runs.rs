@@ -523,6 +523,8 @@ fn the_openapi_document_describes_every_route() {
         ("/openapi.json", "get"),
         ("/metrics", "get"),
         ("/v1/workflows", "get"),
+        ("/v1/workflows/{name}", "get"),
+        ("/v1/workflows/{name}", "put"),
         ("/v1/workflows/{name}/runs", "post"),
         ("/v1/runs", "get"),
         ("/v1/runs/{id}", "get"),

@@ -38,9 +38,11 @@ impl Catalog {
     }
 
     /// Records a validated workflow in the store and makes it the latest of
-    /// its name when its version is the highest.
-    pub async fn deploy(&self, workflow: Workflow) -> Result<Arc<Workflow>, CatalogError> {
-        self.store
+    /// its name when its version is the highest. `true` when this version
+    /// is new; deploying the same text again changes nothing.
+    pub async fn deploy(&self, workflow: Workflow) -> Result<(Arc<Workflow>, bool), CatalogError> {
+        let created = self
+            .store
             .deploy_workflow(&workflow.name, workflow.version, &workflow.source)
             .await?;
         let workflow = Arc::new(workflow);
@@ -48,7 +50,26 @@ impl Catalog {
             .write()
             .unwrap()
             .insert((workflow.name.clone(), workflow.version), workflow.clone());
-        Ok(workflow)
+        Ok((workflow, created))
+    }
+
+    /// Loads the latest deployed version of every workflow in the store
+    /// (deployed through the API or an earlier start). Returns the ones that
+    /// no longer validate (e.g. a plugin they use was removed), with why.
+    pub async fn restore(&self) -> Result<Vec<String>, CatalogError> {
+        let mut problems = Vec::new();
+        for (name, version, source) in self.store.latest_workflows().await? {
+            match load_str(&source, &format!("{name}@{version}"), &self.plugins) {
+                Ok(w) => {
+                    self.versions
+                        .write()
+                        .unwrap()
+                        .insert((name, version), Arc::new(w));
+                }
+                Err(e) => problems.push(format!("{name} version {version} is not served: {e}")),
+            }
+        }
+        Ok(problems)
     }
 
     /// The highest deployed version of `name`.

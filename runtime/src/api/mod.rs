@@ -7,13 +7,13 @@ mod metrics;
 mod problem;
 mod runs;
 mod tokens;
+mod workflows;
 
 use std::sync::Arc;
 
-use axum::extract::State;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde_json::json;
 
 pub use problem::Problem;
 
@@ -37,7 +37,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics::expose))
-        .route("/v1/workflows", get(list_workflows))
+        .route("/v1/workflows", get(workflows::list))
+        .route(
+            "/v1/workflows/{name}",
+            get(workflows::show).put(workflows::deploy),
+        )
         .route("/v1/workflows/{name}/runs", post(runs::start))
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::show))
@@ -67,14 +71,4 @@ async fn openapi() -> impl axum::response::IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         OPENAPI,
     )
-}
-
-async fn list_workflows(State(app): State<Arc<AppState>>) -> Json<Value> {
-    let items: Vec<Value> = app
-        .catalog
-        .list()
-        .iter()
-        .map(|w| json!({"name": w.name, "version": w.version, "description": w.description}))
-        .collect();
-    Json(json!({ "items": items }))
 }

@@ -28,6 +28,9 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         tracing::warn!("{warning}");
     }
     let catalog = Arc::new(Catalog::new(store.clone(), set.names()));
+    for problem in catalog.restore().await? {
+        tracing::error!("{problem}");
+    }
     for dir in &config.workflows {
         if !dir.exists() {
             tracing::warn!(
@@ -42,7 +45,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
                     let file = w.file.clone();
                     let (name, version) = (w.name.clone(), w.version);
                     match catalog.deploy(w).await {
-                        Ok(w) => {
+                        Ok((w, _)) => {
                             tracing::info!(workflow = %w.name, version = w.version, "loaded {file}")
                         }
                         Err(e) => {

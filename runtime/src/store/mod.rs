@@ -222,7 +222,7 @@ impl Store {
         name: &str,
         version: u32,
         source: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let existing: Option<String> = sqlx::query_scalar(
             "SELECT source FROM workflow_versions WHERE name = $1 AND version = $2",
         )
@@ -231,7 +231,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         match existing {
-            Some(s) if s == source => Ok(()),
+            Some(s) if s == source => Ok(false),
             Some(_) => Err(StoreError::VersionConflict {
                 name: name.to_string(),
                 version,
@@ -247,9 +247,46 @@ impl Store {
                 .bind(now_ms())
                 .execute(&self.pool)
                 .await?;
-                Ok(())
+                Ok(true)
             }
         }
+    }
+
+    /// The highest version of every deployed workflow with its YAML, so a
+    /// restart serves what was deployed through the API.
+    pub async fn latest_workflows(&self) -> Result<Vec<(String, u32, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, version, source FROM workflow_versions w \
+             WHERE version = (SELECT MAX(version) FROM workflow_versions v WHERE v.name = w.name) \
+             ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let version: i64 = r.try_get("version")?;
+                Ok((r.try_get("name")?, version as u32, r.try_get("source")?))
+            })
+            .collect()
+    }
+
+    /// Every deployed version of `name` with its deployment time, oldest first.
+    pub async fn workflow_versions(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(u32, DateTime<Utc>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT version, deployed_at FROM workflow_versions WHERE name = $1 ORDER BY version",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let version: i64 = r.try_get("version")?;
+                Ok((version as u32, to_time(r.try_get("deployed_at")?)))
+            })
+            .collect()
     }
 
     /// The YAML of a deployed version, so a run keeps the version it started on.
