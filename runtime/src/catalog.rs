@@ -19,7 +19,7 @@ pub enum CatalogError {
 /// Deployed workflows by name and version.
 pub struct Catalog {
     store: Store,
-    plugins: BTreeSet<String>,
+    plugins: RwLock<BTreeSet<String>>,
     versions: RwLock<BTreeMap<(String, u32), Arc<Workflow>>>,
 }
 
@@ -27,14 +27,19 @@ impl Catalog {
     pub fn new(store: Store, plugins: BTreeSet<String>) -> Catalog {
         Catalog {
             store,
-            plugins,
+            plugins: RwLock::new(plugins),
             versions: RwLock::new(BTreeMap::new()),
         }
     }
 
     /// The plugin names workflows may use.
-    pub fn plugins(&self) -> &BTreeSet<String> {
-        &self.plugins
+    pub fn plugins(&self) -> BTreeSet<String> {
+        self.plugins.read().unwrap().clone()
+    }
+
+    /// Lets workflows use a plugin added while serving.
+    pub fn add_plugin(&self, name: &str) {
+        self.plugins.write().unwrap().insert(name.to_string());
     }
 
     /// Records a validated workflow in the store and makes it the latest of
@@ -59,7 +64,7 @@ impl Catalog {
     pub async fn restore(&self) -> Result<Vec<String>, CatalogError> {
         let mut problems = Vec::new();
         for (name, version, source) in self.store.latest_workflows().await? {
-            match load_str(&source, &format!("{name}@{version}"), &self.plugins) {
+            match load_str(&source, &format!("{name}@{version}"), &self.plugins()) {
                 Ok(w) => {
                     self.versions
                         .write()
@@ -102,7 +107,7 @@ impl Catalog {
         let workflow = Arc::new(load_str(
             &source,
             &format!("{name}@{version}"),
-            &self.plugins,
+            &self.plugins(),
         )?);
         self.versions
             .write()

@@ -69,6 +69,8 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// JSON bodies nesting deeper than this are refused with 400.
     pub max_json_depth: usize,
+    /// Plugin uploads (`PUT /v1/plugins/{name}`) may be this large.
+    pub max_plugin_bytes: usize,
 }
 
 impl Default for ApiSettings {
@@ -76,6 +78,7 @@ impl Default for ApiSettings {
         ApiSettings {
             max_body_bytes: 1024 * 1024,
             max_json_depth: 64,
+            max_plugin_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use crate::config::{Config, ConfigError};
 use crate::engine::manifest::Manifest;
 use crate::engine::{
-    Engine, EngineError, EngineOptions, KeyValue, PluginSource, first_party, read_plugin_files,
+    Engine, EngineError, EngineOptions, KeyValue, LoadedPlugin, PluginSource, first_party,
+    read_plugin_files,
 };
+use crate::store::UploadedPlugin;
 
 /// Why the plugin set could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -124,4 +126,56 @@ pub fn load_plugins(
         warnings.extend(loaded.warnings.iter().cloned());
     }
     Ok(PluginSet { engine, warnings })
+}
+
+/// Where plugins uploaded through the API say they come from.
+pub const UPLOADED: &str = "uploaded";
+
+/// Loads a plugin uploaded through the API, under the operator's
+/// `[plugins.NAME]` grants and limits like any other.
+pub fn load_uploaded(
+    engine: &Engine,
+    config: &Config,
+    plugin: &UploadedPlugin,
+) -> Result<Arc<LoadedPlugin>, PluginSetError> {
+    let manifest = Manifest::parse(&plugin.manifest, "plugin.toml")
+        .map_err(|e| PluginSetError::File(e.to_string()))?;
+    if manifest.name != plugin.name {
+        return Err(PluginSetError::File(format!(
+            "plugin.toml: name: the manifest names the plugin {:?}; upload it as {0:?} or rename it",
+            manifest.name
+        )));
+    }
+    let source = PluginSource {
+        bytes: &plugin.component,
+        manifest,
+        origin: UPLOADED.into(),
+    };
+    Ok(engine.load(
+        source,
+        &config.plugin(&plugin.name),
+        config.limits_for(&plugin.name),
+    )?)
+}
+
+/// Adds the uploaded plugins to a started set. A name the configuration
+/// already serves keeps the configured plugin; a stored plugin that no
+/// longer loads is skipped. Both come back as warnings.
+pub fn add_uploaded(set: &mut PluginSet, config: &Config, uploaded: &[UploadedPlugin]) {
+    for plugin in uploaded {
+        if set.engine.plugin(&plugin.name).is_some() {
+            set.warnings.push(format!(
+                "the uploaded plugin {} is shadowed by the configured one of that name",
+                plugin.name
+            ));
+            continue;
+        }
+        match load_uploaded(&set.engine, config, plugin) {
+            Ok(loaded) => set.warnings.extend(loaded.warnings.iter().cloned()),
+            Err(e) => set.warnings.push(format!(
+                "the uploaded plugin {} is not served: {e}",
+                plugin.name
+            )),
+        }
+    }
 }

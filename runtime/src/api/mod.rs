@@ -4,6 +4,7 @@ mod auth;
 mod body;
 mod hooks;
 mod metrics;
+mod plugins;
 mod problem;
 mod runs;
 mod tokens;
@@ -29,6 +30,9 @@ pub struct AppState {
     pub worker: WorkerHandle,
     pub limits: crate::config::ApiSettings,
     pub hooks: crate::hooks::Hooks,
+    /// Plugins are uploaded into this engine, under `config`'s grants.
+    pub engine: crate::engine::Engine,
+    pub config: Arc<crate::config::Config>,
 }
 
 /// The API's routes.
@@ -48,6 +52,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/runs/{id}/events", get(runs::events))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/hooks/{name}", post(hooks::deliver))
+        .route("/v1/plugins", get(plugins::list))
+        .route(
+            "/v1/plugins/{name}",
+            get(plugins::show)
+                .put(plugins::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    state.limits.max_plugin_bytes,
+                )),
+        )
         .route("/v1/tokens", post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .fallback(|| async { Problem::not_found("this route") })

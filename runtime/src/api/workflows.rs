@@ -91,7 +91,7 @@ pub async fn deploy(
         )
     })?;
     let file = format!("{name}.yaml");
-    let workflow = load_str(&source, &file, app.catalog.plugins()).map_err(|errors| {
+    let workflow = load_str(&source, &file, &app.catalog.plugins()).map_err(|errors| {
         let lines: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,

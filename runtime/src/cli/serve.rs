@@ -11,7 +11,7 @@ use steward::catalog::Catalog;
 use steward::config::Config;
 use steward::executor::Executor;
 use steward::hooks::Hooks;
-use steward::plugins::load_plugins;
+use steward::plugins::{add_uploaded, load_plugins};
 use steward::store::{SqliteSync, Store, StoreKeyValue, StoreOptions};
 use steward::worker::{self, WorkerOptions};
 use steward::workflow::load_dir;
@@ -23,7 +23,8 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         store.clone(),
         tokio::runtime::Handle::current(),
     ));
-    let set = load_plugins(config, kv, true)?;
+    let mut set = load_plugins(config, kv, true)?;
+    add_uploaded(&mut set, config, &store.uploaded_plugins().await?);
     for warning in &set.warnings {
         tracing::warn!("{warning}");
     }
@@ -39,7 +40,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             );
             continue;
         }
-        for result in load_dir(dir, catalog.plugins()).map_err(anyhow::Error::msg)? {
+        for result in load_dir(dir, &catalog.plugins()).map_err(anyhow::Error::msg)? {
             match result {
                 Ok(w) => {
                     let file = w.file.clone();
@@ -87,6 +88,8 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         worker: worker.clone(),
         limits: config.api,
         hooks,
+        engine: set.engine.clone(),
+        config: Arc::new(config.clone()),
     }));
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

@@ -196,6 +196,16 @@ pub struct Grants {
 }
 
 impl Grants {
+    /// What was granted, for operators: allowed origins, secret names, and
+    /// whether the key-value store is available.
+    pub fn summary(&self) -> (Vec<String>, Vec<String>, bool) {
+        (
+            self.allowed_hosts.iter().map(|h| h.to_string()).collect(),
+            self.secrets.iter().cloned().collect(),
+            self.key_value,
+        )
+    }
+
     /// Intersects the manifest with the operator's settings; the returned
     /// warnings name every request the operator did not grant.
     pub fn resolve(

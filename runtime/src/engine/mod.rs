@@ -84,6 +84,14 @@ pub struct LoadedPlugin {
     pre: FulfilmentPre<HostState>,
 }
 
+impl LoadedPlugin {
+    /// What the plugin was granted: allowed origins, secret names, and
+    /// whether it has its key-value store.
+    pub fn granted(&self) -> (Vec<String>, Vec<String>, bool) {
+        self.host.grants.summary()
+    }
+}
+
 /// A component to load: bytes plus its `plugin.toml`.
 pub struct PluginSource<'a> {
     pub bytes: &'a [u8],
