@@ -20,6 +20,10 @@ use steward::store::{NewRun, SqliteSync, Store, StoreOptions};
 use steward::worker::{self, WorkerOptions};
 use steward::workflow::load_str;
 
+/// The allocator the `steward` binary uses (see `src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ONE_STEP_RUNS: usize = 5_000;
 const STORE_RUNS: usize = 20_000;
 const CHAIN_RUNS: usize = 10;

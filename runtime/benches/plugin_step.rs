@@ -12,6 +12,10 @@ use steward::config::Config;
 use steward::engine::{CallRequest, MemoryKeyValue, StepContext};
 use steward::plugins::load_plugins;
 
+/// The allocator the `steward` binary uses (see `src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const WARMUP: usize = 2_000;
 const SAMPLES: usize = 20_000;
 

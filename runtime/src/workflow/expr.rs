@@ -50,14 +50,17 @@ impl Expression {
 
     /// Evaluates against `scope`, giving JSON.
     pub fn eval(&self, scope: &Scope) -> Result<Value, String> {
-        let mut context = cel::Context::default();
+        let mut context = cel::Context::with_env(STDLIB.clone());
         for (name, value) in [
             ("input", &scope.input),
             ("steps", &scope.steps),
             ("run", &scope.run),
             ("env", &scope.env),
         ] {
-            context.add_variable_from_value(name, to_cel(value));
+            // Only what the expression reads: `steps` grows with the run.
+            if self.roots.contains(name) {
+                context.add_variable_from_value(name, to_cel(value));
+            }
         }
         let value = self
             .program
@@ -68,6 +71,11 @@ impl Expression {
             .map_err(|e| format!("`{}` gave a value that is not JSON: {e}", self.source))
     }
 }
+
+/// CEL's standard functions, built once: building them per evaluation cost
+/// more than the evaluation.
+static STDLIB: std::sync::LazyLock<Arc<cel::Env>> =
+    std::sync::LazyLock::new(|| Arc::new(cel::Env::stdlib()));
 
 /// JSON to CEL, with integers as CEL `int` (serde would make every
 /// non-negative number a `uint`, and `input.n + 1` would not type-check).
