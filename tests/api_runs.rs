@@ -244,6 +244,67 @@ fn sigterm_stops_the_server_cleanly() {
 }
 
 #[test]
+fn sigterm_lets_a_step_in_flight_finish_and_commit() {
+    let slow = common::http_server::TestServer::start(|_, _| {
+        std::thread::sleep(Duration::from_millis(1500));
+        (
+            200,
+            vec![("content-type".into(), "application/json".into())],
+            br#"{"ok":true}"#.to_vec(),
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    std::fs::write(
+        workflows.join("slow.yaml"),
+        format!(
+            "name: slow\nversion: 1\nsteps:\n  - id: call\n    uses: http-request\n    with: {{ method: GET, url: \"{}\" }}\n  - id: after\n    uses: transform\n    with: {{ status: \"${{{{ steps.call.output.status }}}}\" }}\noutput: ${{{{ steps.after.output }}}}\n",
+            slow.url("/slow")
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("steward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database = \"sqlite://{}/steward.db\"\ndata_dir = {:?}\nworkflows = [{:?}]\n\n[plugins.http-request]\nallowed_hosts = [\"http://127.0.0.1:*\"]\n",
+            dir.path().display(),
+            dir.path().join("data"),
+            workflows
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config);
+    let id = server.start_run("slow", json!({}));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while slow.received().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never called out"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stopping = std::time::Instant::now();
+    let status = server.terminate(Duration::from_secs(15));
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(1000),
+        "exited after {took:?}, before the call in flight finished"
+    );
+
+    // The call's result was committed while stopping: the next start goes
+    // on from it without calling out again.
+    let server = Server::start(&config);
+    let runs = server.wait_until_finished(std::slice::from_ref(&id), Duration::from_secs(20));
+    assert_eq!(runs[0]["status"], "succeeded", "{:#}", runs[0]);
+    assert_eq!(runs[0]["output"]["status"], 200);
+    assert_eq!(slow.received().len(), 1, "the step ran twice");
+    server.kill();
+}
+
+#[test]
 fn runs_are_listed_with_filters_and_a_cursor() {
     let (_dir, server) = server();
     let mut ids = Vec::new();

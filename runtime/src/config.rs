@@ -50,6 +50,10 @@ pub struct WorkerSettings {
     pub lease_ms: u64,
     /// Runs driven at once by this process.
     pub capacity: usize,
+    /// On SIGTERM, how long plugin calls in flight may take to finish
+    /// before their runs are handed back (and the calls re-run elsewhere
+    /// under the same idempotency key).
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for WorkerSettings {
@@ -57,6 +61,7 @@ impl Default for WorkerSettings {
         WorkerSettings {
             lease_ms: 15_000,
             capacity: 256,
+            shutdown_grace_ms: 10_000,
         }
     }
 }

@@ -98,6 +98,9 @@ pub struct Executor {
     engine: Engine,
     /// `env.*` in expressions.
     env: Value,
+    /// Set when the process stops: durable drives let their calls finish
+    /// and park instead of starting new steps.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A run in memory: its history, the state folded from it, and how much of
@@ -181,7 +184,22 @@ struct Finished {
 
 impl Executor {
     pub fn new(engine: Engine, env: Value) -> Executor {
-        Executor { engine, env }
+        Executor {
+            engine,
+            env,
+            draining: Arc::default(),
+        }
+    }
+
+    /// Stops starting steps: every durable drive lets the calls it has in
+    /// flight finish, commits their results and hands its run back.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Runs `workflow` on `input` to its end, in this process, with nothing
@@ -243,6 +261,24 @@ impl Executor {
             }
         }
         loop {
+            if park && self.is_draining() {
+                let Some(joined) = calls.join_next().await else {
+                    // Due at once, for whichever process claims it next.
+                    run.flush_wake(journal, Some(Utc::now())).await?;
+                    return Ok(DriveEnd::Parked);
+                };
+                if let Ok(finished) = joined
+                    && let Some(step) = workflow.step(&finished.step)
+                {
+                    run.record(outcome_event(
+                        step,
+                        finished.attempt,
+                        finished.result,
+                        Utc::now(),
+                    ));
+                }
+                continue;
+            }
             let now = Utc::now();
             let next = plan(workflow, &run.state, &self.env, now);
             let progressed = !next.actions.is_empty();

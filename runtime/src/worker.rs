@@ -51,7 +51,10 @@ fn hostname() -> String {
 #[derive(Clone)]
 pub struct WorkerHandle {
     wake: Arc<Notify>,
+    /// Stops claiming.
     stop: watch::Sender<bool>,
+    /// Stops renewing leases (last, so runs being drained stay ours).
+    halt: watch::Sender<bool>,
     shared: Arc<Shared>,
 }
 
@@ -61,8 +64,36 @@ impl WorkerHandle {
         self.wake.notify_one();
     }
 
+    /// Stops at once: runs in flight are left to their leases.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
+        let _ = self.halt.send(true);
+    }
+
+    /// Stops gracefully: claims nothing more, lets the plugin calls in
+    /// flight finish and commit (starting no new step), and after `grace`
+    /// hands back whatever is still running so another process (or the next
+    /// start) takes it over at once. Returns how many runs were handed back
+    /// unfinished after the grace period.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        let _ = self.stop.send(true);
+        let shared = &self.shared;
+        shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        shared.executor.drain();
+        let deadline = tokio::time::Instant::now() + grace;
+        while !shared.active.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left: Vec<String> = shared.active.lock().unwrap().iter().cloned().collect();
+        for id in &left {
+            if let Err(e) = shared.store.release(&shared.options.owner, id, None).await {
+                tracing::error!(run = %id, "handing the run back failed: {e}");
+            }
+        }
+        let _ = self.halt.send(true);
+        left.len()
     }
 
     /// Creates a run and, when this worker has room, drives it right away:
@@ -77,7 +108,8 @@ impl WorkerHandle {
         idempotency_key: Option<&str>,
     ) -> Result<(RunRow, bool), StoreError> {
         let shared = &self.shared;
-        let has_room = shared.active.lock().unwrap().len() < shared.options.capacity;
+        let has_room = shared.active.lock().unwrap().len() < shared.options.capacity
+            && !shared.draining.load(std::sync::atomic::Ordering::SeqCst);
         let lease = has_room.then_some((shared.options.owner.as_str(), shared.options.lease));
         let new = NewRun {
             id,
@@ -144,6 +176,8 @@ struct Shared {
     catalog: Arc<Catalog>,
     options: WorkerOptions,
     active: Mutex<HashSet<String>>,
+    /// Set by a graceful shutdown: new runs are left for others.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Starts a worker on the current tokio runtime.
@@ -161,10 +195,17 @@ pub fn spawn(
         catalog,
         options,
         active: Mutex::new(HashSet::new()),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
-    tokio::spawn(heartbeat(shared.clone(), stopped.clone()));
+    let (halt, halted) = watch::channel(false);
+    tokio::spawn(heartbeat(shared.clone(), halted));
     tokio::spawn(claim_loop(shared.clone(), wake.clone(), stopped));
-    WorkerHandle { wake, stop, shared }
+    WorkerHandle {
+        wake,
+        stop,
+        halt,
+        shared,
+    }
 }
 
 async fn claim_loop(shared: Arc<Shared>, wake: Arc<Notify>, mut stopped: watch::Receiver<bool>) {

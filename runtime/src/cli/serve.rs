@@ -103,8 +103,16 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    worker.stop();
+    let grace = std::time::Duration::from_millis(config.worker.shutdown_grace_ms);
+    let handed_back = worker.shutdown(grace).await;
+    if handed_back > 0 {
+        tracing::warn!(
+            "{handed_back} runs still had plugin calls in flight after {grace:?}: handed back, \
+             those calls will run again under the same idempotency key"
+        );
+    }
     store.close().await;
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -141,7 +149,7 @@ fn redact(url: &str) -> String {
 }
 
 /// Ctrl-C or SIGTERM (what service managers send) stops accepting requests;
-/// runs in flight are left to their leases and resume on the next start.
+/// then the worker drains (see `WorkerHandle::shutdown`).
 async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
