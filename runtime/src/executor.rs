@@ -17,10 +17,12 @@ use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use crate::engine::{CallError, CallRequest, Engine, StepContext};
+use crate::run::state::ApprovalState;
 use crate::run::{
-    Action, Event, Recorded, RunState, StepError, StepState, idempotency_key, outcome_event, plan,
+    Action, Event, Plan, PlanContext, Recorded, RunState, StepError, StepState, idempotency_key,
+    outcome_event, plan,
 };
-use crate::store::Store;
+use crate::store::{ApprovalRow, Decision, Store};
 use crate::workflow::Workflow;
 
 /// Runs longer idle than this are handed back to the store (parked) instead
@@ -44,6 +46,23 @@ pub trait Journal: Send {
         &mut self,
         run_id: &str,
     ) -> impl Future<Output = Result<Option<String>, String>> + Send;
+
+    /// Makes an approval the run's history opened decidable (idempotent),
+    /// and answers the decisions made on it so far.
+    fn approval_decisions(
+        &mut self,
+        approval: &ApprovalRow,
+    ) -> impl Future<Output = Result<Vec<Decision>, String>> + Send;
+
+    /// Refuses further decisions on an approval.
+    fn close_approval(&mut self, approval: &str)
+    -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Refuses further decisions on every approval of a finished run.
+    fn close_run_approvals(
+        &mut self,
+        run_id: &str,
+    ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// Keeps nothing beyond the run's in-memory history: `steward run`.
@@ -61,6 +80,18 @@ impl Journal for MemoryJournal {
 
     async fn cancel_requested(&mut self, _: &str) -> Result<Option<String>, String> {
         Ok(None)
+    }
+
+    async fn approval_decisions(&mut self, _: &ApprovalRow) -> Result<Vec<Decision>, String> {
+        Ok(Vec::new())
+    }
+
+    async fn close_approval(&mut self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn close_run_approvals(&mut self, _: &str) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -90,14 +121,42 @@ impl Journal for StoreJournal {
             .await
             .map_err(|e| e.to_string())
     }
+
+    async fn approval_decisions(
+        &mut self,
+        approval: &ApprovalRow,
+    ) -> Result<Vec<Decision>, String> {
+        self.store
+            .open_approval(approval)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.store
+            .approval_decisions(&approval.id)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn close_approval(&mut self, approval: &str) -> Result<(), String> {
+        self.store
+            .close_approval(approval)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn close_run_approvals(&mut self, run_id: &str) -> Result<(), String> {
+        self.store
+            .close_run_approvals(run_id)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Runs workflows against an engine.
 #[derive(Clone)]
 pub struct Executor {
     engine: Engine,
-    /// `env.*` in expressions.
-    env: Value,
+    /// `env.*` and approver groups.
+    context: Arc<PlanContext>,
     /// Set when the process stops: durable drives let their calls finish
     /// and park instead of starting new steps.
     draining: Arc<std::sync::atomic::AtomicBool>,
@@ -186,9 +245,21 @@ impl Executor {
     pub fn new(engine: Engine, env: Value) -> Executor {
         Executor {
             engine,
-            env,
+            context: Arc::new(PlanContext {
+                env,
+                groups: Default::default(),
+            }),
             draining: Arc::default(),
         }
+    }
+
+    /// Sets the members of each `group:NAME` approvers may name.
+    pub fn with_groups(
+        mut self,
+        groups: std::collections::BTreeMap<String, Vec<String>>,
+    ) -> Executor {
+        Arc::make_mut(&mut self.context).groups = groups;
+        self
     }
 
     /// Stops starting steps: every durable drive lets the calls it has in
@@ -227,10 +298,15 @@ impl Executor {
         park: bool,
     ) -> Result<DriveEnd, String> {
         let span = tracing::info_span!("run", id = %run.state.id, workflow = %workflow.name);
-        let end = self
+        let mut end = self
             .advance(workflow, run, journal, park)
             .instrument(span)
             .await;
+        if let Ok(DriveEnd::Finished) = end
+            && let Err(e) = journal.close_run_approvals(&run.state.id).await
+        {
+            end = Err(e);
+        }
         if let Ok(DriveEnd::Finished) = end {
             crate::metrics::global().run_finished(&workflow.name, run.state.status.as_str());
         }
@@ -280,7 +356,18 @@ impl Executor {
                 continue;
             }
             let now = Utc::now();
-            let next = plan(workflow, &run.state, &self.env, now);
+            sync_decisions(run, journal).await?;
+            let mut next = plan(workflow, &run.state, &self.context, now);
+            let closing = approvals_decided_by(&next, &run.state);
+            if !closing.is_empty() {
+                // Close first, then read the decisions once more: nothing
+                // accepted after this point can exist, so this plan is final.
+                for approval in &closing {
+                    journal.close_approval(approval).await?;
+                }
+                sync_decisions(run, journal).await?;
+                next = plan(workflow, &run.state, &self.context, now);
+            }
             let progressed = !next.actions.is_empty();
             let mut to_call = Vec::new();
             for action in next.actions {
@@ -329,7 +416,16 @@ impl Executor {
             if progressed {
                 continue;
             }
-            if park && calls.is_empty() && next.wake_at.is_some_and(|at| at - now > PARK_AFTER) {
+            let awaiting_people = run
+                .state
+                .steps
+                .values()
+                .any(|r| matches!(r.state, StepState::Awaiting { .. }));
+            let idle_long = match next.wake_at {
+                Some(at) => at - now > PARK_AFTER,
+                None => awaiting_people,
+            };
+            if park && calls.is_empty() && idle_long {
                 run.flush_wake(journal, next.wake_at).await?;
                 return Ok(DriveEnd::Parked);
             }
@@ -352,10 +448,14 @@ impl Executor {
                     ));
                 }
                 None if calls.is_empty() && next.wake_at.is_none() => {
+                    let why = if awaiting_people {
+                        "an approval step waits for decisions made through the API: \
+                         run this workflow on `steward serve`"
+                    } else {
+                        "the run cannot make progress (no step is runnable)"
+                    };
                     run.record(Event::RunFailed {
-                        error: StepError::fatal(
-                            "the run cannot make progress (no step is runnable)",
-                        ),
+                        error: StepError::fatal(why),
                     });
                 }
                 None => {
@@ -437,6 +537,68 @@ impl LiveRun {
         self.saved = self.history.len();
         Ok(())
     }
+}
+
+/// Copies decisions made through the API on the run's open approvals into
+/// its history.
+async fn sync_decisions<J: Journal>(run: &mut LiveRun, journal: &mut J) -> Result<(), String> {
+    let open: Vec<(String, ApprovalState)> = run
+        .state
+        .steps
+        .iter()
+        .filter(|(_, r)| matches!(r.state, StepState::Awaiting { .. }))
+        .filter_map(|(step, r)| Some((step.clone(), r.approval.clone()?)))
+        .collect();
+    for (step, approval) in open {
+        let row = ApprovalRow {
+            id: approval.id.clone(),
+            run_id: run.state.id.clone(),
+            workflow: run.state.workflow.clone(),
+            step: step.clone(),
+            level: approval.level,
+            approvers: approval.approvers.clone(),
+            eligible: approval.eligible.clone(),
+            quorum: approval.quorum,
+            due_at: approval.due,
+            status: "pending".into(),
+            created_at: run.state.steps[&step].started_at.unwrap_or_else(Utc::now),
+        };
+        for decision in journal.approval_decisions(&row).await? {
+            if approval.decisions.iter().any(|d| d.by == decision.by) {
+                continue;
+            }
+            run.record(Event::ApprovalDecided {
+                step: step.clone(),
+                approval: approval.id.clone(),
+                by: decision.by,
+                decision: decision.decision,
+                comment: decision.comment,
+                decided_at: decision.at,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The open approvals whose outcome `plan` settles (approved, rejected,
+/// timed out or escalated).
+fn approvals_decided_by(plan: &Plan, state: &RunState) -> Vec<String> {
+    let open = |step: &str| -> Option<String> {
+        let record = state.steps.get(step)?;
+        match &record.state {
+            StepState::Awaiting { approval } => Some(approval.clone()),
+            _ => None,
+        }
+    };
+    plan.actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Record(Event::StepSucceeded { step, .. })
+            | Action::Record(Event::RunRejected { step, .. })
+            | Action::Record(Event::ApprovalRequested { step, .. }) => open(step),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Records the re-run of a call that was in flight when the process stopped.

@@ -1,5 +1,6 @@
 //! The REST API (axum). Only this module knows HTTP.
 
+mod approvals;
 mod auth;
 mod body;
 mod hooks;
@@ -51,6 +52,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/runs/{id}", get(runs::show))
         .route("/v1/runs/{id}/events", get(runs::events))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/approvals", get(approvals::list))
+        .route(
+            "/v1/approvals/{id}",
+            get(approvals::show).post(approvals::decide),
+        )
         .route("/v1/hooks/{name}", post(hooks::deliver))
         .route("/v1/plugins", get(plugins::list))
         .route(

@@ -63,6 +63,23 @@ pub enum Command {
         #[arg(long, env = "STEWARD_TOKEN", global = true, hide_env_values = true)]
         token: Option<String>,
     },
+    /// Approve (or with --reject, reject) a pending approval on the server.
+    Approve {
+        /// The approval's id (`GET /v1/approvals` lists them).
+        id: String,
+        /// Who decides: one of the approval's approvers.
+        #[arg(long = "as")]
+        by: String,
+        #[arg(long)]
+        reject: bool,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long, env = "STEWARD_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// An API token with the approvals:decide scope.
+        #[arg(long, env = "STEWARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// API tokens.
     Token {
         #[command(subcommand)]
@@ -134,6 +151,27 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             server,
             token,
         } => runs::dispatch(command, server.trim_end_matches('/'), token.as_deref()),
+        Command::Approve {
+            id,
+            by,
+            reject,
+            comment,
+            server,
+            token,
+        } => {
+            let decision = if reject { "reject" } else { "approve" };
+            let body = serde_json::json!({ "decision": decision, "by": by, "comment": comment });
+            let url = format!("{}/v1/approvals/{id}", server.trim_end_matches('/'));
+            let answer = runs::call("POST", &url, token.as_deref(), Some(&body))?;
+            let recorded = &answer["decision"];
+            println!(
+                "{id}: {} by {} at {}",
+                recorded["decision"].as_str().unwrap_or(decision),
+                recorded["by"].as_str().unwrap_or(&by),
+                recorded["at"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Token {
             command:
                 TokenCommand::Create {

@@ -65,11 +65,28 @@ pub fn dispatch(
 }
 
 fn get(url: &str, token: Option<&str>) -> anyhow::Result<Value> {
-    let mut request = ureq::get(url);
+    call("GET", url, token, None)
+}
+
+/// One request to the server's API; a problem answer becomes an error that
+/// quotes its detail, an unreachable server one that says how to point at it.
+pub fn call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> anyhow::Result<Value> {
+    let mut request = ureq::request(method, url);
     if let Some(token) = token {
         request = request.set("Authorization", &format!("Bearer {token}"));
     }
-    match request.call() {
+    let sent = match body {
+        Some(body) => request
+            .set("content-type", "application/json")
+            .send_string(&body.to_string()),
+        None => request.call(),
+    };
+    match sent {
         Ok(response) => Ok(serde_json::from_str(&response.into_string()?)?),
         Err(ureq::Error::Status(status, response)) => {
             let body: Value = serde_json::from_str(&response.into_string().unwrap_or_default())

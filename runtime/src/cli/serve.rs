@@ -72,7 +72,8 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let executor = Executor::new(set.engine.clone(), config.env_json());
+    let executor =
+        Executor::new(set.engine.clone(), config.env_json()).with_groups(config.groups.clone());
     let options = WorkerOptions {
         lease: std::time::Duration::from_millis(config.worker.lease_ms.max(100)),
         capacity: config.worker.capacity.max(1),

@@ -61,8 +61,35 @@ pub enum Event {
     TimerFired {
         step: String,
     },
+    /// An approval (or, at `level` 1 and up, its escalation) opened:
+    /// `eligible` may decide, `quorum` approvals finish the step.
+    ApprovalRequested {
+        step: String,
+        approval: String,
+        level: u32,
+        approvers: Vec<String>,
+        eligible: Vec<String>,
+        quorum: u32,
+        due: Option<DateTime<Utc>>,
+    },
+    /// A person's decision, copied from the API's record into the history
+    /// (the audit trail).
+    ApprovalDecided {
+        step: String,
+        approval: String,
+        by: String,
+        decision: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+        decided_at: DateTime<Utc>,
+    },
     RunSucceeded {
         output: Value,
+    },
+    /// An approval was rejected (by a person, or by its timeout).
+    RunRejected {
+        step: String,
+        reason: String,
     },
     RunFailed {
         error: StepError,
@@ -81,7 +108,10 @@ impl Event {
             | Event::StepFailed { step, .. }
             | Event::StepSkipped { step }
             | Event::TimerStarted { step, .. }
-            | Event::TimerFired { step } => Some(step),
+            | Event::TimerFired { step }
+            | Event::ApprovalRequested { step, .. }
+            | Event::ApprovalDecided { step, .. }
+            | Event::RunRejected { step, .. } => Some(step),
             _ => None,
         }
     }

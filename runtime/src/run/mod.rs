@@ -9,5 +9,5 @@ pub mod plan;
 pub mod state;
 
 pub use event::{Event, Recorded, StepError};
-pub use plan::{Action, Plan, idempotency_key, outcome_event, plan};
+pub use plan::{Action, Plan, PlanContext, approval_id, idempotency_key, outcome_event, plan};
 pub use state::{RunState, Status, StepRecord, StepState};

@@ -2,15 +2,16 @@
 //! next. Pure: no clock of its own, no I/O. The executor records what the
 //! plan says, calls plugins, and asks again.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::event::{Event, StepError};
-use super::state::{RunState, StepState};
+use super::state::{RunState, StepRecord, StepState};
 use crate::workflow::expr::Scope;
-use crate::workflow::model::{StepKind, WaitFor};
+use crate::workflow::model::{OnTimeout, Quorum, StepKind, WaitFor};
 use crate::workflow::{Step, Workflow};
 
 /// Something the executor must do now.
@@ -47,8 +48,28 @@ pub fn idempotency_key(run_id: &str, step: &str) -> String {
     format!("{run_id}/{step}")
 }
 
+/// What the operator configured that plans depend on.
+#[derive(Debug, Clone, Default)]
+pub struct PlanContext {
+    /// `env.*` in expressions.
+    pub env: Value,
+    /// `group:NAME` approvers: the members of each group.
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+/// The id of the approval a step opens at `level` (0, then escalations).
+pub fn approval_id(run_id: &str, step: &str, level: u32) -> String {
+    format!("{run_id}.{step}.{level}")
+}
+
 /// Decides the next actions for `state`.
-pub fn plan(workflow: &Workflow, state: &RunState, env: &Value, now: DateTime<Utc>) -> Plan {
+pub fn plan(
+    workflow: &Workflow,
+    state: &RunState,
+    context: &PlanContext,
+    now: DateTime<Utc>,
+) -> Plan {
+    let env = &context.env;
     let mut plan = Plan::default();
     if state.status.is_terminal() {
         return plan;
@@ -67,6 +88,7 @@ pub fn plan(workflow: &Workflow, state: &RunState, env: &Value, now: DateTime<Ut
     let mut planner = Planner {
         state,
         scope: &scope,
+        groups: &context.groups,
         now,
         plan: &mut plan,
     };
@@ -133,6 +155,7 @@ enum Progress {
 struct Planner<'a> {
     state: &'a RunState,
     scope: &'a Scope,
+    groups: &'a BTreeMap<String, Vec<String>>,
     now: DateTime<Utc>,
     plan: &'a mut Plan,
 }
@@ -179,8 +202,177 @@ impl Planner<'_> {
                 }
                 Progress::Blocked
             }
+            StepState::Awaiting { .. } => self.awaiting(step, &record),
             StepState::Pending => self.pending(step),
         }
+    }
+
+    /// An open approval: one rejection rejects the run, `quorum`
+    /// approvals finish the step, the timeout applies `on_timeout`.
+    fn awaiting(&mut self, step: &Step, record: &StepRecord) -> Progress {
+        let (StepKind::Approval(spec), Some(open)) = (&step.kind, &record.approval) else {
+            return self.fail(step, "approval: the run's history lost its approval".into());
+        };
+        if let Some(no) = open.decisions.iter().find(|d| d.decision == "reject") {
+            let comment = no
+                .comment
+                .as_deref()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            self.record(Event::RunRejected {
+                step: step.id.clone(),
+                reason: format!("{} rejected step {}{comment}", no.by, step.id),
+            });
+            return Progress::Blocked;
+        }
+        let approved: Vec<&str> = open
+            .decisions
+            .iter()
+            .filter(|d| d.decision == "approve")
+            .map(|d| d.by.as_str())
+            .collect();
+        if approved.len() as u32 >= open.quorum {
+            self.record(Event::StepSucceeded {
+                step: step.id.clone(),
+                attempt: 1,
+                output: serde_json::json!({
+                    "decision": "approved",
+                    "approved_by": approved,
+                    "level": open.level,
+                }),
+            });
+            return Progress::Blocked;
+        }
+        let Some(due) = open.due else {
+            return Progress::Blocked;
+        };
+        if self.now < due {
+            self.plan.wake(due);
+            return Progress::Blocked;
+        }
+        // Timed out: the rule of this level applies.
+        let mut rule = &spec.on_timeout;
+        for _ in 0..open.level {
+            match rule {
+                OnTimeout::Escalate { then, .. } => rule = then,
+                _ => break,
+            }
+        }
+        match rule {
+            OnTimeout::Reject => {
+                self.record(Event::RunRejected {
+                    step: step.id.clone(),
+                    reason: format!(
+                        "no decision on step {} within its timeout ({} of {} approvals)",
+                        step.id,
+                        approved.len(),
+                        open.quorum
+                    ),
+                });
+                Progress::Blocked
+            }
+            OnTimeout::Approve => {
+                self.record(Event::StepSucceeded {
+                    step: step.id.clone(),
+                    attempt: 1,
+                    output: serde_json::json!({
+                        "decision": "approved",
+                        "approved_by": approved,
+                        "level": open.level,
+                        "timed_out": true,
+                    }),
+                });
+                Progress::Blocked
+            }
+            OnTimeout::Escalate {
+                to,
+                quorum,
+                timeout,
+                ..
+            } => self.request_approval(step, open.level + 1, to, *quorum, *timeout),
+        }
+    }
+
+    /// Opens the approval of `step` at `level` for `approvers`.
+    fn request_approval(
+        &mut self,
+        step: &Step,
+        level: u32,
+        approvers: &[crate::workflow::expr::Template],
+        quorum: Quorum,
+        timeout: Option<Duration>,
+    ) -> Progress {
+        let mut listed = Vec::new();
+        for template in approvers {
+            match template.render(self.scope) {
+                Ok(Value::String(name)) if !name.trim().is_empty() => {
+                    listed.push(name.trim().to_string())
+                }
+                Ok(Value::Array(names)) => {
+                    for name in names {
+                        match name {
+                            Value::String(n) if !n.trim().is_empty() => {
+                                listed.push(n.trim().to_string())
+                            }
+                            other => {
+                                return self.fail(
+                                    step,
+                                    format!("approval.approvers: expected names, got {other}"),
+                                );
+                            }
+                        }
+                    }
+                }
+                Ok(other) => {
+                    return self.fail(
+                        step,
+                        format!("approval.approvers: expected a name, got {other}"),
+                    );
+                }
+                Err(e) => return self.fail(step, format!("approval.approvers: {e}")),
+            }
+        }
+        let mut eligible: Vec<String> = Vec::new();
+        for name in &listed {
+            let members = match name.strip_prefix("group:") {
+                Some(group) => match self.groups.get(group) {
+                    Some(members) => members.clone(),
+                    None => {
+                        return self.fail(
+                            step,
+                            format!("approval.approvers: group {group} is not defined: add it under [groups] in steward.toml"),
+                        );
+                    }
+                },
+                None => vec![name.clone()],
+            };
+            for member in members {
+                if !eligible.contains(&member) {
+                    eligible.push(member);
+                }
+            }
+        }
+        if eligible.is_empty() {
+            return self.fail(
+                step,
+                "approval.approvers: nobody may decide (the list is empty)".into(),
+            );
+        }
+        let due = match timeout.map(chrono::Duration::from_std) {
+            None => None,
+            Some(Ok(d)) => self.now.checked_add_signed(d),
+            Some(Err(e)) => return self.fail(step, format!("approval.timeout: {e}")),
+        };
+        self.record(Event::ApprovalRequested {
+            step: step.id.clone(),
+            approval: approval_id(&self.state.id, &step.id, level),
+            level,
+            approvers: listed,
+            quorum: quorum.required(eligible.len()),
+            eligible,
+            due,
+        });
+        Progress::Blocked
     }
 
     fn pending(&mut self, step: &Step) -> Progress {
@@ -215,12 +407,9 @@ impl Planner<'_> {
                 Err(e) => self.fail(step, format!("wait: {e}")),
             },
             StepKind::Parallel(branches) => self.parallel(step, branches),
-            StepKind::Approval(_) => self.fail(
-                step,
-                "approval steps are not supported by this version of the executor: \
-                 run the workflow with `steward serve` once approvals ship"
-                    .to_string(),
-            ),
+            StepKind::Approval(spec) => {
+                self.request_approval(step, 0, &spec.approvers, spec.quorum, spec.timeout)
+            }
         }
     }
 

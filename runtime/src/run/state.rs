@@ -76,6 +76,10 @@ pub enum StepState {
     Waiting {
         until: DateTime<Utc>,
     },
+    /// Waiting for people: see the record's `approval`.
+    Awaiting {
+        approval: String,
+    },
     Succeeded,
     Skipped,
     Failed,
@@ -92,6 +96,8 @@ pub struct StepRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<StepError>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
@@ -104,10 +110,33 @@ impl Default for StepRecord {
             attempts: 0,
             output: None,
             error: None,
+            approval: None,
             started_at: None,
             finished_at: None,
         }
     }
+}
+
+/// The open (or last) approval of an approval step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalState {
+    pub id: String,
+    pub level: u32,
+    pub approvers: Vec<String>,
+    pub eligible: Vec<String>,
+    pub quorum: u32,
+    pub due: Option<DateTime<Utc>>,
+    pub decisions: Vec<DecisionRecord>,
+}
+
+/// One decision in a run's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecisionRecord {
+    pub by: String,
+    pub decision: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// A run, as its history says it is.
@@ -217,6 +246,59 @@ impl RunState {
                 self.error = Some(error.clone());
                 self.finish(Status::Failed, at);
             }
+            Event::ApprovalRequested {
+                step,
+                approval,
+                level,
+                approvers,
+                eligible,
+                quorum,
+                due,
+            } => {
+                let r = self.steps.entry(step.clone()).or_default();
+                r.state = StepState::Awaiting {
+                    approval: approval.clone(),
+                };
+                r.started_at.get_or_insert(at);
+                r.approval = Some(ApprovalState {
+                    id: approval.clone(),
+                    level: *level,
+                    approvers: approvers.clone(),
+                    eligible: eligible.clone(),
+                    quorum: *quorum,
+                    due: *due,
+                    decisions: Vec::new(),
+                });
+            }
+            Event::ApprovalDecided {
+                step,
+                approval,
+                by,
+                decision,
+                comment,
+                decided_at,
+            } => {
+                let r = self.steps.entry(step.clone()).or_default();
+                if let Some(a) = r.approval.as_mut().filter(|a| &a.id == approval)
+                    && !a.decisions.iter().any(|d| &d.by == by)
+                {
+                    a.decisions.push(DecisionRecord {
+                        by: by.clone(),
+                        decision: decision.clone(),
+                        comment: comment.clone(),
+                        at: *decided_at,
+                    });
+                }
+            }
+            Event::RunRejected { step, reason } => {
+                let error = StepError::fatal(reason.clone());
+                let r = self.steps.entry(step.clone()).or_default();
+                r.state = StepState::Failed;
+                r.error = Some(error.clone());
+                r.finished_at = Some(at);
+                self.error = Some(error);
+                self.finish(Status::Rejected, at);
+            }
             Event::RunCancelled { reason } => {
                 self.error = Some(StepError::fatal(reason.clone()));
                 self.finish(Status::Cancelled, at);
@@ -238,7 +320,7 @@ impl RunState {
         for r in self.steps.values() {
             match r.state {
                 StepState::Running { .. } | StepState::Retrying { .. } => return Status::Running,
-                StepState::Waiting { .. } => waiting = true,
+                StepState::Waiting { .. } | StepState::Awaiting { .. } => waiting = true,
                 _ => {}
             }
         }

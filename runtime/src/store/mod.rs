@@ -5,6 +5,7 @@
 //! Architecture invariant: only this module knows SQL. Callers see runs,
 //! events and leases.
 
+mod approvals;
 mod migrate;
 mod writer;
 
@@ -16,6 +17,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 
 use crate::run::{Event, Recorded, RunState, Status, StepError};
+
+pub use approvals::{ApprovalRow, Decided, Decision};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -182,7 +182,9 @@ async fn commit(
         let sql = format!(
             "UPDATE runs SET status = v.column2, output = v.column3, error = v.column4, updated_at = v.column5, \
              finished_at = v.column6, \
-             wake_at = CASE WHEN v.column8 = 1 THEN NULL WHEN runs.cancel_requested IS NOT NULL THEN v.column5 ELSE v.column7 END, \
+             wake_at = CASE WHEN v.column8 = 1 THEN NULL \
+               WHEN runs.cancel_requested IS NOT NULL OR runs.attention = 1 THEN v.column5 ELSE v.column7 END, \
+             attention = CASE WHEN v.column7 IS NULL OR v.column7 > v.column5 THEN 0 ELSE runs.attention END, \
              lease_owner = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_owner END, \
              lease_until = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_until END \
              FROM (VALUES {}) AS v WHERE runs.id = v.column1 \

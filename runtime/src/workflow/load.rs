@@ -568,7 +568,8 @@ impl<'a> Loader<'a> {
                             &rules,
                         );
                     }
-                    if let OnTimeout::Escalate { to, .. } = &a.on_timeout {
+                    let mut next = &a.on_timeout;
+                    while let OnTimeout::Escalate { to, then, .. } = next {
                         for t in to {
                             self.check_refs(
                                 t,
@@ -577,6 +578,7 @@ impl<'a> Loader<'a> {
                                 &rules,
                             );
                         }
+                        next = then;
                     }
                 }
                 StepKind::Wait(WaitFor::Until(t)) => {
@@ -740,7 +742,11 @@ impl<'a> Loader<'a> {
             Some("approve") => return Some(OnTimeout::Approve),
             _ => {}
         }
-        let entries = self.mapping(node, field, &["action", "escalate_to", "quorum", "timeout"])?;
+        let entries = self.mapping(
+            node,
+            field,
+            &["action", "escalate_to", "quorum", "timeout", "on_timeout"],
+        )?;
         let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
         if let Some(to) = get("escalate_to") {
             let to = self.approvers(to, &format!("{field}.escalate_to"))?;
@@ -749,10 +755,17 @@ impl<'a> Loader<'a> {
             })?;
             let timeout =
                 get("timeout").and_then(|n| self.duration(n, &format!("{field}.timeout")));
+            // What happens when the escalation times out too: another
+            // escalation, or (by default) a rejection.
+            let then = match get("on_timeout") {
+                Some(n) => self.on_timeout(n, &format!("{field}.on_timeout"))?,
+                None => OnTimeout::Reject,
+            };
             return Some(OnTimeout::Escalate {
                 to,
                 quorum,
                 timeout,
+                then: Box::new(then),
             });
         }
         match get("action").and_then(Node::as_str) {

@@ -133,7 +133,22 @@ pub enum OnTimeout {
         to: Vec<Template>,
         quorum: Quorum,
         timeout: Option<Duration>,
+        /// When the escalation times out as well.
+        then: Box<OnTimeout>,
     },
+}
+
+impl Quorum {
+    /// Approvals needed out of `eligible` people (at least one, at most all).
+    pub fn required(self, eligible: usize) -> u32 {
+        let n = eligible.max(1) as u32;
+        match self {
+            Quorum::Any => 1,
+            Quorum::All => n,
+            Quorum::Count(c) => c.clamp(1, n),
+            Quorum::Percent(p) => ((n * p).div_ceil(100)).clamp(1, n),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -208,5 +223,25 @@ impl Workflow {
         } else {
             Err(errors)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Quorum;
+
+    #[test]
+    fn quorum_counts_approvals_needed() {
+        assert_eq!(Quorum::Any.required(3), 1);
+        assert_eq!(Quorum::All.required(3), 3);
+        assert_eq!(Quorum::Count(2).required(3), 2);
+        assert_eq!(
+            Quorum::Count(5).required(3),
+            3,
+            "never more than can decide"
+        );
+        assert_eq!(Quorum::Percent(60).required(5), 3);
+        assert_eq!(Quorum::Percent(50).required(3), 2, "rounded up");
+        assert_eq!(Quorum::Percent(1).required(3), 1);
     }
 }

@@ -1,0 +1,165 @@
+//! `GET /v1/approvals`, `GET /v1/approvals/{id}` and
+//! `POST /v1/approvals/{id}` (a decision).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::body::{Example, JsonBody};
+use super::{AppState, Problem};
+use crate::store::{ApprovalRow, Decided, Decision};
+
+fn describe(a: &ApprovalRow, decisions: &[Decision]) -> Value {
+    json!({
+        "id": a.id,
+        "run_id": a.run_id,
+        "workflow": a.workflow,
+        "step": a.step,
+        "level": a.level,
+        "approvers": a.approvers,
+        "eligible": a.eligible,
+        "quorum": a.quorum,
+        "decisions": decisions,
+        "due_at": a.due_at,
+        "status": a.status,
+        "created_at": a.created_at,
+    })
+}
+
+fn invalid_query(detail: String) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-query",
+        "Invalid query",
+        detail,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    approver: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Pending approvals, oldest first; `approver=NAME` keeps those NAME may
+/// decide (directly or through a group).
+pub async fn list(
+    State(app): State<Arc<AppState>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, Problem> {
+    let Query(query) =
+        query.map_err(|e| invalid_query(format!("{e}: use status, approver, limit")))?;
+    if let Some(status) = query.status.as_deref().filter(|s| *s != "pending") {
+        return Err(invalid_query(format!(
+            "status {status:?}: only pending approvals are listed (closed ones are in each run's history)"
+        )));
+    }
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(invalid_query("limit is 1 to 500".into()));
+    }
+    let rows = app
+        .store
+        .pending_approvals(query.approver.as_deref(), limit)
+        .await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        items.push(describe(row, &app.store.approval_decisions(&row.id).await?));
+    }
+    Ok(Json(json!({ "items": items })))
+}
+
+pub async fn show(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let row = app
+        .store
+        .approval(&id)
+        .await?
+        .ok_or_else(|| Problem::not_found(&format!("approval {id}")))?;
+    Ok(Json(describe(
+        &row,
+        &app.store.approval_decisions(&id).await?,
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    decision: String,
+    by: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+impl Example for DecisionBody {
+    const EXAMPLE: &'static str = r#"{"decision": "approve", "by": "dana", "comment": "ok"}"#;
+}
+
+/// 201 with the recorded decision; 200 with the first one when this person
+/// already decided; 403 for someone not among the approvers; 409 once the
+/// approval is closed.
+pub async fn decide(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<DecisionBody>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    if body.decision != "approve" && body.decision != "reject" {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-decision",
+            "Invalid decision",
+            format!("decision {:?}: use approve or reject", body.decision),
+        ));
+    }
+    let by = body.by.trim();
+    let approval = app
+        .store
+        .approval(&id)
+        .await?
+        .ok_or_else(|| Problem::not_found(&format!("approval {id}")))?;
+    if !approval.eligible.iter().any(|name| name == by) {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "not-an-approver",
+            "Not an approver",
+            format!(
+                "{by:?} may not decide approval {id}: its approvers are {}",
+                approval.eligible.join(", ")
+            ),
+        ));
+    }
+    let comment = body.comment.as_deref().filter(|c| !c.is_empty());
+    match app.store.decide(&id, by, &body.decision, comment).await? {
+        Decided::Recorded(decision) => {
+            app.worker.wake();
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({ "approval": id, "decision": decision })),
+            ))
+        }
+        Decided::Already(first) => Ok((
+            StatusCode::OK,
+            Json(json!({ "approval": id, "decision": first })),
+        )),
+        Decided::Closed => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "approval-closed",
+            "The approval is closed",
+            format!(
+                "approval {id} was already settled: see run {} for its outcome",
+                approval.run_id
+            ),
+        )
+        .with("run_id", json!(approval.run_id))),
+        Decided::NotFound => Err(Problem::not_found(&format!("approval {id}"))),
+    }
+}

@@ -1,0 +1,267 @@
+//! Approvals as the API sees them: opened and closed by the worker driving
+//! the run, decided by people through the API. A decision is written only
+//! while its approval is pending, under the approval row's lock, so the
+//! worker that closes an approval reads every decision that was accepted.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::{Store, StoreError, now_ms, to_time};
+
+/// An approval waiting for (or done with) decisions.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApprovalRow {
+    pub id: String,
+    pub run_id: String,
+    pub workflow: String,
+    pub step: String,
+    /// 0 for the step's approval, 1 and up for its escalations.
+    pub level: u32,
+    /// As written in the workflow, after expressions (`group:NAME` kept).
+    pub approvers: Vec<String>,
+    /// The people who may decide: approvers with groups expanded.
+    pub eligible: Vec<String>,
+    /// Approvals needed.
+    pub quorum: u32,
+    pub due_at: Option<DateTime<Utc>>,
+    /// `pending` or `closed`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One person's decision.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Decision {
+    pub by: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// What recording a decision found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decided {
+    /// Recorded now.
+    Recorded(Decision),
+    /// This person had already decided: their first decision stands.
+    Already(Decision),
+    /// The approval was closed before the decision arrived.
+    Closed,
+    NotFound,
+}
+
+impl Store {
+    /// Opens an approval (idempotent: a worker re-driving the run after a
+    /// crash opens the same one again).
+    pub async fn open_approval(&self, a: &ApprovalRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO approvals (id, run_id, workflow, step, level, approvers, eligible, quorum, due_at, status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&a.id)
+        .bind(&a.run_id)
+        .bind(&a.workflow)
+        .bind(&a.step)
+        .bind(a.level as i64)
+        .bind(serde_json::to_string(&a.approvers).expect("strings serialise"))
+        .bind(serde_json::to_string(&a.eligible).expect("strings serialise"))
+        .bind(a.quorum as i64)
+        .bind(a.due_at.map(|t| t.timestamp_millis()))
+        .bind(a.created_at.timestamp_millis())
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            for name in &a.eligible {
+                sqlx::query(
+                    "INSERT INTO approval_approvers (approval_id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(&a.id)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Closes an approval: from now on decisions are refused (409), so the
+    /// decisions read after this are all there will be.
+    pub async fn close_approval(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE approvals SET status = 'closed', closed_at = $2 WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Closes every open approval of a finished run.
+    pub async fn close_run_approvals(&self, run_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE approvals SET status = 'closed', closed_at = $2 WHERE run_id = $1 AND status = 'pending'",
+        )
+        .bind(run_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records `by`'s decision while the approval is pending, and makes the
+    /// run look at it. The approval row is updated first, which locks it:
+    /// a concurrent close waits for this transaction or makes it see
+    /// `closed`.
+    pub async fn decide(
+        &self,
+        id: &str,
+        by: &str,
+        decision: &str,
+        comment: Option<&str>,
+    ) -> Result<Decided, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let run_id: Option<String> = sqlx::query_scalar(
+            "UPDATE approvals SET status = status WHERE id = $1 AND status = 'pending' RETURNING run_id",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(run_id) = run_id else {
+            tx.rollback().await?;
+            return Ok(match self.approval(id).await? {
+                Some(_) => Decided::Closed,
+                None => Decided::NotFound,
+            });
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO approval_decisions (approval_id, decided_by, decision, comment, decided_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(by)
+        .bind(decision)
+        .bind(comment)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            tx.rollback().await?;
+            let first = self
+                .approval_decisions(id)
+                .await?
+                .into_iter()
+                .find(|d| d.by == by)
+                .ok_or_else(|| StoreError::Corrupt(format!("decision of {by} on {id} vanished")))?;
+            return Ok(Decided::Already(first));
+        }
+        sqlx::query(
+            "UPDATE runs SET attention = 1, wake_at = $2 \
+             WHERE id = $1 AND status NOT IN ('succeeded', 'failed', 'rejected', 'cancelled')",
+        )
+        .bind(&run_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Decided::Recorded(Decision {
+            by: by.to_string(),
+            decision: decision.to_string(),
+            comment: comment.map(str::to_string),
+            at: to_time(now),
+        }))
+    }
+
+    /// Decisions on `id`, oldest first.
+    pub async fn approval_decisions(&self, id: &str) -> Result<Vec<Decision>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT decided_by, decision, comment, decided_at FROM approval_decisions \
+             WHERE approval_id = $1 ORDER BY decided_at, decided_by",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Decision {
+                    by: r.try_get("decided_by")?,
+                    decision: r.try_get("decision")?,
+                    comment: r.try_get("comment")?,
+                    at: to_time(r.try_get("decided_at")?),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn approval(&self, id: &str) -> Result<Option<ApprovalRow>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_APPROVAL} WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(approval_row).transpose()
+    }
+
+    /// Pending approvals, oldest first, optionally only those `approver`
+    /// may decide.
+    pub async fn pending_approvals(
+        &self,
+        approver: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        let rows =
+            match approver {
+                Some(name) => {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "{SELECT_APPROVAL} WHERE status = 'pending' AND id IN \
+                     (SELECT approval_id FROM approval_approvers WHERE name = $1) \
+                     ORDER BY created_at, id LIMIT $2"
+                    )))
+                    .bind(name)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+                None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{SELECT_APPROVAL} WHERE status = 'pending' ORDER BY created_at, id LIMIT $1"
+                )))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+            };
+        rows.iter().map(approval_row).collect()
+    }
+}
+
+const SELECT_APPROVAL: &str = "SELECT id, run_id, workflow, step, level, approvers, eligible, quorum, \
+                               due_at, status, created_at FROM approvals";
+
+fn approval_row(r: &sqlx::any::AnyRow) -> Result<ApprovalRow, StoreError> {
+    let list = |column: &str| -> Result<Vec<String>, StoreError> {
+        let text: String = r.try_get(column)?;
+        serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("approvals.{column}: {e}")))
+    };
+    let level: i64 = r.try_get("level")?;
+    let quorum: i64 = r.try_get("quorum")?;
+    let due_at: Option<i64> = r.try_get("due_at")?;
+    Ok(ApprovalRow {
+        id: r.try_get("id")?,
+        run_id: r.try_get("run_id")?,
+        workflow: r.try_get("workflow")?,
+        step: r.try_get("step")?,
+        level: level as u32,
+        approvers: list("approvers")?,
+        eligible: list("eligible")?,
+        quorum: quorum as u32,
+        due_at: due_at.map(to_time),
+        status: r.try_get("status")?,
+        created_at: to_time(r.try_get("created_at")?),
+    })
+}

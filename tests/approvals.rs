@@ -1,0 +1,325 @@
+//! Approval steps over real HTTP: quorum, outsiders, rejection, escalation
+//! on timeout, concurrent decisions, and a restart while waiting.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::server::{Server, json_of};
+use serde_json::{Value, json};
+
+const WORKFLOWS: &[(&str, &str)] = &[
+    (
+        "change.yaml",
+        "name: change\nversion: 1\nsteps:\n  - id: cab\n    approval:\n      approvers: [group:cab]\n      quorum: 2\n      timeout: 1h\n  - id: done\n    uses: transform\n    with: { approved_by: \"${{ steps.cab.output.approved_by }}\" }\noutput: ${{ steps.done.output }}\n",
+    ),
+    (
+        "access.yaml",
+        "name: access\nversion: 1\nsteps:\n  - id: owner\n    approval:\n      approvers: [\"${{ input.owner }}\", ben]\n      quorum: any\n  - id: grant\n    uses: transform\n    with: { granted: true }\n",
+    ),
+    (
+        "escalating.yaml",
+        "name: escalating\nversion: 1\nsteps:\n  - id: ask\n    approval:\n      approvers: [ana]\n      timeout: 2s\n      on_timeout: { escalate_to: [group:it-managers], timeout: 1h }\n  - id: done\n    uses: transform\n    with: { level: \"${{ steps.ask.output.level }}\" }\noutput: ${{ steps.done.output }}\n",
+    ),
+];
+
+fn start() -> (tempfile::TempDir, std::path::PathBuf, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    for (file, yaml) in WORKFLOWS {
+        std::fs::write(workflows.join(file), yaml).unwrap();
+    }
+    let config = dir.path().join("steward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database = \"sqlite://{}/steward.db\"\ndata_dir = {:?}\nworkflows = [{:?}]\n\n\
+             [groups]\ncab = [\"ana\", \"ben\", \"cy\"]\nit-managers = [\"dana\", \"eli\"]\n",
+            dir.path().display(),
+            dir.path().join("data"),
+            workflows
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config);
+    (dir, config, server)
+}
+
+/// The pending approvals `approver` may decide.
+fn pending(server: &Server, approver: &str) -> Vec<Value> {
+    let body = json_of(
+        server
+            .request(
+                "GET",
+                &format!("/v1/approvals?status=pending&approver={approver}"),
+            )
+            .call()
+            .unwrap(),
+    );
+    body["items"].as_array().unwrap().clone()
+}
+
+/// Waits until `approver` has a pending approval of `run`, and returns it.
+fn approval_of(server: &Server, run: &str, approver: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(a) = pending(server, approver)
+            .into_iter()
+            .find(|a| a["run_id"] == run)
+        {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no approval for {approver} on {run}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn decide(
+    server: &Server,
+    id: &str,
+    by: &str,
+    decision: &str,
+    comment: Option<&str>,
+) -> (u16, Value) {
+    let body = json!({ "decision": decision, "by": by, "comment": comment });
+    match server
+        .request("POST", &format!("/v1/approvals/{id}"))
+        .set("content-type", "application/json")
+        .send_string(&body.to_string())
+    {
+        Ok(r) => (r.status(), json_of(r)),
+        Err(ureq::Error::Status(s, r)) => (s, json_of(r)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn event_types(server: &Server, run: &str) -> Vec<String> {
+    server
+        .events(run)
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn two_of_three_approvals_finish_the_step_and_outsiders_are_refused() {
+    let (_dir, _config, server) = start();
+    let run = server.start_run("change", json!({}));
+    let approval = approval_of(&server, &run, "ben");
+    let id = approval["id"].as_str().unwrap();
+    assert_eq!(approval["quorum"], 2);
+    assert_eq!(approval["approvers"], json!(["group:cab"]));
+    assert_eq!(approval["eligible"], json!(["ana", "ben", "cy"]));
+    assert_eq!(approval["workflow"], "change");
+    assert_eq!(approval["step"], "cab");
+    assert!(approval["due_at"].is_string(), "{approval:#}");
+    assert!(
+        pending(&server, "dana").is_empty(),
+        "dana is not in the CAB"
+    );
+
+    let (status, body) = decide(&server, id, "zed", "approve", None);
+    assert_eq!(status, 403, "{body:#}");
+    assert_eq!(body["type"], "https://steward.dev/problems/not-an-approver");
+
+    let (status, body) = decide(&server, id, "ana", "approve", Some("looks fine"));
+    assert_eq!(status, 201, "{body:#}");
+    let (status, body) = decide(&server, id, "ana", "reject", None);
+    assert_eq!(
+        status, 200,
+        "a second decision by the same person changes nothing: {body:#}"
+    );
+    assert_eq!(body["decision"]["decision"], "approve");
+
+    std::thread::sleep(Duration::from_millis(500));
+    let waiting = server.run(&run);
+    assert_eq!(waiting["status"], "waiting", "{waiting:#}");
+    assert_eq!(waiting["steps"]["cab"]["state"], "awaiting");
+
+    let (status, _) = decide(&server, id, "ben", "approve", None);
+    assert_eq!(status, 201);
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+    assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
+    assert_eq!(done[0]["output"]["approved_by"], json!(["ana", "ben"]));
+    let decisions = &done[0]["steps"]["cab"]["approval"]["decisions"];
+    assert_eq!(decisions[0]["by"], "ana");
+    assert_eq!(decisions[0]["comment"], "looks fine");
+    let types = event_types(&server, &run);
+    assert_eq!(
+        types.iter().filter(|t| *t == "approval_decided").count(),
+        2,
+        "{types:?}"
+    );
+    assert!(types.contains(&"approval_requested".to_string()));
+
+    let (status, body) = decide(&server, id, "cy", "approve", None);
+    assert_eq!(status, 409, "{body:#}");
+    assert_eq!(body["type"], "https://steward.dev/problems/approval-closed");
+    assert!(pending(&server, "cy").is_empty());
+    server.kill();
+}
+
+#[test]
+fn one_rejection_rejects_the_run() {
+    let (_dir, _config, server) = start();
+    let run = server.start_run("access", json!({"owner": "olga"}));
+    let approval = approval_of(&server, &run, "olga");
+    assert_eq!(approval["eligible"], json!(["olga", "ben"]));
+    let (status, _) = decide(
+        &server,
+        approval["id"].as_str().unwrap(),
+        "olga",
+        "reject",
+        Some("not needed"),
+    );
+    assert_eq!(status, 201);
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+    assert_eq!(done[0]["status"], "rejected", "{:#}", done[0]);
+    let message = done[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("olga rejected step owner: not needed"),
+        "{message}"
+    );
+    assert!(
+        done[0]["steps"].get("grant").is_none(),
+        "nothing ran after the rejection"
+    );
+    server.kill();
+}
+
+#[test]
+fn a_timed_out_approval_escalates_to_new_approvers() {
+    let (_dir, _config, server) = start();
+    let run = server.start_run("escalating", json!({}));
+    let first = approval_of(&server, &run, "ana");
+    assert_eq!(first["level"], 0);
+    let escalated = approval_of(&server, &run, "eli");
+    assert_eq!(escalated["level"], 1);
+    assert_eq!(escalated["eligible"], json!(["dana", "eli"]));
+    let (status, _) = decide(
+        &server,
+        first["id"].as_str().unwrap(),
+        "ana",
+        "approve",
+        None,
+    );
+    assert_eq!(status, 409, "the first approval closed when it escalated");
+    let (status, _) = decide(
+        &server,
+        escalated["id"].as_str().unwrap(),
+        "eli",
+        "approve",
+        None,
+    );
+    assert_eq!(status, 201);
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+    assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
+    assert_eq!(done[0]["output"]["level"], 1);
+    server.kill();
+}
+
+#[test]
+fn concurrent_decisions_give_one_consistent_outcome() {
+    let (_dir, _config, server) = start();
+    for round in 0..4 {
+        let run = server.start_run("change", json!({}));
+        let approval = approval_of(&server, &run, "ana");
+        let id = approval["id"].as_str().unwrap().to_string();
+        // Two approvals (the quorum) and a rejection, all at once.
+        let votes = [("ana", "approve"), ("ben", "approve"), ("cy", "reject")];
+        let answers: Vec<(String, String, u16)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = votes
+                .iter()
+                .map(|(by, decision)| {
+                    let (server, id) = (&server, &id);
+                    scope.spawn(move || {
+                        let (status, _) = decide(server, id, by, decision, None);
+                        (by.to_string(), decision.to_string(), status)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+        let recorded: Vec<(String, String)> = server
+            .events(&run)
+            .iter()
+            .filter(|e| e["type"] == "approval_decided")
+            .map(|e| {
+                (
+                    e["by"].as_str().unwrap().to_string(),
+                    e["decision"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        for (by, decision, status) in &answers {
+            let in_history = recorded.contains(&(by.clone(), decision.clone()));
+            match status {
+                201 => assert!(
+                    in_history,
+                    "round {round}: {by}'s accepted decision is not in the history"
+                ),
+                409 => assert!(
+                    !in_history,
+                    "round {round}: {by}'s refused decision is in the history"
+                ),
+                other => panic!("round {round}: {by} got {other}"),
+            }
+        }
+        let rejected = recorded.iter().any(|(_, d)| d == "reject");
+        let expected = if rejected { "rejected" } else { "succeeded" };
+        assert_eq!(
+            done[0]["status"], expected,
+            "round {round}: {recorded:?} {:#}",
+            done[0]
+        );
+    }
+    server.kill();
+}
+
+#[test]
+fn a_decision_after_a_restart_finishes_the_waiting_run() {
+    let (_dir, config, server) = start();
+    let run = server.start_run("access", json!({"owner": "olga"}));
+    let approval = approval_of(&server, &run, "ben");
+    server.kill();
+    let server = Server::start(&config);
+    let id = approval["id"].as_str().unwrap();
+    let cli = |by: &str| {
+        std::process::Command::new(common::steward_bin())
+            .args([
+                "approve",
+                id,
+                "--as",
+                by,
+                "--comment",
+                "via the CLI",
+                "--server",
+            ])
+            .arg(server.url(""))
+            .args(["--token", common::server::ADMIN_TOKEN])
+            .output()
+            .unwrap()
+    };
+    let outsider = cli("zed");
+    assert!(!outsider.status.success());
+    assert!(
+        String::from_utf8_lossy(&outsider.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&outsider.stderr)
+    );
+    let approved = cli("ben");
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    assert!(String::from_utf8_lossy(&approved.stdout).contains("approve by ben"));
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+    assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
+    server.kill();
+}
