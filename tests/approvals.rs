@@ -24,6 +24,11 @@ const WORKFLOWS: &[(&str, &str)] = &[
 ];
 
 fn start() -> (tempfile::TempDir, std::path::PathBuf, Server) {
+    start_on(None)
+}
+
+/// Starts a server on SQLite, or on PostgreSQL with `database` lines.
+fn start_on(database: Option<String>) -> (tempfile::TempDir, std::path::PathBuf, Server) {
     let dir = tempfile::tempdir().unwrap();
     let workflows = dir.path().join("workflows");
     std::fs::create_dir_all(&workflows).unwrap();
@@ -34,9 +39,12 @@ fn start() -> (tempfile::TempDir, std::path::PathBuf, Server) {
     std::fs::write(
         &config,
         format!(
-            "database = \"sqlite://{}/steward.db\"\ndata_dir = {:?}\nworkflows = [{:?}]\n\n\
+            "{}\ndata_dir = {:?}\nworkflows = [{:?}]\n\n\
              [groups]\ncab = [\"ana\", \"ben\", \"cy\"]\nit-managers = [\"dana\", \"eli\"]\n",
-            dir.path().display(),
+            database.unwrap_or_else(|| format!(
+                "database = \"sqlite://{}/steward.db\"",
+                dir.path().display()
+            )),
             dir.path().join("data"),
             workflows
         ),
@@ -225,9 +233,31 @@ fn a_timed_out_approval_escalates_to_new_approvers() {
 #[test]
 fn concurrent_decisions_give_one_consistent_outcome() {
     let (_dir, _config, server) = start();
+    concurrent_decisions(&server);
+    server.kill();
+}
+
+#[test]
+fn concurrent_decisions_give_one_consistent_outcome_on_postgres() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!(
+            "concurrent_decisions_give_one_consistent_outcome_on_postgres: SKIPPED: \
+             STEWARD_TEST_DATABASE_URL is not set"
+        );
+        return;
+    };
+    let schema = common::unique_schema("approvals");
+    let (_dir, _config, server) = start_on(Some(format!(
+        "database = {url:?}\ndatabase_schema = {schema:?}"
+    )));
+    concurrent_decisions(&server);
+    server.kill();
+}
+
+fn concurrent_decisions(server: &Server) {
     for round in 0..4 {
         let run = server.start_run("change", json!({}));
-        let approval = approval_of(&server, &run, "ana");
+        let approval = approval_of(server, &run, "ana");
         let id = approval["id"].as_str().unwrap().to_string();
         // Two approvals (the quorum) and a rejection, all at once.
         let votes = [("ana", "approve"), ("ben", "approve"), ("cy", "reject")];
@@ -235,7 +265,7 @@ fn concurrent_decisions_give_one_consistent_outcome() {
             let handles: Vec<_> = votes
                 .iter()
                 .map(|(by, decision)| {
-                    let (server, id) = (&server, &id);
+                    let id = &id;
                     scope.spawn(move || {
                         let (status, _) = decide(server, id, by, decision, None);
                         (by.to_string(), decision.to_string(), status)
@@ -278,7 +308,6 @@ fn concurrent_decisions_give_one_consistent_outcome() {
             done[0]
         );
     }
-    server.kill();
 }
 
 #[test]
