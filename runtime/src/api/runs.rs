@@ -121,7 +121,50 @@ pub async fn show(
     body["output"] = row.output.clone().unwrap_or(Value::Null);
     body["error"] = json!(row.error);
     body["steps"] = json!(state.steps);
+    if let Some(clock) = &state.sla {
+        let workflow = app
+            .catalog
+            .version(&row.workflow, row.version)
+            .await
+            .ok()
+            .flatten();
+        let pause = workflow
+            .as_ref()
+            .and_then(|w| w.sla.as_ref())
+            .and_then(|s| s.pause_while.clone());
+        body["sla"] = sla_view(&state, clock, pause.as_deref(), chrono::Utc::now());
+    }
     Ok(Json(body))
+}
+
+/// The SLA as a user reads it: target, due time (moved by pauses),
+/// elapsed share, paused time, breached.
+fn sla_view(
+    state: &RunState,
+    clock: &crate::run::state::SlaState,
+    pause: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Value {
+    let end = state.finished_at.unwrap_or(now);
+    let paused = state.sla_paused(pause, end);
+    let elapsed = state.sla_elapsed(pause, now);
+    let mut view = json!({
+        "priority": clock.priority,
+        "target_ms": clock.target_ms,
+        "paused_ms": paused.num_milliseconds(),
+        "paused": state.finished_at.is_none() && state.sla_is_paused(pause),
+        "breached": clock.breached,
+        "breached_at": clock.breached_at,
+    });
+    if let Some(target) = clock.target_ms {
+        view["due_at"] =
+            json!(state.started_at + chrono::Duration::milliseconds(target as i64) + paused);
+        view["elapsed_share"] = json!(elapsed.num_milliseconds() as f64 / target.max(1) as f64);
+        if state.status.is_terminal() {
+            view["met"] = json!(!clock.breached && state.status == Status::Succeeded);
+        }
+    }
+    view
 }
 
 /// `GET /v1/runs/{id}/events`: the run's history.

@@ -83,6 +83,14 @@ pub enum Event {
         comment: Option<String>,
         decided_at: DateTime<Utc>,
     },
+    /// The SLA clock started with the run: its priority and, when the SLA
+    /// has a target for it, the resolution target in milliseconds.
+    SlaStarted {
+        priority: String,
+        target_ms: Option<u64>,
+    },
+    /// The SLA's resolution target passed; the run keeps going.
+    SlaBreached,
     RunSucceeded {
         output: Value,
     },

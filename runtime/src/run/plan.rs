@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::event::{Event, StepError};
 use super::state::{RunState, StepRecord, StepState};
 use crate::workflow::expr::Scope;
-use crate::workflow::model::{OnTimeout, Quorum, StepKind, WaitFor};
+use crate::workflow::model::{OnTimeout, Quorum, Sla, StepKind, WaitFor};
 use crate::workflow::{Step, Workflow};
 
 /// Something the executor must do now.
@@ -92,7 +92,16 @@ pub fn plan(
         now,
         plan: &mut plan,
     };
-    match planner.sequence(&workflow.steps) {
+    if let Some(sla) = &workflow.sla
+        && state.sla.is_none()
+    {
+        planner.start_sla(sla);
+    }
+    let progress = planner.sequence(&workflow.steps);
+    if let (Progress::Blocked, Some(sla)) = (&progress, &workflow.sla) {
+        planner.sla(sla);
+    }
+    match progress {
         Progress::Done => {
             let output = match &workflow.output {
                 Some(template) => template.render(&scope),
@@ -204,6 +213,56 @@ impl Planner<'_> {
             }
             StepState::Awaiting { .. } => self.awaiting(step, &record),
             StepState::Pending => self.pending(step),
+        }
+    }
+
+    /// The clock starts with the run; its target comes from the priority.
+    fn start_sla(&mut self, sla: &Sla) {
+        let priority = match sla.priority.render(self.scope) {
+            Ok(Value::String(p)) => p.trim().to_uppercase(),
+            Ok(other) => other.to_string(),
+            Err(e) => format!("(priority failed: {e})"),
+        };
+        let target_ms = sla.resolution.get(&priority).map(|d| d.as_millis() as u64);
+        self.record(Event::SlaStarted {
+            priority,
+            target_ms,
+        });
+    }
+
+    /// Escalations fire once each when the elapsed share of the target
+    /// reaches theirs; at 100% the run is marked breached.
+    fn sla(&mut self, sla: &Sla) {
+        let Some(clock) = &self.state.sla else {
+            return;
+        };
+        let Some(target_ms) = clock.target_ms else {
+            return;
+        };
+        let pause = sla.pause_while.as_deref();
+        let elapsed = self.state.sla_elapsed(pause, self.now);
+        let running = !self.state.sla_is_paused(pause);
+        let share_at = |percent: f64| {
+            chrono::Duration::milliseconds((target_ms as f64 * percent / 100.0) as i64)
+        };
+        for escalation in &sla.escalations {
+            if self.state.steps.contains_key(&escalation.step.id) {
+                continue; // fired already: once each
+            }
+            let threshold = share_at(escalation.at_percent);
+            if elapsed >= threshold {
+                self.start(&escalation.step, 1);
+            } else if running {
+                self.plan.wake(self.now + (threshold - elapsed));
+            }
+        }
+        if !clock.breached {
+            let target = share_at(100.0);
+            if elapsed >= target {
+                self.record(Event::SlaBreached);
+            } else if running {
+                self.plan.wake(self.now + (target - elapsed));
+            }
         }
     }
 

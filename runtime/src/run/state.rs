@@ -117,6 +117,16 @@ impl Default for StepRecord {
     }
 }
 
+/// The run's SLA clock as its history tells it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SlaState {
+    pub priority: String,
+    pub target_ms: Option<u64>,
+    pub breached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breached_at: Option<DateTime<Utc>>,
+}
+
 /// The open (or last) approval of an approval step.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApprovalState {
@@ -150,6 +160,8 @@ pub struct RunState {
     pub output: Option<Value>,
     pub error: Option<StepError>,
     pub steps: BTreeMap<String, StepRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sla: Option<SlaState>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -165,6 +177,7 @@ impl RunState {
             output: None,
             error: None,
             steps: BTreeMap::new(),
+            sla: None,
             started_at,
             finished_at: None,
         }
@@ -299,6 +312,23 @@ impl RunState {
                 self.error = Some(error);
                 self.finish(Status::Rejected, at);
             }
+            Event::SlaStarted {
+                priority,
+                target_ms,
+            } => {
+                self.sla = Some(SlaState {
+                    priority: priority.clone(),
+                    target_ms: *target_ms,
+                    breached: false,
+                    breached_at: None,
+                });
+            }
+            Event::SlaBreached => {
+                if let Some(sla) = self.sla.as_mut() {
+                    sla.breached = true;
+                    sla.breached_at = Some(at);
+                }
+            }
             Event::RunCancelled { reason } => {
                 self.error = Some(StepError::fatal(reason.clone()));
                 self.finish(Status::Cancelled, at);
@@ -346,5 +376,34 @@ impl RunState {
             })
             .collect();
         Value::Object(map)
+    }
+}
+
+impl RunState {
+    /// Time the SLA clock has been paused by `pause_while` (that step in
+    /// progress) up to `now`.
+    pub fn sla_paused(&self, pause_while: Option<&str>, now: DateTime<Utc>) -> chrono::Duration {
+        let Some(record) = pause_while.and_then(|step| self.steps.get(step)) else {
+            return chrono::Duration::zero();
+        };
+        let Some(from) = record.started_at else {
+            return chrono::Duration::zero();
+        };
+        let until = record.finished_at.unwrap_or(now).min(now);
+        (until - from).max(chrono::Duration::zero())
+    }
+
+    /// Whether `pause_while` holds the clock right now.
+    pub fn sla_is_paused(&self, pause_while: Option<&str>) -> bool {
+        pause_while
+            .and_then(|step| self.steps.get(step))
+            .is_some_and(|r| r.started_at.is_some() && r.finished_at.is_none())
+    }
+
+    /// SLA time elapsed at `now` (the run's end once it finished), pauses
+    /// excluded.
+    pub fn sla_elapsed(&self, pause_while: Option<&str>, now: DateTime<Utc>) -> chrono::Duration {
+        let end = self.finished_at.unwrap_or(now);
+        (end - self.started_at) - self.sla_paused(pause_while, end)
     }
 }

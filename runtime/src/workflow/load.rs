@@ -910,10 +910,19 @@ impl<'a> Loader<'a> {
             }
             None => Template::Object(Vec::new()),
         };
+        let index = field
+            .trim_start_matches("sla.escalations[")
+            .trim_end_matches(']');
         Some(Escalation {
             at_percent,
-            uses,
-            with,
+            step: Step {
+                id: sla_escalation_id(index.parse().unwrap_or(0)),
+                when: None,
+                kind: StepKind::Plugin { uses, with },
+                retry: RetryPolicy::default(),
+                timeout: None,
+                pos: node.pos,
+            },
         })
     }
 

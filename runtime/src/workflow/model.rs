@@ -164,8 +164,14 @@ pub struct Sla {
 pub struct Escalation {
     /// Share of the resolution target, in percent.
     pub at_percent: f64,
-    pub uses: String,
-    pub with: Template,
+    /// The plugin step it runs once, with the id [`sla_escalation_id`].
+    pub step: Step,
+}
+
+/// The step id of the `index`th SLA escalation: not a valid workflow step
+/// id, so it never clashes with one.
+pub fn sla_escalation_id(index: usize) -> String {
+    format!("sla:escalation:{index}")
 }
 
 #[derive(Debug, Clone)]
@@ -191,9 +197,19 @@ impl Workflow {
         out
     }
 
-    /// The step with `id`, parallel branches included.
+    /// The step with `id`, parallel branches and SLA escalations included.
     pub fn step(&self, id: &str) -> Option<&Step> {
-        self.all_steps().into_iter().find(|s| s.id == id)
+        self.all_steps()
+            .into_iter()
+            .find(|s| s.id == id)
+            .or_else(|| {
+                self.sla
+                    .as_ref()?
+                    .escalations
+                    .iter()
+                    .map(|e| &e.step)
+                    .find(|s| s.id == id)
+            })
     }
 
     /// Checks a start's input against the `input` schema; each error names

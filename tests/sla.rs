@@ -1,0 +1,147 @@
+//! SLA clocks over real HTTP: escalations at shares of the target fire
+//! once each at their time, 100% marks the run breached, pauses stop the
+//! clock, and a restart neither loses nor repeats an escalation.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::server::Server;
+use serde_json::{Value, json};
+
+const INCIDENT: &str = "name: incident\nversion: 1\nsla:\n  priority: ${{ input.priority }}\n  resolution: { P1: 3s, P2: 1h }\n  escalations:\n    - at: 50%\n      uses: transform\n      with: { notify: lead, ticket: \"${{ input.ticket }}\" }\n    - at: 100%\n      uses: transform\n      with: { notify: manager }\nsteps:\n  - id: fix\n    approval:\n      approvers: [ana]\n";
+
+const ON_HOLD: &str = "name: on-hold\nversion: 1\nsla:\n  priority: P1\n  resolution: { P1: 3s }\n  pause_while: on-hold\nsteps:\n  - id: on-hold\n    wait: 2s\n  - id: fix\n    approval:\n      approvers: [ana]\n";
+
+fn start() -> (tempfile::TempDir, std::path::PathBuf, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    std::fs::write(workflows.join("incident.yaml"), INCIDENT).unwrap();
+    std::fs::write(workflows.join("on-hold.yaml"), ON_HOLD).unwrap();
+    let config = dir.path().join("steward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database = \"sqlite://{}/steward.db\"\ndata_dir = {:?}\nworkflows = [{:?}]\n",
+            dir.path().display(),
+            dir.path().join("data"),
+            workflows
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config);
+    (dir, config, server)
+}
+
+fn time(value: &Value) -> DateTime<Utc> {
+    value.as_str().unwrap().parse().unwrap()
+}
+
+/// Polls the run until `done` says so.
+fn until(server: &Server, run: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let body = server.run(run);
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting: {body:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn starts_of(server: &Server, run: &str, step: &str) -> usize {
+    server
+        .events(run)
+        .iter()
+        .filter(|e| e["type"] == "step_started" && e["step"] == step)
+        .count()
+}
+
+#[test]
+fn escalations_fire_once_at_their_share_and_100_percent_breaches() {
+    let (_dir, _config, server) = start();
+    let run = server.start_run("incident", json!({"priority": "P1", "ticket": "INC7"}));
+    let body = until(&server, &run, Duration::from_secs(15), |b| {
+        b["sla"]["breached"] == true && b["steps"]["sla:escalation:1"]["state"] == "succeeded"
+    });
+    let started = time(&body["created_at"]);
+    let first = &body["steps"]["sla:escalation:0"];
+    assert_eq!(first["output"], json!({"notify": "lead", "ticket": "INC7"}));
+    let at_50 = (time(&first["started_at"]) - started).num_milliseconds();
+    let at_100 =
+        (time(&body["steps"]["sla:escalation:1"]["started_at"]) - started).num_milliseconds();
+    assert!((1500..3000).contains(&at_50), "50% fired after {at_50} ms");
+    assert!(
+        (3000..4500).contains(&at_100),
+        "100% fired after {at_100} ms"
+    );
+    assert_eq!(body["status"], "waiting", "a breach does not stop the run");
+    assert_eq!(body["sla"]["priority"], "P1");
+    assert_eq!(body["sla"]["target_ms"], 3000);
+    assert!(
+        body["sla"]["elapsed_share"].as_f64().unwrap() >= 1.0,
+        "{body:#}"
+    );
+
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(starts_of(&server, &run, "sla:escalation:0"), 1);
+    assert_eq!(starts_of(&server, &run, "sla:escalation:1"), 1);
+    let breaches = server
+        .events(&run)
+        .iter()
+        .filter(|e| e["type"] == "sla_breached")
+        .count();
+    assert_eq!(breaches, 1);
+
+    // P2 has an hour: nothing fires.
+    let calm = server.start_run("incident", json!({"priority": "P2", "ticket": "INC8"}));
+    std::thread::sleep(Duration::from_millis(1000));
+    let body = server.run(&calm);
+    assert_eq!(body["sla"]["breached"], false);
+    assert!(body["steps"].get("sla:escalation:0").is_none(), "{body:#}");
+    server.kill();
+}
+
+#[test]
+fn a_pause_stops_the_clock() {
+    let (_dir, _config, server) = start();
+    let run = server.start_run("on-hold", json!({}));
+    // 2 s on hold, then the 3 s target runs: no breach before ~5 s.
+    std::thread::sleep(Duration::from_millis(3800));
+    let body = server.run(&run);
+    assert_eq!(body["sla"]["breached"], false, "{body:#}");
+    let paused = body["sla"]["paused_ms"].as_i64().unwrap();
+    assert!((1900..2600).contains(&paused), "paused {paused} ms");
+    let body = until(&server, &run, Duration::from_secs(10), |b| {
+        b["sla"]["breached"] == true
+    });
+    let breached =
+        (time(&body["sla"]["breached_at"]) - time(&body["created_at"])).num_milliseconds();
+    assert!(
+        breached >= 4900,
+        "breached after {breached} ms despite the pause"
+    );
+    server.kill();
+}
+
+#[test]
+fn a_restart_neither_loses_nor_repeats_an_escalation() {
+    let (_dir, config, server) = start();
+    let run = server.start_run("incident", json!({"priority": "P1", "ticket": "INC9"}));
+    until(&server, &run, Duration::from_secs(10), |b| {
+        b["steps"]["sla:escalation:0"]["state"] == "succeeded"
+    });
+    server.kill();
+    let server = Server::start(&config);
+    let body = until(&server, &run, Duration::from_secs(15), |b| {
+        b["steps"]["sla:escalation:1"]["state"] == "succeeded"
+    });
+    assert_eq!(body["sla"]["breached"], true);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(starts_of(&server, &run, "sla:escalation:0"), 1);
+    assert_eq!(starts_of(&server, &run, "sla:escalation:1"), 1);
+    server.kill();
+}
