@@ -288,6 +288,19 @@ impl Config {
         limits
     }
 
+    /// Parses every `[calendars.NAME]`, so a broken calendar stops the
+    /// start instead of an SLA clock.
+    pub fn calendars(&self) -> Result<BTreeMap<String, crate::calendar::Calendar>, ConfigError> {
+        self.calendars
+            .iter()
+            .map(|(name, value)| {
+                crate::calendar::Calendar::parse(name, value)
+                    .map(|c| (name.clone(), c))
+                    .map_err(ConfigError::Invalid)
+            })
+            .collect()
+    }
+
     /// `[env]` as JSON, for expressions.
     pub fn env_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.env).unwrap_or(serde_json::Value::Null)

@@ -248,9 +248,19 @@ impl Executor {
             context: Arc::new(PlanContext {
                 env,
                 groups: Default::default(),
+                calendars: Default::default(),
             }),
             draining: Arc::default(),
         }
+    }
+
+    /// Sets the business-hours calendars SLA clocks may run on.
+    pub fn with_calendars(
+        mut self,
+        calendars: std::collections::BTreeMap<String, crate::calendar::Calendar>,
+    ) -> Executor {
+        Arc::make_mut(&mut self.context).calendars = calendars;
+        self
     }
 
     /// Sets the members of each `group:NAME` approvers may name.

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod calendar;
 pub mod catalog;
 pub mod config;
 pub mod engine;

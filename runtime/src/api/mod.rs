@@ -34,6 +34,8 @@ pub struct AppState {
     /// Plugins are uploaded into this engine, under `config`'s grants.
     pub engine: crate::engine::Engine,
     pub config: Arc<crate::config::Config>,
+    /// Parsed `[calendars]`, for SLA due times.
+    pub calendars: Arc<std::collections::BTreeMap<String, crate::calendar::Calendar>>,
 }
 
 /// The API's routes.

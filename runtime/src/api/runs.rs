@@ -128,11 +128,12 @@ pub async fn show(
             .await
             .ok()
             .flatten();
-        let pause = workflow
-            .as_ref()
-            .and_then(|w| w.sla.as_ref())
-            .and_then(|s| s.pause_while.clone());
-        body["sla"] = sla_view(&state, clock, pause.as_deref(), chrono::Utc::now());
+        let sla = workflow.as_ref().and_then(|w| w.sla.as_ref());
+        let pause = sla.and_then(|s| s.pause_while.as_deref());
+        let calendar = sla
+            .and_then(|s| s.calendar.as_ref())
+            .and_then(|c| app.calendars.get(c));
+        body["sla"] = sla_view(&state, clock, pause, calendar, chrono::Utc::now());
     }
     Ok(Json(body))
 }
@@ -143,11 +144,12 @@ fn sla_view(
     state: &RunState,
     clock: &crate::run::state::SlaState,
     pause: Option<&str>,
+    calendar: Option<&crate::calendar::Calendar>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Value {
     let end = state.finished_at.unwrap_or(now);
-    let paused = state.sla_paused(pause, end);
-    let elapsed = state.sla_elapsed(pause, now);
+    let paused = state.sla_paused(pause, calendar, end);
+    let elapsed = state.sla_elapsed(pause, calendar, now);
     let mut view = json!({
         "priority": clock.priority,
         "target_ms": clock.target_ms,
@@ -157,8 +159,12 @@ fn sla_view(
         "breached_at": clock.breached_at,
     });
     if let Some(target) = clock.target_ms {
-        view["due_at"] =
-            json!(state.started_at + chrono::Duration::milliseconds(target as i64) + paused);
+        let due = crate::run::state::clock_add(
+            calendar,
+            state.started_at,
+            chrono::Duration::milliseconds(target as i64) + paused,
+        );
+        view["due_at"] = json!(due);
         view["elapsed_share"] = json!(elapsed.num_milliseconds() as f64 / target.max(1) as f64);
         if state.status.is_terminal() {
             view["met"] = json!(!clock.breached && state.status == Status::Succeeded);

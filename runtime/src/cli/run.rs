@@ -36,8 +36,9 @@ pub async fn run(file: &Path, input: &str, config: &Config) -> anyhow::Result<Ex
         return Ok(ExitCode::from(2));
     }
     let run_id = uuid::Uuid::now_v7().to_string();
-    let executor =
-        Executor::new(set.engine.clone(), config.env_json()).with_groups(config.groups.clone());
+    let executor = Executor::new(set.engine.clone(), config.env_json())
+        .with_groups(config.groups.clone())
+        .with_calendars(config.calendars()?);
     let outcome = executor.run(workflow, &run_id, input).await;
     let state = outcome.state;
     match state.status {

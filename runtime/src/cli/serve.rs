@@ -18,6 +18,7 @@ use steward::workflow::load_dir;
 
 pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     let hooks = Hooks::from_config(config)?;
+    let calendars = config.calendars()?;
     let store = open_store(config).await?;
     let kv = Arc::new(StoreKeyValue::new(
         store.clone(),
@@ -64,6 +65,17 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    for workflow in catalog.list() {
+        if let Some(name) = workflow.sla.as_ref().and_then(|s| s.calendar.as_ref())
+            && !calendars.contains_key(name)
+        {
+            tracing::warn!(
+                "workflow {}: sla.calendar {name} is not defined: add [calendars.{name}] to steward.toml; \
+                 until then its SLA clock runs around the clock",
+                workflow.name
+            );
+        }
+    }
     for (name, hook) in hooks.iter() {
         if catalog.latest(&hook.workflow).is_none() {
             tracing::warn!(
@@ -72,8 +84,9 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let executor =
-        Executor::new(set.engine.clone(), config.env_json()).with_groups(config.groups.clone());
+    let executor = Executor::new(set.engine.clone(), config.env_json())
+        .with_groups(config.groups.clone())
+        .with_calendars(calendars.clone());
     let options = WorkerOptions {
         lease: std::time::Duration::from_millis(config.worker.lease_ms.max(100)),
         capacity: config.worker.capacity.max(1),
@@ -91,6 +104,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         hooks,
         engine: set.engine.clone(),
         config: Arc::new(config.clone()),
+        calendars: Arc::new(calendars),
     }));
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::event::{Event, StepError};
-use super::state::{RunState, StepRecord, StepState};
+use super::state::{RunState, StepRecord, StepState, clock_add};
 use crate::workflow::expr::Scope;
 use crate::workflow::model::{OnTimeout, Quorum, Sla, StepKind, WaitFor};
 use crate::workflow::{Step, Workflow};
@@ -55,6 +55,8 @@ pub struct PlanContext {
     pub env: Value,
     /// `group:NAME` approvers: the members of each group.
     pub groups: BTreeMap<String, Vec<String>>,
+    /// Business-hours calendars SLA clocks may run on.
+    pub calendars: BTreeMap<String, crate::calendar::Calendar>,
 }
 
 /// The id of the approval a step opens at `level` (0, then escalations).
@@ -89,6 +91,7 @@ pub fn plan(
         state,
         scope: &scope,
         groups: &context.groups,
+        calendars: &context.calendars,
         now,
         plan: &mut plan,
     };
@@ -165,6 +168,7 @@ struct Planner<'a> {
     state: &'a RunState,
     scope: &'a Scope,
     groups: &'a BTreeMap<String, Vec<String>>,
+    calendars: &'a BTreeMap<String, crate::calendar::Calendar>,
     now: DateTime<Utc>,
     plan: &'a mut Plan,
 }
@@ -240,11 +244,15 @@ impl Planner<'_> {
             return;
         };
         let pause = sla.pause_while.as_deref();
-        let elapsed = self.state.sla_elapsed(pause, self.now);
+        // A calendar the configuration lacks was reported at start; the
+        // clock then runs around the clock rather than never.
+        let calendar = sla.calendar.as_ref().and_then(|c| self.calendars.get(c));
+        let elapsed = self.state.sla_elapsed(pause, calendar, self.now);
         let running = !self.state.sla_is_paused(pause);
         let share_at = |percent: f64| {
             chrono::Duration::milliseconds((target_ms as f64 * percent / 100.0) as i64)
         };
+        let mut thresholds = Vec::new();
         for escalation in &sla.escalations {
             if self.state.steps.contains_key(&escalation.step.id) {
                 continue; // fired already: once each
@@ -252,17 +260,23 @@ impl Planner<'_> {
             let threshold = share_at(escalation.at_percent);
             if elapsed >= threshold {
                 self.start(&escalation.step, 1);
-            } else if running {
-                self.plan.wake(self.now + (threshold - elapsed));
+            } else {
+                thresholds.push(threshold);
             }
         }
         if !clock.breached {
             let target = share_at(100.0);
             if elapsed >= target {
                 self.record(Event::SlaBreached);
-            } else if running {
-                self.plan.wake(self.now + (target - elapsed));
+            } else {
+                thresholds.push(target);
             }
+        }
+        if running
+            && let Some(next) = thresholds.into_iter().min()
+            && let Some(at) = clock_add(calendar, self.now, next - elapsed)
+        {
+            self.plan.wake(at);
         }
     }
 
@@ -568,5 +582,73 @@ impl Planner<'_> {
             retry_at: None,
         });
         Progress::Blocked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::event::Recorded;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_friday_evening_p3_breaches_on_business_time() {
+        let yaml = "name: desk\nsla:\n  priority: ${{ input.priority }}\n  resolution: { P3: 30h }\n  calendar: office-hours\nsteps:\n  - id: fix\n    approval:\n      approvers: [ana]\n";
+        let plugins = ["transform".to_string()].into();
+        let workflow = crate::workflow::load_str(yaml, "desk.yaml", &plugins).unwrap();
+        let calendar: toml::Value = toml::from_str(
+            "timezone = \"Europe/Berlin\"\nhours = { mon-fri = \"08:00-18:00\" }\nholidays = [\"2026-12-01\"]\n",
+        )
+        .unwrap();
+        let context = PlanContext {
+            calendars: [(
+                "office-hours".to_string(),
+                crate::calendar::Calendar::parse("office-hours", &calendar).unwrap(),
+            )]
+            .into(),
+            ..PlanContext::default()
+        };
+        // Accepted on Friday 2026-11-27 at 19:00 in Berlin, after hours.
+        let friday = at("2026-11-27T18:00:00Z");
+        let mut state = RunState::new("r1", "desk", 1, friday);
+        let mut seq = 0;
+        let mut apply = |state: &mut RunState, event: Event| {
+            seq += 1;
+            state.apply(&Recorded {
+                seq,
+                at: friday,
+                event,
+            });
+        };
+        apply(
+            &mut state,
+            Event::RunStarted {
+                input: serde_json::json!({"priority": "P3"}),
+            },
+        );
+        let first = plan(&workflow, &state, &context, friday);
+        assert!(first.actions.contains(&Action::Record(Event::SlaStarted {
+            priority: "P3".into(),
+            target_ms: Some(30 * 3_600_000),
+        })));
+        for action in first.actions {
+            if let Action::Record(event) = action {
+                apply(&mut state, event);
+            }
+        }
+        // 30 working hours: Mon 30 Nov, (Tue 1 Dec is a holiday), Wed 2
+        // and Thu 3 Dec → due Thursday 18:00 Berlin.
+        let next = plan(&workflow, &state, &context, friday);
+        assert_eq!(next.wake_at, Some(at("2026-12-03T17:00:00Z")));
+        let due = plan(&workflow, &state, &context, at("2026-12-03T17:00:00Z"));
+        assert!(
+            due.actions.contains(&Action::Record(Event::SlaBreached)),
+            "{due:?}"
+        );
+        let before = plan(&workflow, &state, &context, at("2026-12-03T16:59:00Z"));
+        assert!(!before.actions.contains(&Action::Record(Event::SlaBreached)));
     }
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::event::{Event, Recorded, StepError};
+use crate::calendar::Calendar;
 
 /// A run's status, as in the SPEC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -381,8 +382,13 @@ impl RunState {
 
 impl RunState {
     /// Time the SLA clock has been paused by `pause_while` (that step in
-    /// progress) up to `now`.
-    pub fn sla_paused(&self, pause_while: Option<&str>, now: DateTime<Utc>) -> chrono::Duration {
+    /// progress) up to `now`, counted in `calendar`'s working time.
+    pub fn sla_paused(
+        &self,
+        pause_while: Option<&str>,
+        calendar: Option<&Calendar>,
+        now: DateTime<Utc>,
+    ) -> chrono::Duration {
         let Some(record) = pause_while.and_then(|step| self.steps.get(step)) else {
             return chrono::Duration::zero();
         };
@@ -390,7 +396,7 @@ impl RunState {
             return chrono::Duration::zero();
         };
         let until = record.finished_at.unwrap_or(now).min(now);
-        (until - from).max(chrono::Duration::zero())
+        clock_time(calendar, from, until)
     }
 
     /// Whether `pause_while` holds the clock right now.
@@ -400,10 +406,39 @@ impl RunState {
             .is_some_and(|r| r.started_at.is_some() && r.finished_at.is_none())
     }
 
-    /// SLA time elapsed at `now` (the run's end once it finished), pauses
-    /// excluded.
-    pub fn sla_elapsed(&self, pause_while: Option<&str>, now: DateTime<Utc>) -> chrono::Duration {
+    /// SLA time elapsed at `now` (the run's end once it finished): working
+    /// time of `calendar` (all the time without one), pauses excluded.
+    pub fn sla_elapsed(
+        &self,
+        pause_while: Option<&str>,
+        calendar: Option<&Calendar>,
+        now: DateTime<Utc>,
+    ) -> chrono::Duration {
         let end = self.finished_at.unwrap_or(now);
-        (end - self.started_at) - self.sla_paused(pause_while, end)
+        clock_time(calendar, self.started_at, end) - self.sla_paused(pause_while, calendar, end)
+    }
+}
+
+/// Time between `from` and `to` on the SLA clock.
+pub fn clock_time(
+    calendar: Option<&Calendar>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> chrono::Duration {
+    match calendar {
+        Some(c) => c.elapsed(from, to),
+        None => (to - from).max(chrono::Duration::zero()),
+    }
+}
+
+/// The instant `amount` of SLA clock time after `from`.
+pub fn clock_add(
+    calendar: Option<&Calendar>,
+    from: DateTime<Utc>,
+    amount: chrono::Duration,
+) -> Option<DateTime<Utc>> {
+    match calendar {
+        Some(c) => c.add(from, amount),
+        None => from.checked_add_signed(amount),
     }
 }
