@@ -588,6 +588,7 @@ fn the_openapi_document_describes_every_route() {
         ("/v1/workflows/{name}", "put"),
         ("/v1/plugins", "get"),
         ("/v1/approvals", "get"),
+        ("/v1/reports/sla", "get"),
         ("/v1/approvals/{id}", "get"),
         ("/v1/approvals/{id}", "post"),
         ("/v1/plugins/{name}", "get"),

@@ -145,3 +145,85 @@ fn a_restart_neither_loses_nor_repeats_an_escalation() {
     assert_eq!(starts_of(&server, &run, "sla:escalation:1"), 1);
     server.kill();
 }
+
+fn approve_all(server: &Server, run: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let body: Value = common::server::json_of(
+            server
+                .request("GET", "/v1/approvals?approver=ana")
+                .call()
+                .unwrap(),
+        );
+        if let Some(a) = body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["run_id"] == run)
+        {
+            break a["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "no approval for {run}");
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    server
+        .request("POST", &format!("/v1/approvals/{id}"))
+        .set("content-type", "application/json")
+        .send_string(r#"{"decision": "approve", "by": "ana"}"#)
+        .unwrap();
+}
+
+#[test]
+fn the_report_counts_met_and_breached_runs() {
+    let (_dir, _config, server) = start();
+    let late = server.start_run("incident", json!({"priority": "P1", "ticket": "INC1"}));
+    let quick = server.start_run("incident", json!({"priority": "P2", "ticket": "INC2"}));
+    approve_all(&server, &quick);
+    until(&server, &late, Duration::from_secs(15), |b| {
+        b["sla"]["breached"] == true
+    });
+    approve_all(&server, &late);
+    let done = server.wait_until_finished(&[late.clone(), quick.clone()], Duration::from_secs(20));
+    assert!(done.iter().all(|r| r["status"] == "succeeded"));
+    assert_eq!(done[0]["sla"]["met"], false);
+    assert_eq!(done[1]["sla"]["met"], true);
+
+    let report: Value =
+        common::server::json_of(server.request("GET", "/v1/reports/sla").call().unwrap());
+    let items = report["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{report:#}");
+    let p1 = items.iter().find(|i| i["priority"] == "P1").unwrap();
+    let p2 = items.iter().find(|i| i["priority"] == "P2").unwrap();
+    assert_eq!(
+        (p1["runs"].as_u64(), p1["breached"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(p1["compliance_percent"], 0.0);
+    assert!(p1["resolution_median_s"].as_f64().unwrap() >= 3.0, "{p1:#}");
+    assert_eq!(
+        (p2["runs"].as_u64(), p2["met"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(p2["compliance_percent"], 100.0);
+    assert!(
+        p2["approval_wait_median_s"].as_f64().unwrap() < 3.0,
+        "{p2:#}"
+    );
+
+    let empty: Value = common::server::json_of(
+        server
+            .request(
+                "GET",
+                "/v1/reports/sla?from=2020-01-01T00:00:00Z&to=2020-02-01T00:00:00Z",
+            )
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(empty["items"], json!([]));
+    let bad = server
+        .request("GET", "/v1/reports/sla?from=yesterday")
+        .call()
+        .unwrap_err();
+    assert!(matches!(bad, ureq::Error::Status(400, _)));
+    server.kill();
+}

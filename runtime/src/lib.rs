@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod metrics;
 pub mod plugin_build;
 pub mod plugins;
+pub mod report;
 pub mod run;
 pub mod store;
 pub mod worker;

@@ -7,6 +7,7 @@ mod hooks;
 mod metrics;
 mod plugins;
 mod problem;
+mod reports;
 mod runs;
 mod tokens;
 mod workflows;
@@ -59,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/approvals/{id}",
             get(approvals::show).post(approvals::decide),
         )
+        .route("/v1/reports/sla", get(reports::sla))
         .route("/v1/hooks/{name}", post(hooks::deliver))
         .route("/v1/plugins", get(plugins::list))
         .route(

@@ -265,3 +265,63 @@ fn approval_row(r: &sqlx::any::AnyRow) -> Result<ApprovalRow, StoreError> {
         created_at: to_time(r.try_get("created_at")?),
     })
 }
+
+impl Store {
+    /// Runs with an SLA target that finished in `[from, to)` (Unix ms), for
+    /// the SLA report.
+    pub async fn finished_sla_runs(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<crate::report::FinishedRun>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT workflow, sla_priority, sla_breached, status, finished_at - created_at AS took \
+             FROM runs WHERE sla_priority IS NOT NULL AND sla_target_ms IS NOT NULL \
+             AND finished_at >= $1 AND finished_at < $2",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let breached: i64 = r.try_get("sla_breached")?;
+                let status: String = r.try_get("status")?;
+                Ok(crate::report::FinishedRun {
+                    workflow: r.try_get("workflow")?,
+                    priority: r.try_get("sla_priority")?,
+                    breached: breached != 0,
+                    succeeded: status == "succeeded",
+                    resolution_ms: r.try_get("took")?,
+                })
+            })
+            .collect()
+    }
+
+    /// How long the closed approvals of those runs waited.
+    pub async fn approval_waits(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<crate::report::ApprovalWait>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.workflow, r.sla_priority, a.closed_at - a.created_at AS waited \
+             FROM approvals a JOIN runs r ON r.id = a.run_id \
+             WHERE r.sla_priority IS NOT NULL AND r.sla_target_ms IS NOT NULL \
+             AND r.finished_at >= $1 AND r.finished_at < $2 AND a.closed_at IS NOT NULL",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::report::ApprovalWait {
+                    workflow: r.try_get("workflow")?,
+                    priority: r.try_get("sla_priority")?,
+                    wait_ms: r.try_get("waited")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -488,6 +488,13 @@ impl Store {
             },
             terminal,
             owner: owner.map(str::to_string),
+            sla: state.sla.as_ref().filter(|_| terminal).map(|sla| {
+                (
+                    sla.priority.clone(),
+                    sla.target_ms.map(|t| t as i64),
+                    sla.breached,
+                )
+            }),
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.submit(writer::Write::Append(row, reply)).await?;

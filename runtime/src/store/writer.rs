@@ -45,6 +45,8 @@ pub struct AppendRow {
     pub terminal: bool,
     /// Write only while this worker holds the run's lease.
     pub owner: Option<String>,
+    /// A finished run's SLA outcome: priority, target, breached.
+    pub sla: Option<(String, Option<i64>, bool)>,
 }
 
 pub enum Write {
@@ -230,6 +232,20 @@ async fn commit(
             query = query.bind(*run).bind(*seq).bind(*at).bind(*body);
         }
         query.execute(&mut *tx).await?;
+    }
+
+    for row in appends.iter().filter(|r| cancels.contains_key(&r.id)) {
+        if let Some((priority, target, breached)) = &row.sla {
+            sqlx::query(
+                "UPDATE runs SET sla_priority = $2, sla_target_ms = $3, sla_breached = $4 WHERE id = $1",
+            )
+            .bind(&row.id)
+            .bind(priority)
+            .bind(*target)
+            .bind(*breached as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
 
     tx.commit().await?;
