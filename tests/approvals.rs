@@ -352,3 +352,67 @@ fn a_decision_after_a_restart_finishes_the_waiting_run() {
     assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
     server.kill();
 }
+
+#[test]
+fn a_delegate_decides_for_an_approver_who_is_away() {
+    let (_dir, _config, server) = start();
+    let post = |path: &str, body: Value| -> (u16, Value) {
+        match server
+            .request("POST", path)
+            .set("content-type", "application/json")
+            .send_string(&body.to_string())
+        {
+            Ok(r) => (r.status(), json_of(r)),
+            Err(ureq::Error::Status(s, r)) => (s, json_of(r)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let (status, body) = post("/v1/delegations", json!({"from": "olga", "to": "olga"}));
+    assert_eq!(status, 422, "{body:#}");
+    let (status, delegation) = post("/v1/delegations", json!({"from": "olga", "to": "zoe"}));
+    assert_eq!(status, 201, "{delegation:#}");
+    let listed = json_of(server.request("GET", "/v1/delegations").call().unwrap());
+    assert_eq!(listed["items"][0]["to"], "zoe");
+
+    let run = server.start_run("access", json!({"owner": "olga"}));
+    let approval = approval_of(&server, &run, "zoe");
+    let (status, body) = decide(
+        &server,
+        approval["id"].as_str().unwrap(),
+        "zoe",
+        "approve",
+        Some("for olga"),
+    );
+    assert_eq!(status, 201, "{body:#}");
+    assert_eq!(body["decision"]["by"], "olga");
+    assert_eq!(body["decision"]["delegate"], "zoe");
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+    assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
+    let decided = server
+        .events(&run)
+        .into_iter()
+        .find(|e| e["type"] == "approval_decided")
+        .unwrap();
+    assert_eq!(
+        (decided["by"].as_str(), decided["delegate"].as_str()),
+        (Some("olga"), Some("zoe"))
+    );
+
+    let id = delegation["id"].as_str().unwrap();
+    let revoked = server
+        .request("DELETE", &format!("/v1/delegations/{id}"))
+        .call()
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    let run = server.start_run("access", json!({"owner": "olga"}));
+    let approval = approval_of(&server, &run, "olga");
+    let (status, _) = decide(
+        &server,
+        approval["id"].as_str().unwrap(),
+        "zoe",
+        "approve",
+        None,
+    );
+    assert_eq!(status, 403, "the delegation was revoked");
+    server.kill();
+}

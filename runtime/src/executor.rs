@@ -584,6 +584,7 @@ async fn sync_decisions<J: Journal>(run: &mut LiveRun, journal: &mut J) -> Resul
                 decision: decision.decision,
                 comment: decision.comment,
                 decided_at: decision.at,
+                delegate: decision.delegate,
             });
         }
     }

@@ -126,19 +126,49 @@ pub async fn decide(
         .approval(&id)
         .await?
         .ok_or_else(|| Problem::not_found(&format!("approval {id}")))?;
-    if !approval.eligible.iter().any(|name| name == by) {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "not-an-approver",
-            "Not an approver",
-            format!(
-                "{by:?} may not decide approval {id}: its approvers are {}",
-                approval.eligible.join(", ")
-            ),
-        ));
-    }
+    // An approver decides for themselves; a delegate for the first
+    // approver who handed them their approvals and has not decided yet.
+    let (decider, delegate) = if approval.eligible.iter().any(|name| name == by) {
+        (by.to_string(), None)
+    } else {
+        let delegators = app.store.delegators_of(by).await?;
+        let decided: Vec<String> = app
+            .store
+            .approval_decisions(&id)
+            .await?
+            .into_iter()
+            .map(|d| d.by)
+            .collect();
+        let candidates: Vec<&String> = approval
+            .eligible
+            .iter()
+            .filter(|name| delegators.contains(name))
+            .collect();
+        match candidates
+            .iter()
+            .find(|name| !decided.contains(name))
+            .or(candidates.first())
+        {
+            Some(from) => (from.to_string(), Some(by)),
+            None => {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "not-an-approver",
+                    "Not an approver",
+                    format!(
+                        "{by:?} may not decide approval {id}: its approvers are {} (and none of them delegated to {by:?})",
+                        approval.eligible.join(", ")
+                    ),
+                ));
+            }
+        }
+    };
     let comment = body.comment.as_deref().filter(|c| !c.is_empty());
-    match app.store.decide(&id, by, &body.decision, comment).await? {
+    match app
+        .store
+        .decide(&id, &decider, &body.decision, comment, delegate)
+        .await?
+    {
         Decided::Recorded(decision) => {
             app.worker.wake();
             Ok((
@@ -161,5 +191,72 @@ pub async fn decide(
         )
         .with("run_id", json!(approval.run_id))),
         Decided::NotFound => Err(Problem::not_found(&format!("approval {id}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDelegation {
+    from: String,
+    to: String,
+    #[serde(default)]
+    starts_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    ends_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Example for NewDelegation {
+    const EXAMPLE: &'static str = r#"{"from": "dana", "to": "eli", "starts_at": "2026-12-20T00:00:00Z", "ends_at": "2027-01-04T00:00:00Z"}"#;
+}
+
+/// `POST /v1/delegations`: from now (or `starts_at`) until `ends_at`,
+/// `to` may decide `from`'s approvals; each such decision names both.
+pub async fn delegate(
+    State(app): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<NewDelegation>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let (from, to) = (body.from.trim(), body.to.trim());
+    let invalid = |detail: String| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-delegation",
+            "Invalid delegation",
+            detail,
+        )
+    };
+    if from.is_empty() || to.is_empty() || from == to {
+        return Err(invalid("from and to must be two different people".into()));
+    }
+    let now = chrono::Utc::now();
+    let starts_at = body.starts_at.unwrap_or(now);
+    if body.ends_at.is_some_and(|end| end <= starts_at) {
+        return Err(invalid("ends_at must be after starts_at".into()));
+    }
+    let delegation = crate::store::Delegation {
+        id: uuid::Uuid::now_v7().to_string(),
+        from: from.to_string(),
+        to: to.to_string(),
+        starts_at,
+        ends_at: body.ends_at,
+        created_at: now,
+    };
+    app.store.create_delegation(&delegation).await?;
+    Ok((StatusCode::CREATED, Json(json!(delegation))))
+}
+
+/// `GET /v1/delegations`: those not revoked and not over.
+pub async fn delegations(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Problem> {
+    Ok(Json(json!({ "items": app.store.delegations().await? })))
+}
+
+/// `DELETE /v1/delegations/{id}`.
+pub async fn revoke_delegation(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    if app.store.revoke_delegation(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found(&format!("delegation {id}")))
     }
 }

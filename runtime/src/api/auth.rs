@@ -23,6 +23,9 @@ fn required_scope(method: &Method, path: &str) -> Option<&'static str> {
     if path.starts_with("/v1/approvals") && method == Method::POST {
         return Some("approvals:decide");
     }
+    if path.starts_with("/v1/delegations") && method != Method::GET {
+        return Some("approvals:decide");
+    }
     if method == Method::GET {
         return Some("runs:read");
     }
@@ -99,6 +102,13 @@ mod tests {
             (Method::POST, "/v1/runs/x/cancel", Some("runs:write")),
             (Method::POST, "/v1/approvals/x", Some("approvals:decide")),
             (Method::POST, "/v1/tokens", Some("admin")),
+            (Method::POST, "/v1/delegations", Some("approvals:decide")),
+            (
+                Method::DELETE,
+                "/v1/delegations/x",
+                Some("approvals:decide"),
+            ),
+            (Method::GET, "/v1/delegations", Some("runs:read")),
             (Method::PUT, "/v1/workflows/a", Some("admin")),
             (Method::POST, "/v1/hooks/servicenow", None),
         ];

@@ -60,6 +60,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/approvals/{id}",
             get(approvals::show).post(approvals::decide),
         )
+        .route(
+            "/v1/delegations",
+            get(approvals::delegations).post(approvals::delegate),
+        )
+        .route("/v1/delegations/{id}", delete(approvals::revoke_delegation))
         .route("/v1/reports/sla", get(reports::sla))
         .route("/v1/hooks/{name}", post(hooks::deliver))
         .route("/v1/plugins", get(plugins::list))

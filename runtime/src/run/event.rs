@@ -82,6 +82,9 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         comment: Option<String>,
         decided_at: DateTime<Utc>,
+        /// Who decided in `by`'s place, through a delegation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delegate: Option<String>,
     },
     /// The SLA clock started with the run: its priority and, when the SLA
     /// has a target for it, the resolution target in milliseconds.

@@ -148,6 +148,8 @@ pub struct DecisionRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
     pub at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delegate: Option<String>,
 }
 
 /// A run, as its history says it is.
@@ -291,6 +293,7 @@ impl RunState {
                 decision,
                 comment,
                 decided_at,
+                delegate,
             } => {
                 let r = self.steps.entry(step.clone()).or_default();
                 if let Some(a) = r.approval.as_mut().filter(|a| &a.id == approval)
@@ -301,6 +304,7 @@ impl RunState {
                         decision: decision.clone(),
                         comment: comment.clone(),
                         at: *decided_at,
+                        delegate: delegate.clone(),
                     });
                 }
             }

@@ -38,6 +38,9 @@ pub struct Decision {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
     pub at: DateTime<Utc>,
+    /// Who decided in `by`'s place, through a delegation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate: Option<String>,
 }
 
 /// What recording a decision found.
@@ -123,6 +126,7 @@ impl Store {
         by: &str,
         decision: &str,
         comment: Option<&str>,
+        delegate: Option<&str>,
     ) -> Result<Decided, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -140,14 +144,15 @@ impl Store {
             });
         };
         let inserted = sqlx::query(
-            "INSERT INTO approval_decisions (approval_id, decided_by, decision, comment, decided_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            "INSERT INTO approval_decisions (approval_id, decided_by, decision, comment, decided_at, delegate) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(id)
         .bind(by)
         .bind(decision)
         .bind(comment)
         .bind(now)
+        .bind(delegate)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -174,13 +179,14 @@ impl Store {
             decision: decision.to_string(),
             comment: comment.map(str::to_string),
             at: to_time(now),
+            delegate: delegate.map(str::to_string),
         }))
     }
 
     /// Decisions on `id`, oldest first.
     pub async fn approval_decisions(&self, id: &str) -> Result<Vec<Decision>, StoreError> {
         let rows = sqlx::query(
-            "SELECT decided_by, decision, comment, decided_at FROM approval_decisions \
+            "SELECT decided_by, decision, comment, decided_at, delegate FROM approval_decisions \
              WHERE approval_id = $1 ORDER BY decided_at, decided_by",
         )
         .bind(id)
@@ -193,6 +199,7 @@ impl Store {
                     decision: r.try_get("decision")?,
                     comment: r.try_get("comment")?,
                     at: to_time(r.try_get("decided_at")?),
+                    delegate: r.try_get("delegate")?,
                 })
             })
             .collect()
@@ -215,26 +222,31 @@ impl Store {
         approver: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ApprovalRow>, StoreError> {
-        let rows =
-            match approver {
-                Some(name) => {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "{SELECT_APPROVAL} WHERE status = 'pending' AND id IN \
-                     (SELECT approval_id FROM approval_approvers WHERE name = $1) \
+        let rows = match approver {
+            Some(name) => {
+                // Their own, and those of whoever delegated to them now.
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{SELECT_APPROVAL} WHERE status = 'pending' AND id IN \
+                     (SELECT approval_id FROM approval_approvers WHERE name = $1 OR name IN \
+                       (SELECT from_name FROM delegations WHERE to_name = $1 AND revoked_at IS NULL \
+                        AND starts_at <= $3 AND (ends_at IS NULL OR ends_at > $3))) \
                      ORDER BY created_at, id LIMIT $2"
-                    )))
-                    .bind(name)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-                }
-                None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                )))
+                .bind(name)
+                .bind(limit)
+                .bind(now_ms())
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
                     "{SELECT_APPROVAL} WHERE status = 'pending' ORDER BY created_at, id LIMIT $1"
                 )))
                 .bind(limit)
                 .fetch_all(&self.pool)
-                .await?,
-            };
+                .await?
+            }
+        };
         rows.iter().map(approval_row).collect()
     }
 }
@@ -323,5 +335,82 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+/// One approver's approvals handed to a delegate for a period.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Delegation {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Store {
+    pub async fn create_delegation(&self, d: &Delegation) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO delegations (id, from_name, to_name, starts_at, ends_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&d.id)
+        .bind(&d.from)
+        .bind(&d.to)
+        .bind(d.starts_at.timestamp_millis())
+        .bind(d.ends_at.map(|t| t.timestamp_millis()))
+        .bind(d.created_at.timestamp_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Delegations not revoked and not over, oldest first.
+    pub async fn delegations(&self) -> Result<Vec<Delegation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, from_name, to_name, starts_at, ends_at, created_at FROM delegations \
+             WHERE revoked_at IS NULL AND (ends_at IS NULL OR ends_at > $1) ORDER BY created_at, id",
+        )
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let ends_at: Option<i64> = r.try_get("ends_at")?;
+                Ok(Delegation {
+                    id: r.try_get("id")?,
+                    from: r.try_get("from_name")?,
+                    to: r.try_get("to_name")?,
+                    starts_at: to_time(r.try_get("starts_at")?),
+                    ends_at: ends_at.map(to_time),
+                    created_at: to_time(r.try_get("created_at")?),
+                })
+            })
+            .collect()
+    }
+
+    /// `true` when a live delegation with this id was revoked.
+    pub async fn revoke_delegation(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE delegations SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Who has delegated to `name` at this moment.
+    pub async fn delegators_of(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT from_name FROM delegations WHERE to_name = $1 AND revoked_at IS NULL \
+             AND starts_at <= $2 AND (ends_at IS NULL OR ends_at > $2) ORDER BY created_at",
+        )
+        .bind(name)
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

@@ -18,7 +18,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::run::{Event, Recorded, RunState, Status, StepError};
 
-pub use approvals::{ApprovalRow, Decided, Decision};
+pub use approvals::{ApprovalRow, Decided, Decision, Delegation};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
