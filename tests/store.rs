@@ -360,3 +360,77 @@ async fn a_worker_that_lost_the_lease_cannot_write() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_sla_report_aggregated_in_the_database_matches_its_definition() {
+    use steward::report::{FinishedRun, build};
+    on_every_backend("report", |store| async move {
+        // (workflow, priority, breached, succeeded, seconds to resolution)
+        let fixture: Vec<(&str, &str, bool, bool, i64)> = (1..=10)
+            .map(|m| ("incident", "P1", m > 8, true, m * 60))
+            .chain([
+                ("incident", "P2", false, true, 3600),
+                ("incident", "P2", false, false, 100),
+                ("incident", "P2", true, false, 9000),
+                ("access", "P3", false, true, 7200),
+                ("access", "P3", false, true, 60),
+            ])
+            .collect();
+        let mut expected = Vec::new();
+        for (i, (workflow, priority, breached, succeeded, secs)) in fixture.iter().enumerate() {
+            let id = format!("run-{i}");
+            let input = json!({});
+            let mut new = new_run(&id, &input, None);
+            new.workflow = workflow;
+            let (row, _) = store.create_run(new).await.unwrap();
+            let end = row.created_at + chrono::Duration::seconds(*secs);
+            let mut state = RunState::new(&id, workflow, 1, row.created_at);
+            let mut events = vec![Event::SlaStarted {
+                priority: priority.to_string(),
+                target_ms: Some(3_600_000),
+            }];
+            if *breached {
+                events.push(Event::SlaBreached);
+            }
+            events.push(if *succeeded {
+                Event::RunSucceeded { output: json!({}) }
+            } else {
+                Event::RunFailed {
+                    error: steward::run::StepError::fatal("no"),
+                }
+            });
+            let recorded: Vec<Recorded> = events
+                .into_iter()
+                .enumerate()
+                .map(|(n, event)| Recorded {
+                    seq: n as u64 + 2,
+                    at: end,
+                    event,
+                })
+                .collect();
+            for r in &recorded {
+                state.apply(r);
+            }
+            store.append(&state, &recorded, None, None).await.unwrap();
+            expected.push(FinishedRun {
+                workflow: workflow.to_string(),
+                priority: priority.to_string(),
+                breached: *breached,
+                succeeded: *succeeded,
+                resolution_ms: (end - row.created_at).num_milliseconds(),
+            });
+        }
+        let from = (Utc::now() - chrono::Duration::days(1)).timestamp_millis();
+        let to = (Utc::now() + chrono::Duration::days(1)).timestamp_millis();
+        let report = store.sla_report(from, to).await.unwrap();
+        assert_eq!(report, build(&expected, &[]));
+        let p1 = report.iter().find(|l| l.priority == "P1").unwrap();
+        assert_eq!((p1.runs, p1.met, p1.breached), (10, 8, 2));
+        assert_eq!(p1.resolution_median_s, Some(300.0));
+        assert_eq!(p1.resolution_p90_s, Some(540.0));
+        let p3 = report.iter().find(|l| l.priority == "P3").unwrap();
+        assert_eq!(p3.resolution_median_s, Some(60.0));
+        assert!(store.sla_report(0, 1).await.unwrap().is_empty());
+    })
+    .await;
+}

@@ -47,6 +47,59 @@ pub struct ReportLine {
     pub approval_wait_median_s: Option<f64>,
 }
 
+/// Counts of one (workflow, priority) group, as the store aggregates them.
+#[derive(Debug, Clone)]
+pub struct GroupCounts {
+    pub workflow: String,
+    pub priority: String,
+    pub runs: u64,
+    pub met: u64,
+    pub breached: u64,
+}
+
+/// Which nearest-rank quantile a value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantile {
+    ResolutionMedian,
+    ResolutionP90,
+    ApprovalWaitMedian,
+}
+
+/// Report lines from aggregates computed in the database (the fast path
+/// for millions of runs; [`build`] defines the same figures over runs).
+pub fn assemble(
+    counts: Vec<GroupCounts>,
+    quantiles: &[(String, String, Quantile, i64)],
+) -> Vec<ReportLine> {
+    let mut lines: Vec<ReportLine> = counts
+        .into_iter()
+        .map(|c| {
+            let pick = |which: Quantile| {
+                quantiles
+                    .iter()
+                    .find(|(w, p, q, _)| *w == c.workflow && *p == c.priority && *q == which)
+                    .map(|(_, _, _, ms)| *ms as f64 / 1000.0)
+            };
+            let judged = c.met + c.breached;
+            ReportLine {
+                runs: c.runs,
+                met: c.met,
+                breached: c.breached,
+                other: c.runs - c.met - c.breached,
+                compliance_percent: (judged > 0)
+                    .then(|| (c.met as f64 * 10_000.0 / judged as f64).round() / 100.0),
+                resolution_median_s: pick(Quantile::ResolutionMedian),
+                resolution_p90_s: pick(Quantile::ResolutionP90),
+                approval_wait_median_s: pick(Quantile::ApprovalWaitMedian),
+                workflow: c.workflow,
+                priority: c.priority,
+            }
+        })
+        .collect();
+    lines.sort_by(|a, b| (&a.workflow, &a.priority).cmp(&(&b.workflow, &b.priority)));
+    lines
+}
+
 /// Nearest-rank percentile of sorted values (`p` in 0..=100).
 fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
     if sorted.is_empty() {

@@ -56,8 +56,6 @@ pub async fn sla(
         return Err(invalid(format!("from ({from}) must be before to ({to})")));
     }
     let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
-    let runs = app.store.finished_sla_runs(from_ms, to_ms).await?;
-    let waits = app.store.approval_waits(from_ms, to_ms).await?;
-    let items = crate::report::build(&runs, &waits);
+    let items = app.store.sla_report(from_ms, to_ms).await?;
     Ok(Json(json!({ "from": from, "to": to, "items": items })))
 }

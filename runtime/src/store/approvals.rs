@@ -279,62 +279,91 @@ fn approval_row(r: &sqlx::any::AnyRow) -> Result<ApprovalRow, StoreError> {
 }
 
 impl Store {
-    /// Runs with an SLA target that finished in `[from, to)` (Unix ms), for
-    /// the SLA report.
-    pub async fn finished_sla_runs(
+    /// The SLA report over runs with a target that finished in
+    /// `[from, to)` (Unix ms), aggregated in the database: counts per
+    /// group, then nearest-rank quantiles with window functions, so a
+    /// million runs never leave the database.
+    pub async fn sla_report(
         &self,
         from: i64,
         to: i64,
-    ) -> Result<Vec<crate::report::FinishedRun>, StoreError> {
+    ) -> Result<Vec<crate::report::ReportLine>, StoreError> {
+        use crate::report::{GroupCounts, Quantile, assemble};
         let rows = sqlx::query(
-            "SELECT workflow, sla_priority, sla_breached, status, finished_at - created_at AS took \
+            "SELECT workflow, sla_priority, COUNT(*) AS runs, \
+               SUM(CASE WHEN sla_breached = 0 AND status = 'succeeded' THEN 1 ELSE 0 END) AS met, \
+               SUM(CASE WHEN sla_breached = 1 THEN 1 ELSE 0 END) AS breached \
              FROM runs WHERE sla_priority IS NOT NULL AND sla_target_ms IS NOT NULL \
-             AND finished_at >= $1 AND finished_at < $2",
+             AND finished_at >= $1 AND finished_at < $2 GROUP BY workflow, sla_priority",
         )
         .bind(from)
         .bind(to)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let breached: i64 = r.try_get("sla_breached")?;
-                let status: String = r.try_get("status")?;
-                Ok(crate::report::FinishedRun {
-                    workflow: r.try_get("workflow")?,
-                    priority: r.try_get("sla_priority")?,
-                    breached: breached != 0,
-                    succeeded: status == "succeeded",
-                    resolution_ms: r.try_get("took")?,
-                })
-            })
-            .collect()
-    }
-
-    /// How long the closed approvals of those runs waited.
-    pub async fn approval_waits(
-        &self,
-        from: i64,
-        to: i64,
-    ) -> Result<Vec<crate::report::ApprovalWait>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT r.workflow, r.sla_priority, a.closed_at - a.created_at AS waited \
-             FROM approvals a JOIN runs r ON r.id = a.run_id \
-             WHERE r.sla_priority IS NOT NULL AND r.sla_target_ms IS NOT NULL \
-             AND r.finished_at >= $1 AND r.finished_at < $2 AND a.closed_at IS NOT NULL",
+        let mut counts = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let (runs, met, breached): (i64, i64, i64) = (
+                r.try_get("runs")?,
+                r.try_get("met")?,
+                r.try_get("breached")?,
+            );
+            counts.push(GroupCounts {
+                workflow: r.try_get("workflow")?,
+                priority: r.try_get("sla_priority")?,
+                runs: runs as u64,
+                met: met as u64,
+                breached: breached as u64,
+            });
+        }
+        // Nearest rank: the ceil(p * n / 100)th smallest value.
+        let resolution = sqlx::query(
+            "SELECT workflow, sla_priority, rn, cnt, took FROM ( \
+               SELECT workflow, sla_priority, finished_at - created_at AS took, \
+                 ROW_NUMBER() OVER (PARTITION BY workflow, sla_priority ORDER BY finished_at - created_at) AS rn, \
+                 COUNT(*) OVER (PARTITION BY workflow, sla_priority) AS cnt \
+               FROM runs WHERE sla_priority IS NOT NULL AND sla_target_ms IS NOT NULL \
+               AND status = 'succeeded' AND finished_at >= $1 AND finished_at < $2) q \
+             WHERE rn = (cnt * 50 + 99) / 100 OR rn = (cnt * 90 + 99) / 100",
         )
         .bind(from)
         .bind(to)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(crate::report::ApprovalWait {
-                    workflow: r.try_get("workflow")?,
-                    priority: r.try_get("sla_priority")?,
-                    wait_ms: r.try_get("waited")?,
-                })
-            })
-            .collect()
+        let waits = sqlx::query(
+            "SELECT workflow, sla_priority, rn, cnt, took FROM ( \
+               SELECT r.workflow, r.sla_priority, a.closed_at - a.created_at AS took, \
+                 ROW_NUMBER() OVER (PARTITION BY r.workflow, r.sla_priority ORDER BY a.closed_at - a.created_at) AS rn, \
+                 COUNT(*) OVER (PARTITION BY r.workflow, r.sla_priority) AS cnt \
+               FROM approvals a JOIN runs r ON r.id = a.run_id \
+               WHERE r.sla_priority IS NOT NULL AND r.sla_target_ms IS NOT NULL \
+               AND r.finished_at >= $1 AND r.finished_at < $2 AND a.closed_at IS NOT NULL) q \
+             WHERE rn = (cnt * 50 + 99) / 100",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut quantiles = Vec::new();
+        for (rows, is_wait) in [(&resolution, false), (&waits, true)] {
+            for r in rows.iter() {
+                let (rn, cnt, took): (i64, i64, i64) =
+                    (r.try_get("rn")?, r.try_get("cnt")?, r.try_get("took")?);
+                let (workflow, priority): (String, String) =
+                    (r.try_get("workflow")?, r.try_get("sla_priority")?);
+                let mut push = |q| quantiles.push((workflow.clone(), priority.clone(), q, took));
+                if is_wait {
+                    push(Quantile::ApprovalWaitMedian);
+                    continue;
+                }
+                if rn == (cnt * 50 + 99) / 100 {
+                    push(Quantile::ResolutionMedian);
+                }
+                if rn == (cnt * 90 + 99) / 100 {
+                    push(Quantile::ResolutionP90);
+                }
+            }
+        }
+        Ok(assemble(counts, &quantiles))
     }
 }
 
