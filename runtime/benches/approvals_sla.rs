@@ -268,16 +268,18 @@ fn seed_finished_runs(db: &Path) {
          BEGIN;\n\
          WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last})\n\
          INSERT INTO runs (id, workflow, version, status, input, created_at, updated_at, finished_at, \
-           sla_priority, sla_target_ms, sla_breached)\n\
+           sla_priority, sla_target_ms, sla_breached, sla_resolution_ms)\n\
          SELECT 'seed-' || i, 'wf-' || (i % 20), 1, CASE WHEN i % 50 = 0 THEN 'failed' ELSE 'succeeded' END, '{{}}', \
            {jan} + i * 2000, {jan} + i * 2000, {jan} + i * 2000 + (i % 997) * 1000, \
-           'P' || (1 + i % 4), 3600000, CASE WHEN i % 13 = 0 THEN 1 ELSE 0 END FROM n;\n\
+           'P' || (1 + i % 4), 3600000, CASE WHEN i % 13 = 0 THEN 1 ELSE 0 END, \
+           CASE WHEN i % 50 = 0 THEN NULL ELSE (i % 997) * 1000 END FROM n;\n\
          COMMIT;\n",
         last = FINISHED - 1
     );
     let mut child = Command::new("sqlite3")
         .arg(db)
         .stdin(Stdio::piped())
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
     use std::io::Write as _;

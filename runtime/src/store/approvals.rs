@@ -280,9 +280,10 @@ fn approval_row(r: &sqlx::any::AnyRow) -> Result<ApprovalRow, StoreError> {
 
 impl Store {
     /// The SLA report over runs with a target that finished in
-    /// `[from, to)` (Unix ms), aggregated in the database: counts per
-    /// group, then nearest-rank quantiles with window functions, so a
-    /// million runs never leave the database.
+    /// `[from, to)` (Unix ms), computed in the database: counts grouped in
+    /// index order, each resolution quantile an index walk to its rank, and
+    /// approval waits (few) with a window function. A million runs never
+    /// leave the database.
     pub async fn sla_report(
         &self,
         from: i64,
@@ -292,7 +293,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT workflow, sla_priority, COUNT(*) AS runs, \
                SUM(CASE WHEN sla_breached = 0 AND status = 'succeeded' THEN 1 ELSE 0 END) AS met, \
-               SUM(CASE WHEN sla_breached = 1 THEN 1 ELSE 0 END) AS breached \
+               SUM(CASE WHEN sla_breached = 1 THEN 1 ELSE 0 END) AS breached, \
+               SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END) AS succeeded \
              FROM runs WHERE sla_priority IS NOT NULL AND sla_target_ms IS NOT NULL \
              AND finished_at >= $1 AND finished_at < $2 GROUP BY workflow, sla_priority",
         )
@@ -301,34 +303,51 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut counts = Vec::with_capacity(rows.len());
+        let mut quantiles = Vec::new();
         for r in &rows {
-            let (runs, met, breached): (i64, i64, i64) = (
+            let (runs, met, breached, succeeded): (i64, i64, i64, i64) = (
                 r.try_get("runs")?,
                 r.try_get("met")?,
                 r.try_get("breached")?,
+                r.try_get("succeeded")?,
             );
+            let (workflow, priority): (String, String) =
+                (r.try_get("workflow")?, r.try_get("sla_priority")?);
+            // Nearest rank: the ceil(p * n / 100)th fastest resolution, read
+            // by walking the group's resolution index.
+            for (percent, which) in [
+                (50, Quantile::ResolutionMedian),
+                (90, Quantile::ResolutionP90),
+            ] {
+                if succeeded == 0 {
+                    break;
+                }
+                let rank = (succeeded * percent + 99) / 100;
+                let took: Option<i64> = sqlx::query_scalar(
+                    "SELECT sla_resolution_ms FROM runs WHERE workflow = $1 AND sla_priority = $2 \
+                     AND sla_resolution_ms IS NOT NULL AND sla_target_ms IS NOT NULL \
+                     AND finished_at >= $3 AND finished_at < $4 \
+                     ORDER BY sla_resolution_ms LIMIT 1 OFFSET $5",
+                )
+                .bind(&workflow)
+                .bind(&priority)
+                .bind(from)
+                .bind(to)
+                .bind(rank - 1)
+                .fetch_optional(&self.pool)
+                .await?;
+                if let Some(took) = took {
+                    quantiles.push((workflow.clone(), priority.clone(), which, took));
+                }
+            }
             counts.push(GroupCounts {
-                workflow: r.try_get("workflow")?,
-                priority: r.try_get("sla_priority")?,
+                workflow,
+                priority,
                 runs: runs as u64,
                 met: met as u64,
                 breached: breached as u64,
             });
         }
-        // Nearest rank: the ceil(p * n / 100)th smallest value.
-        let resolution = sqlx::query(
-            "SELECT workflow, sla_priority, rn, cnt, took FROM ( \
-               SELECT workflow, sla_priority, finished_at - created_at AS took, \
-                 ROW_NUMBER() OVER (PARTITION BY workflow, sla_priority ORDER BY finished_at - created_at) AS rn, \
-                 COUNT(*) OVER (PARTITION BY workflow, sla_priority) AS cnt \
-               FROM runs WHERE sla_priority IS NOT NULL AND sla_target_ms IS NOT NULL \
-               AND status = 'succeeded' AND finished_at >= $1 AND finished_at < $2) q \
-             WHERE rn = (cnt * 50 + 99) / 100 OR rn = (cnt * 90 + 99) / 100",
-        )
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?;
         let waits = sqlx::query(
             "SELECT workflow, sla_priority, rn, cnt, took FROM ( \
                SELECT r.workflow, r.sla_priority, a.closed_at - a.created_at AS took, \
@@ -343,25 +362,13 @@ impl Store {
         .bind(to)
         .fetch_all(&self.pool)
         .await?;
-        let mut quantiles = Vec::new();
-        for (rows, is_wait) in [(&resolution, false), (&waits, true)] {
-            for r in rows.iter() {
-                let (rn, cnt, took): (i64, i64, i64) =
-                    (r.try_get("rn")?, r.try_get("cnt")?, r.try_get("took")?);
-                let (workflow, priority): (String, String) =
-                    (r.try_get("workflow")?, r.try_get("sla_priority")?);
-                let mut push = |q| quantiles.push((workflow.clone(), priority.clone(), q, took));
-                if is_wait {
-                    push(Quantile::ApprovalWaitMedian);
-                    continue;
-                }
-                if rn == (cnt * 50 + 99) / 100 {
-                    push(Quantile::ResolutionMedian);
-                }
-                if rn == (cnt * 90 + 99) / 100 {
-                    push(Quantile::ResolutionP90);
-                }
-            }
+        for r in waits.iter() {
+            quantiles.push((
+                r.try_get("workflow")?,
+                r.try_get("sla_priority")?,
+                Quantile::ApprovalWaitMedian,
+                r.try_get("took")?,
+            ));
         }
         Ok(assemble(counts, &quantiles))
     }

@@ -237,7 +237,9 @@ async fn commit(
     for row in appends.iter().filter(|r| cancels.contains_key(&r.id)) {
         if let Some((priority, target, breached)) = &row.sla {
             sqlx::query(
-                "UPDATE runs SET sla_priority = $2, sla_target_ms = $3, sla_breached = $4 WHERE id = $1",
+                "UPDATE runs SET sla_priority = $2, sla_target_ms = $3, sla_breached = $4, \
+                 sla_resolution_ms = CASE WHEN status = 'succeeded' THEN finished_at - created_at END \
+                 WHERE id = $1",
             )
             .bind(&row.id)
             .bind(priority)
