@@ -304,6 +304,12 @@ impl Store {
         .await?;
         let mut counts = Vec::with_capacity(rows.len());
         let mut quantiles = Vec::new();
+        // Without statistics SQLite would rather sort the group's time
+        // range than walk the resolution index; PostgreSQL has statistics.
+        let resolution_index = match self.backend {
+            super::Backend::Sqlite => " INDEXED BY runs_sla_resolution",
+            super::Backend::Postgres => "",
+        };
         for r in &rows {
             let (runs, met, breached, succeeded): (i64, i64, i64, i64) = (
                 r.try_get("runs")?,
@@ -323,12 +329,12 @@ impl Store {
                     break;
                 }
                 let rank = (succeeded * percent + 99) / 100;
-                let took: Option<i64> = sqlx::query_scalar(
-                    "SELECT sla_resolution_ms FROM runs WHERE workflow = $1 AND sla_priority = $2 \
+                let took: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT sla_resolution_ms FROM runs{resolution_index} WHERE workflow = $1 AND sla_priority = $2 \
                      AND sla_resolution_ms IS NOT NULL AND sla_target_ms IS NOT NULL \
                      AND finished_at >= $3 AND finished_at < $4 \
-                     ORDER BY sla_resolution_ms LIMIT 1 OFFSET $5",
-                )
+                     ORDER BY sla_resolution_ms LIMIT 1 OFFSET $5"
+                )))
                 .bind(&workflow)
                 .bind(&priority)
                 .bind(from)
