@@ -17,6 +17,7 @@ CREATE TABLE approvals (
     closed_at BIGINT
 );
 CREATE INDEX approvals_run ON approvals (run_id);
+CREATE INDEX approvals_closed ON approvals (closed_at) WHERE closed_at IS NOT NULL;
 
 CREATE TABLE approval_approvers (
     approval_id TEXT NOT NULL,

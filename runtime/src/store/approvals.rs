@@ -304,6 +304,7 @@ impl Store {
         .await?;
         let mut counts = Vec::with_capacity(rows.len());
         let mut quantiles = Vec::new();
+        let mut walks = tokio::task::JoinSet::new();
         // Without statistics SQLite would rather sort the group's time
         // range than walk the resolution index; PostgreSQL has statistics.
         let resolution_index = match self.backend {
@@ -329,22 +330,26 @@ impl Store {
                     break;
                 }
                 let rank = (succeeded * percent + 99) / 100;
-                let took: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                let sql = format!(
                     "SELECT sla_resolution_ms FROM runs{resolution_index} WHERE workflow = $1 AND sla_priority = $2 \
                      AND sla_resolution_ms IS NOT NULL AND sla_target_ms IS NOT NULL \
                      AND finished_at >= $3 AND finished_at < $4 \
                      ORDER BY sla_resolution_ms LIMIT 1 OFFSET $5"
-                )))
-                .bind(&workflow)
-                .bind(&priority)
-                .bind(from)
-                .bind(to)
-                .bind(rank - 1)
-                .fetch_optional(&self.pool)
-                .await?;
-                if let Some(took) = took {
-                    quantiles.push((workflow.clone(), priority.clone(), which, took));
-                }
+                );
+                let (pool, workflow, priority) =
+                    (self.pool.clone(), workflow.clone(), priority.clone());
+                // The walks are independent reads: run them side by side.
+                walks.spawn(async move {
+                    let took: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                        .bind(&workflow)
+                        .bind(&priority)
+                        .bind(from)
+                        .bind(to)
+                        .bind(rank - 1)
+                        .fetch_optional(&pool)
+                        .await?;
+                    Ok::<_, StoreError>(took.map(|t| (workflow, priority, which, t)))
+                });
             }
             counts.push(GroupCounts {
                 workflow,
@@ -353,6 +358,11 @@ impl Store {
                 met: met as u64,
                 breached: breached as u64,
             });
+        }
+        while let Some(walk) = walks.join_next().await {
+            let walked =
+                walk.map_err(|e| StoreError::Corrupt(format!("a report query panicked: {e}")))?;
+            quantiles.extend(walked?);
         }
         let waits = sqlx::query(
             "SELECT workflow, sla_priority, rn, cnt, took FROM ( \
