@@ -9,17 +9,7 @@ use common::server::{Server, json_of};
 use serde_json::{Value, json};
 
 fn config(dir: &std::path::Path) -> std::path::PathBuf {
-    let config = dir.join("steward.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "database = \"sqlite://{}/steward.db\"\ndata_dir = {:?}\nworkflows = []\n",
-            dir.display(),
-            dir.join("data"),
-        ),
-    )
-    .unwrap();
-    config
+    common::server::write_config(dir, None, "")
 }
 
 /// A multipart/form-data body with the given (part name, bytes).

@@ -10,17 +10,11 @@ use serde_json::{Value, json};
 
 fn server() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("steward.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "database = \"sqlite://{}/steward.db\"\ndata_dir = {:?}\nworkflows = [{:?}]\n",
-            dir.path().display(),
-            dir.path().join("data"),
-            common::root().join("examples/workflows")
-        ),
-    )
-    .unwrap();
+    let config = common::server::write_config(
+        dir.path(),
+        Some(&common::root().join("examples/workflows")),
+        "",
+    );
     let server = Server::start(&config);
     (dir, server)
 }

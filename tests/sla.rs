@@ -20,17 +20,7 @@ fn start() -> (tempfile::TempDir, std::path::PathBuf, Server) {
     std::fs::create_dir_all(&workflows).unwrap();
     std::fs::write(workflows.join("incident.yaml"), INCIDENT).unwrap();
     std::fs::write(workflows.join("on-hold.yaml"), ON_HOLD).unwrap();
-    let config = dir.path().join("steward.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "database = \"sqlite://{}/steward.db\"\ndata_dir = {:?}\nworkflows = [{:?}]\n",
-            dir.path().display(),
-            dir.path().join("data"),
-            workflows
-        ),
-    )
-    .unwrap();
+    let config = common::server::write_config(dir.path(), Some(&workflows), "");
     let server = Server::start(&config);
     (dir, config, server)
 }

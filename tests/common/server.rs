@@ -10,6 +10,23 @@ use serde_json::{Value, json};
 /// The admin token every test server is started with.
 pub const ADMIN_TOKEN: &str = "test-admin-secret";
 
+/// Writes a `steward.toml` in `dir` for an embedded SQLite database there,
+/// loading `workflows` (none when `None`), followed by `extra` TOML.
+pub fn write_config(dir: &Path, workflows: Option<&Path>, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("steward.toml");
+    let workflows = workflows.map(|w| format!("{w:?}")).unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!(
+            "database = \"sqlite://{}/steward.db\"\ndata_dir = {:?}\nworkflows = [{workflows}]\n{extra}",
+            dir.display(),
+            dir.join("data"),
+        ),
+    )
+    .unwrap();
+    config
+}
+
 pub struct Server {
     child: Child,
     port: u16,

@@ -31,15 +31,6 @@ fn describe(a: &ApprovalRow, decisions: &[Decision]) -> Value {
     })
 }
 
-fn invalid_query(detail: String) -> Problem {
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        "invalid-query",
-        "Invalid query",
-        detail,
-    )
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -55,15 +46,15 @@ pub async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
     let Query(query) =
-        query.map_err(|e| invalid_query(format!("{e}: use status, approver, limit")))?;
+        query.map_err(|e| Problem::invalid_query(format!("{e}: use status, approver, limit")))?;
     if let Some(status) = query.status.as_deref().filter(|s| *s != "pending") {
-        return Err(invalid_query(format!(
+        return Err(Problem::invalid_query(format!(
             "status {status:?}: only pending approvals are listed (closed ones are in each run's history)"
         )));
     }
     let limit = query.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
-        return Err(invalid_query("limit is 1 to 500".into()));
+        return Err(Problem::invalid_query("limit is 1 to 500"));
     }
     let rows = app
         .store

@@ -49,6 +49,16 @@ impl Problem {
         )
     }
 
+    /// A query string that does not parse or holds a bad value.
+    pub fn invalid_query(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+            "Invalid query",
+            detail,
+        )
+    }
+
     pub fn not_found(what: &str) -> Problem {
         Problem::new(
             StatusCode::NOT_FOUND,

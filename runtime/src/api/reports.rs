@@ -5,7 +5,6 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -19,20 +18,11 @@ pub struct Range {
     to: Option<String>,
 }
 
-fn invalid(detail: String) -> Problem {
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        "invalid-query",
-        "Invalid query",
-        detail,
-    )
-}
-
 fn instant(name: &str, text: &str) -> Result<DateTime<Utc>, Problem> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| {
-            invalid(format!(
+            Problem::invalid_query(format!(
                 "{name}={text:?} is not an RFC 3339 time such as 2026-11-01T00:00:00Z: {e}"
             ))
         })
@@ -43,7 +33,8 @@ pub async fn sla(
     State(app): State<Arc<AppState>>,
     query: Result<Query<Range>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
-    let Query(range) = query.map_err(|e| invalid(format!("{e}: use from and to")))?;
+    let Query(range) =
+        query.map_err(|e| Problem::invalid_query(format!("{e}: use from and to")))?;
     let to = match &range.to {
         Some(t) => instant("to", t)?,
         None => Utc::now(),
@@ -53,7 +44,9 @@ pub async fn sla(
         None => to - chrono::Duration::days(30),
     };
     if from >= to {
-        return Err(invalid(format!("from ({from}) must be before to ({to})")));
+        return Err(Problem::invalid_query(format!(
+            "from ({from}) must be before to ({to})"
+        )));
     }
     let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
     let items = app.store.sla_report(from_ms, to_ms).await?;

@@ -265,34 +265,21 @@ pub async fn list(
     State(app): State<Arc<AppState>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
-    let Query(query) = query.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-query",
-            "Invalid query",
-            format!("{e}: use workflow, status, limit, cursor"),
-        )
-    })?;
+    let Query(query) = query
+        .map_err(|e| Problem::invalid_query(format!("{e}: use workflow, status, limit, cursor")))?;
     let status = match query.status.as_deref() {
         None => None,
         Some(text) => Some(Status::parse(text).ok_or_else(|| {
             let known: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid-query",
-                "Invalid query",
-                format!("status {text:?} is not one of {}", known.join(", ")),
-            )
+            Problem::invalid_query(format!(
+                "status {text:?} is not one of {}",
+                known.join(", ")
+            ))
         })?),
     };
     let limit = query.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-query",
-            "Invalid query",
-            "limit is 1 to 500",
-        ));
+        return Err(Problem::invalid_query("limit is 1 to 500"));
     }
     let rows = app
         .store
