@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
 /// How far ahead a due time is searched: a calendar with no hours at all
@@ -219,13 +219,6 @@ fn parse_window(text: &str) -> Result<(NaiveTime, NaiveTime), String> {
     Ok((start, end))
 }
 
-/// Monday of the week, for tests and docs.
-pub fn weekday_name(t: DateTime<Utc>, tz: &str) -> String {
-    let tz: Tz = tz.parse().unwrap_or(chrono_tz::UTC);
-    let day: Weekday = t.with_timezone(&tz).weekday();
-    day.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +237,12 @@ holidays = ["2026-12-24", "2026-12-25"]
 
     fn utc(text: &str) -> DateTime<Utc> {
         text.parse().unwrap()
+    }
+
+    fn weekday_name(t: DateTime<Utc>, tz: &str) -> String {
+        let tz: Tz = tz.parse().unwrap();
+        let day: chrono::Weekday = t.with_timezone(&tz).weekday();
+        day.to_string()
     }
 
     #[test]
