@@ -10,6 +10,10 @@ use serde_json::{Value, json};
 
 const WORKFLOWS: &[(&str, &str)] = &[
     (
+        "chain.yaml",
+        "name: chain\nversion: 1\nsteps:\n  - id: ask\n    approval:\n      approvers: [ana]\n      timeout: 1s\n      on_timeout:\n        escalate_to: [ben]\n        timeout: 1s\n        on_timeout: approve\n",
+    ),
+    (
         "change.yaml",
         "name: change\nversion: 1\nsteps:\n  - id: cab\n    approval:\n      approvers: [group:cab]\n      quorum: 2\n      timeout: 1h\n  - id: done\n    uses: transform\n    with: { approved_by: \"${{ steps.cab.output.approved_by }}\" }\noutput: ${{ steps.done.output }}\n",
     ),
@@ -414,5 +418,46 @@ fn a_delegate_decides_for_an_approver_who_is_away() {
         None,
     );
     assert_eq!(status, 403, "the delegation was revoked");
+    server.kill();
+}
+
+#[test]
+fn cancelling_a_waiting_run_closes_its_approval() {
+    let (_dir, _config, server) = start();
+    let run = server.start_run("access", json!({"owner": "olga"}));
+    let approval = approval_of(&server, &run, "olga");
+    let cancelled = server
+        .request("POST", &format!("/v1/runs/{run}/cancel"))
+        .call()
+        .unwrap();
+    assert_eq!(cancelled.status(), 202);
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+    assert_eq!(done[0]["status"], "cancelled");
+    let (status, body) = decide(
+        &server,
+        approval["id"].as_str().unwrap(),
+        "olga",
+        "approve",
+        None,
+    );
+    assert_eq!(status, 409, "{body:#}");
+    assert!(pending(&server, "olga").is_empty());
+    server.kill();
+}
+
+#[test]
+fn an_escalation_that_times_out_follows_its_own_on_timeout() {
+    let (_dir, _config, server) = start();
+    let run = server.start_run("chain", json!({}));
+    let escalated = approval_of(&server, &run, "ben");
+    assert_eq!(escalated["level"], 1);
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+    assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
+    let output = &done[0]["steps"]["ask"]["output"];
+    assert_eq!(
+        (output["level"].as_u64(), output["timed_out"].as_bool()),
+        (Some(1), Some(true)),
+        "{output:#}"
+    );
     server.kill();
 }

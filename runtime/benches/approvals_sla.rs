@@ -12,13 +12,15 @@
 //!
 //! Run it with `cargo bench --bench approvals_sla` (needs `sqlite3`).
 
+mod common;
+
+use common::TOKEN;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const TOKEN: &str = "bench-admin-token";
 const WAITING: usize = 100_000;
 const APPROVERS: usize = 1_000;
 const TIMED: usize = 1_000;
@@ -34,13 +36,11 @@ fn main() {
         std::process::exit(2);
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = start(dir.path(), port);
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut server, base) = common::start_server(
+        dir.path(),
+        &[("access.yaml", WAITING_FLOW), ("p1.yaml", TIMED_FLOW)],
+        "error",
+    );
 
     let began = Instant::now();
     post_runs(
@@ -153,43 +153,6 @@ fn main() {
     );
     let _ = server.kill();
     let _ = server.wait();
-}
-
-fn start(dir: &Path, port: u16) -> std::process::Child {
-    let workflows = dir.join("workflows");
-    std::fs::create_dir_all(&workflows).unwrap();
-    std::fs::write(workflows.join("access.yaml"), WAITING_FLOW).unwrap();
-    std::fs::write(workflows.join("p1.yaml"), TIMED_FLOW).unwrap();
-    let config = dir.join("steward.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "database = \"sqlite://{}/steward.db\"\ndata_dir = {:?}\nworkflows = [{:?}]\n",
-            dir.display(),
-            dir.join("data"),
-            workflows
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_steward"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("STEWARD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("STEWARD_ADMIN_TOKEN", TOKEN)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ureq::get(&format!("http://127.0.0.1:{port}/healthz"))
-        .call()
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the server did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
 }
 
 /// Starts `count` runs of `workflow` from `CLIENTS` threads; returns their ids.

@@ -10,11 +10,12 @@
 //! Run it with `cargo bench --bench rest_api` (`hey` comes from
 //! `apt-get install hey`).
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+mod common;
+
+use common::TOKEN;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "bench-admin-token";
 const RUNS: usize = 20_032; // a multiple of the 64 clients
 const WORKFLOW: &str = "name: one-step\nversion: 1\nsteps:\n  - id: shape\n    uses: transform\n    with: { ticket: \"${{ input.ticket }}\", priority: P3 }\noutput: ${{ steps.shape.output }}\n";
 const BODY: &str = r#"{"input": {"ticket": "INC0001"}}"#;
@@ -25,13 +26,8 @@ fn main() {
         std::process::exit(2);
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = start(dir.path(), port);
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut server, base) =
+        common::start_server(dir.path(), &[("one-step.yaml", WORKFLOW)], "warn");
     let url = format!("{base}/v1/workflows/one-step/runs");
 
     // Warm up (connections, caches, the writer).
@@ -66,42 +62,6 @@ fn main() {
     );
     let _ = server.kill();
     let _ = server.wait();
-}
-
-fn start(dir: &Path, port: u16) -> std::process::Child {
-    let workflows = dir.join("workflows");
-    std::fs::create_dir_all(&workflows).unwrap();
-    std::fs::write(workflows.join("one-step.yaml"), WORKFLOW).unwrap();
-    let config = dir.join("steward.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "database = \"sqlite://{}/steward.db\"\ndata_dir = {:?}\nworkflows = [{:?}]\n",
-            dir.display(),
-            dir.join("data"),
-            workflows
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_steward"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("STEWARD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("STEWARD_ADMIN_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ureq::get(&format!("http://127.0.0.1:{port}/healthz"))
-        .call()
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the server did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
 }
 
 struct HeyReport {

@@ -100,6 +100,20 @@ impl Journal for MemoryJournal {
 pub struct StoreJournal {
     pub store: Store,
     pub owner: Option<String>,
+    /// Approvals this drive has already made decidable: opening is
+    /// idempotent but a write, and the drive asks before every plan.
+    opened: std::collections::HashSet<String>,
+}
+
+impl StoreJournal {
+    /// A journal writing as `owner` (checked against the run's lease).
+    pub fn new(store: Store, owner: Option<String>) -> StoreJournal {
+        StoreJournal {
+            store,
+            owner,
+            opened: Default::default(),
+        }
+    }
 }
 
 impl Journal for StoreJournal {
@@ -126,10 +140,13 @@ impl Journal for StoreJournal {
         &mut self,
         approval: &ApprovalRow,
     ) -> Result<Vec<Decision>, String> {
-        self.store
-            .open_approval(approval)
-            .await
-            .map_err(|e| e.to_string())?;
+        if !self.opened.contains(&approval.id) {
+            self.store
+                .open_approval(approval)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.opened.insert(approval.id.clone());
+        }
         self.store
             .approval_decisions(&approval.id)
             .await
@@ -312,7 +329,11 @@ impl Executor {
             .advance(workflow, run, journal, park)
             .instrument(span)
             .await;
+        // Only a run that opened approvals has any to close: the others
+        // finish without an extra write outside the group commit.
+        let had_approvals = run.state.steps.values().any(|r| r.approval.is_some());
         if let Ok(DriveEnd::Finished) = end
+            && had_approvals
             && let Err(e) = journal.close_run_approvals(&run.state.id).await
         {
             end = Err(e);

@@ -147,10 +147,7 @@ async fn drive_adopted(shared: Arc<Shared>, workflow: Arc<Workflow>, mut run: Li
     let id = run.state.id.clone();
     let inner = shared.clone();
     let task = tokio::spawn(async move {
-        let mut journal = StoreJournal {
-            store: inner.store.clone(),
-            owner: Some(inner.options.owner.clone()),
-        };
+        let mut journal = StoreJournal::new(inner.store.clone(), Some(inner.options.owner.clone()));
         inner
             .executor
             .drive(&workflow, &mut run, &mut journal, true)
@@ -294,10 +291,7 @@ async fn drive(shared: &Shared, id: &str) -> Result<DriveEnd, String> {
     let state = RunState::new(&row.id, &row.workflow, row.version, row.created_at);
     let mut run = LiveRun::resume(state, history);
     let owner = shared.options.owner.clone();
-    let mut journal = StoreJournal {
-        store: store.clone(),
-        owner: Some(owner.clone()),
-    };
+    let mut journal = StoreJournal::new(store.clone(), Some(owner.clone()));
     let workflow = match shared.catalog.version(&row.workflow, row.version).await {
         Ok(Some(w)) => w,
         // The database may be back soon: try again later.
