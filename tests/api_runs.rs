@@ -598,6 +598,11 @@ fn the_openapi_document_describes_every_route() {
         ("/v1/tokens", "post"),
         ("/v1/tokens/{id}", "delete"),
         ("/v1/hooks/{name}", "post"),
+        ("/v1/schedules", "get"),
+        ("/v1/schedules", "post"),
+        ("/v1/schedules/{id}", "get"),
+        ("/v1/schedules/{id}", "patch"),
+        ("/v1/schedules/{id}", "delete"),
     ];
     for (path, method) in routes {
         assert!(

@@ -55,6 +55,12 @@ impl Catalog {
             .write()
             .unwrap()
             .insert((workflow.name.clone(), workflow.version), workflow.clone());
+        if self
+            .latest(&workflow.name)
+            .is_some_and(|w| w.version == workflow.version)
+        {
+            crate::schedule::sync_triggers(&self.store, &workflow).await?;
+        }
         Ok((workflow, created))
     }
 
@@ -66,6 +72,7 @@ impl Catalog {
         for (name, version, source) in self.store.latest_workflows().await? {
             match load_str(&source, &format!("{name}@{version}"), &self.plugins()) {
                 Ok(w) => {
+                    crate::schedule::sync_triggers(&self.store, &w).await?;
                     self.versions
                         .write()
                         .unwrap()
@@ -114,6 +121,15 @@ impl Catalog {
             .unwrap()
             .insert((name.to_string(), version), workflow.clone());
         Ok(Some(workflow))
+    }
+
+    /// The highest deployed version of `name` as the database knows it:
+    /// also one deployed by another process since this one started.
+    pub async fn current(&self, name: &str) -> Result<Option<Arc<Workflow>>, CatalogError> {
+        match self.store.latest_version(name).await? {
+            Some(version) => self.version(name, version).await,
+            None => Ok(None),
+        }
     }
 
     /// Every name with its latest version.

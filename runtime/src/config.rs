@@ -35,6 +35,7 @@ pub struct Config {
     pub engine: EngineSettings,
     pub worker: WorkerSettings,
     pub api: ApiSettings,
+    pub scheduler: SchedulerSettings,
     /// `STEWARD_ADMIN_TOKEN`: an admin API token that lives only in the
     /// environment (never read from the file).
     #[serde(skip)]
@@ -63,6 +64,21 @@ impl Default for WorkerSettings {
             capacity: 256,
             shutdown_grace_ms: 10_000,
         }
+    }
+}
+
+/// How cron schedules fire.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// A fire noticed more than this after its time (the server was down or
+    /// paused) is late: the schedule's `catch_up` decides whether it runs.
+    pub grace_ms: u64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings { grace_ms: 10_000 }
     }
 }
 
@@ -107,6 +123,7 @@ impl Default for Config {
             engine: EngineSettings::default(),
             worker: WorkerSettings::default(),
             api: ApiSettings::default(),
+            scheduler: SchedulerSettings::default(),
             admin_token: None,
         }
     }

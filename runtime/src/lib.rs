@@ -15,6 +15,7 @@ pub mod plugin_build;
 pub mod plugins;
 pub mod report;
 pub mod run;
+pub mod schedule;
 pub mod store;
 pub mod worker;
 pub mod workflow;

@@ -50,6 +50,12 @@ struct HookLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FireLabels {
+    workflow: String,
+    outcome: String,
+}
+
 /// Every metric this process exports.
 pub struct Metrics {
     registry: Registry,
@@ -59,6 +65,7 @@ pub struct Metrics {
     queue_depth: Family<StatusLabels, Gauge>,
     http_duration: Family<HttpLabels, Histogram>,
     hook_deliveries: Family<HookLabels, Counter>,
+    schedule_fires: Family<FireLabels, Counter>,
 }
 
 /// Buckets from 100 µs to ~30 s: plugin steps take microseconds, HTTP
@@ -106,6 +113,12 @@ impl Metrics {
             "Webhook deliveries by outcome (accepted, invalid, stale, replayed)",
             hook_deliveries.clone(),
         );
+        let schedule_fires = Family::<FireLabels, Counter>::default();
+        registry.register(
+            "schedule_fires",
+            "Cron fire times by workflow and outcome (fired, skipped, queued, missed, failed)",
+            schedule_fires.clone(),
+        );
         Metrics {
             registry,
             runs_started,
@@ -114,6 +127,7 @@ impl Metrics {
             queue_depth,
             http_duration,
             hook_deliveries,
+            schedule_fires,
         }
     }
 
@@ -168,6 +182,16 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// `count` fire times of a schedule of `workflow` ended as `outcome`.
+    pub fn schedule_fires(&self, workflow: &str, outcome: &str, count: u64) {
+        self.schedule_fires
+            .get_or_create(&FireLabels {
+                workflow: workflow.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc_by(count);
     }
 
     /// The text exposition format (OpenMetrics, which Prometheus reads).

@@ -31,7 +31,8 @@ fn required_scope(method: &Method, path: &str) -> Option<&'static str> {
     }
     let starts_run = path.starts_with("/v1/workflows/") && path.ends_with("/runs");
     let cancels = path.starts_with("/v1/runs/") && path.ends_with("/cancel");
-    Some(if starts_run || cancels {
+    let schedules = path == "/v1/schedules" || path.starts_with("/v1/schedules/");
+    Some(if starts_run || cancels || schedules {
         "runs:write"
     } else {
         "admin"
@@ -109,6 +110,10 @@ mod tests {
                 Some("approvals:decide"),
             ),
             (Method::GET, "/v1/delegations", Some("runs:read")),
+            (Method::POST, "/v1/schedules", Some("runs:write")),
+            (Method::PATCH, "/v1/schedules/x", Some("runs:write")),
+            (Method::DELETE, "/v1/schedules/x", Some("runs:write")),
+            (Method::GET, "/v1/schedules/x", Some("runs:read")),
             (Method::PUT, "/v1/workflows/a", Some("admin")),
             (Method::POST, "/v1/hooks/servicenow", None),
         ];

@@ -9,6 +9,7 @@ mod plugins;
 mod problem;
 mod reports;
 mod runs;
+mod schedules;
 mod tokens;
 mod workflows;
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub config: Arc<crate::config::Config>,
     /// Parsed `[calendars]`, for SLA due times.
     pub calendars: Arc<std::collections::BTreeMap<String, crate::calendar::Calendar>>,
+    /// Woken when a schedule is created or changed.
+    pub scheduler: crate::schedule::SchedulerHandle,
 }
 
 /// The API's routes.
@@ -66,6 +69,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/delegations/{id}", delete(approvals::revoke_delegation))
         .route("/v1/reports/sla", get(reports::sla))
+        .route(
+            "/v1/schedules",
+            get(schedules::list).post(schedules::create),
+        )
+        .route(
+            "/v1/schedules/{id}",
+            get(schedules::show)
+                .patch(schedules::update)
+                .delete(schedules::delete),
+        )
         .route("/v1/hooks/{name}", post(hooks::deliver))
         .route("/v1/plugins", get(plugins::list))
         .route(

@@ -38,13 +38,18 @@ pub async fn start(
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255 && !k.starts_with(HOOK_KEY_PREFIX))
+                .filter(|k| {
+                    !k.is_empty()
+                        && k.len() <= 255
+                        && !k.starts_with(HOOK_KEY_PREFIX)
+                        && !k.starts_with(crate::schedule::FIRE_KEY_PREFIX)
+                })
                 .ok_or_else(|| {
                     Problem::new(
                         StatusCode::BAD_REQUEST,
                         "invalid-idempotency-key",
                         "Invalid Idempotency-Key",
-                        "use 1 to 255 visible ASCII characters, not starting with `hook:`",
+                        "use 1 to 255 visible ASCII characters, not starting with `hook:` or `schedule:`",
                     )
                 })?,
         ),

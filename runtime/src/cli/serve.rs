@@ -12,6 +12,7 @@ use steward::config::Config;
 use steward::executor::Executor;
 use steward::hooks::Hooks;
 use steward::plugins::{add_uploaded, load_plugins};
+use steward::schedule::{Scheduler, SchedulerOptions};
 use steward::store::{SqliteSync, Store, StoreKeyValue, StoreOptions};
 use steward::worker::{self, WorkerOptions};
 use steward::workflow::load_dir;
@@ -93,6 +94,16 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         ..WorkerOptions::default()
     };
     let worker = worker::spawn(store.clone(), executor, catalog.clone(), options);
+    let scheduler = Scheduler::new(
+        store.clone(),
+        catalog.clone(),
+        worker.clone(),
+        SchedulerOptions {
+            grace: std::time::Duration::from_millis(config.scheduler.grace_ms),
+            ..SchedulerOptions::default()
+        },
+    )
+    .spawn();
     let auth = Authenticator::new(store.clone(), config.admin_token.as_deref());
     bootstrap_admin_token(config, &store).await?;
     let app = router(Arc::new(AppState {
@@ -105,6 +116,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         engine: set.engine.clone(),
         config: Arc::new(config.clone()),
         calendars: Arc::new(calendars),
+        scheduler: scheduler.clone(),
     }));
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -118,6 +130,7 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    scheduler.stop();
     let grace = std::time::Duration::from_millis(config.worker.shutdown_grace_ms);
     let handed_back = worker.shutdown(grace).await;
     if handed_back > 0 {

@@ -7,6 +7,7 @@
 
 mod approvals;
 mod migrate;
+mod schedules;
 mod writer;
 
 use std::time::Duration;
@@ -598,7 +599,7 @@ impl Store {
         Ok(())
     }
 
-    /// Drops every lease: for SQLite, whose single server process starts
+    /// Drops every lease (runs and the scheduler's): for SQLite, whose single server process starts
     /// after the previous one died.
     pub async fn release_all_leases(&self) -> Result<(), StoreError> {
         sqlx::query(
@@ -606,6 +607,9 @@ impl Store {
         )
         .execute(&self.pool)
         .await?;
+        sqlx::query("UPDATE scheduler_leader SET owner = NULL, lease_until = 0")
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -354,6 +354,17 @@ impl<'a> Loader<'a> {
         let triggers = get("triggers")
             .map(|n| self.triggers(n))
             .unwrap_or_default();
+        if let (Some(schema), Some(node)) = (&input, get("triggers")) {
+            for (i, trigger) in triggers.iter().enumerate() {
+                for e in schema.validator.iter_errors(&trigger.input) {
+                    self.error(
+                        node.pos,
+                        format!("triggers[{i}].input"),
+                        format!("does not match the workflow's input schema: {e}"),
+                    );
+                }
+            }
+        }
 
         Some(Workflow {
             name: name?,
@@ -938,7 +949,18 @@ impl<'a> Loader<'a> {
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let field = format!("triggers[{i}]");
-            let Some(entries) = self.mapping(item, &field, &["cron", "timezone", "input"]) else {
+            let Some(entries) = self.mapping(
+                item,
+                &field,
+                &[
+                    "cron",
+                    "timezone",
+                    "input",
+                    "overlap",
+                    "catch_up",
+                    "catch_up_window",
+                ],
+            ) else {
                 continue;
             };
             let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
@@ -953,21 +975,74 @@ impl<'a> Loader<'a> {
             let Some(cron) = self.string(cron_node, &format!("{field}.cron")) else {
                 continue;
             };
-            let fields = cron.split_whitespace().count();
-            if fields != 5 && fields != 6 {
-                self.error(
-                    cron_node.pos,
-                    format!("{field}.cron"),
-                    format!("{cron:?} has {fields} fields; expected 5 (minute first) or 6 (seconds first)"),
-                );
+            let timezone = match get("timezone") {
+                Some(n) => match self.string(n, &format!("{field}.timezone")) {
+                    Some(tz) => tz,
+                    None => continue,
+                },
+                None => "UTC".to_string(),
+            };
+            let mut spec = crate::schedule::ScheduleSpec::new("", &cron);
+            spec.timezone = timezone;
+            spec.input = get("input").map_or(Value::Object(Default::default()), Node::to_json);
+            let mut problems = Vec::new();
+            if let Err(e) = spec.parse_cron() {
+                let at = if e.field == "cron" {
+                    cron_node.pos
+                } else {
+                    get("timezone").map_or(item.pos, |n| n.pos)
+                };
+                problems.push((at, e));
             }
-            let timezone =
-                get("timezone").and_then(|n| self.string(n, &format!("{field}.timezone")));
-            let input = get("input").map_or(Value::Object(Default::default()), Node::to_json);
+            let text = |key: &str| {
+                get(key).and_then(|n| match &n.value {
+                    NodeValue::Str(s) => Some((n.pos, s.clone())),
+                    _ => None,
+                })
+            };
+            if let Some((pos, s)) = text("overlap") {
+                match crate::schedule::Overlap::parse(&s) {
+                    Ok(o) => spec.overlap = o,
+                    Err(e) => problems.push((pos, e)),
+                }
+            }
+            if let Some((pos, s)) = text("catch_up") {
+                match crate::schedule::CatchUp::parse(&s) {
+                    Ok(c) => spec.catch_up = c,
+                    Err(e) => problems.push((pos, e)),
+                }
+            }
+            if let Some((pos, s)) = text("catch_up_window") {
+                match crate::schedule::parse_window(&s) {
+                    Ok(w) => spec.catch_up_window = w,
+                    Err(e) => problems.push((pos, e)),
+                }
+            }
+            for key in ["overlap", "catch_up", "catch_up_window"] {
+                if let Some(n) = get(key)
+                    && !matches!(n.value, NodeValue::Str(_))
+                {
+                    self.error(
+                        n.pos,
+                        format!("{field}.{key}"),
+                        format!("expected a string, found {}", n.kind()),
+                    );
+                }
+            }
+            let failed = !problems.is_empty();
+            for (pos, e) in problems {
+                self.error(pos, format!("{field}.{}", e.field), e.message);
+            }
+            if failed {
+                continue;
+            }
             out.push(Trigger {
-                cron,
-                timezone,
-                input,
+                cron: spec.cron,
+                timezone: spec.timezone,
+                input: spec.input,
+                overlap: spec.overlap,
+                catch_up: spec.catch_up,
+                catch_up_window: spec.catch_up_window,
             });
         }
         out

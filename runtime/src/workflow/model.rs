@@ -174,11 +174,32 @@ pub fn sla_escalation_id(index: usize) -> String {
     format!("sla:escalation:{index}")
 }
 
+/// A schedule declared in the workflow, validated like one from the API.
 #[derive(Debug, Clone)]
 pub struct Trigger {
     pub cron: String,
-    pub timezone: Option<String>,
+    pub timezone: String,
     pub input: Value,
+    pub overlap: crate::schedule::Overlap,
+    pub catch_up: crate::schedule::CatchUp,
+    pub catch_up_window: Duration,
+}
+
+impl Trigger {
+    /// The schedule this trigger keeps for `workflow` (never paused here: a
+    /// pause set over the API survives deploys).
+    pub fn spec(&self, workflow: &str) -> crate::schedule::ScheduleSpec {
+        crate::schedule::ScheduleSpec {
+            workflow: workflow.to_string(),
+            cron: self.cron.clone(),
+            timezone: self.timezone.clone(),
+            input: self.input.clone(),
+            overlap: self.overlap,
+            catch_up: self.catch_up,
+            catch_up_window: self.catch_up_window,
+            paused: false,
+        }
+    }
 }
 
 impl Workflow {
