@@ -445,3 +445,52 @@ fn bad_schedules_get_a_4xx_naming_the_field() {
     assert!(matches!(gone, Err(ureq::Error::Status(404, _))));
     server.kill();
 }
+
+#[test]
+fn the_cli_creates_lists_pauses_and_resumes_schedules() {
+    let (_dir, _config, server) = start("");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::steward_bin())
+            .arg("schedules")
+            .args(args)
+            .args([
+                "--server",
+                &server.url(""),
+                "--token",
+                common::server::ADMIN_TOKEN,
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = cli(&[
+        "create",
+        "--workflow",
+        "tick",
+        "--cron",
+        "0 9 * * MON-FRI",
+        "--timezone",
+        "Europe/Berlin",
+        "--input",
+        r#"{"n": 3}"#,
+    ]);
+    assert!(ok, "{err}");
+    let id = out.split_whitespace().next().unwrap().to_string();
+    assert!(out.contains("next 20"), "{out}");
+    let (ok, out, _) = cli(&["pause", &id]);
+    assert!(ok && out.contains("paused"), "{out}");
+    let (ok, out, _) = cli(&["list"]);
+    assert!(ok && out.contains(&id) && out.contains("weekly"), "{out}");
+    let (ok, out, _) = cli(&["resume", &id]);
+    assert!(ok && out.contains("next 20"), "{out}");
+    let (ok, _, err) = cli(&["create", "--workflow", "tick", "--cron", "0 9 * *"]);
+    assert!(!ok);
+    assert!(err.contains("422") && err.contains("cron"), "{err}");
+    let (ok, out, _) = cli(&["delete", &id]);
+    assert!(ok && out.contains("deleted"), "{out}");
+    server.kill();
+}

@@ -3,6 +3,7 @@
 mod plugin;
 mod run;
 mod runs;
+mod schedules;
 mod serve;
 mod validate;
 
@@ -60,6 +61,22 @@ pub enum Command {
         )]
         server: String,
         /// An API token with the runs:read scope.
+        #[arg(long, env = "STEWARD_TOKEN", global = true, hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// List, create, pause and resume the server's cron schedules.
+    Schedules {
+        #[command(subcommand)]
+        command: schedules::SchedulesCommand,
+        /// The server's base URL.
+        #[arg(
+            long,
+            env = "STEWARD_SERVER",
+            default_value = "http://127.0.0.1:8080",
+            global = true
+        )]
+        server: String,
+        /// An API token with the runs:read scope (runs:write to change schedules).
         #[arg(long, env = "STEWARD_TOKEN", global = true, hide_env_values = true)]
         token: Option<String>,
     },
@@ -151,6 +168,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             server,
             token,
         } => runs::dispatch(command, server.trim_end_matches('/'), token.as_deref()),
+        Command::Schedules {
+            command,
+            server,
+            token,
+        } => schedules::dispatch(command, server.trim_end_matches('/'), token.as_deref()),
         Command::Approve {
             id,
             by,

@@ -87,7 +87,13 @@ pub fn call(
         None => request.call(),
     };
     match sent {
-        Ok(response) => Ok(serde_json::from_str(&response.into_string()?)?),
+        Ok(response) => {
+            let text = response.into_string()?;
+            if text.is_empty() {
+                return Ok(Value::Null); // 204
+            }
+            Ok(serde_json::from_str(&text)?)
+        }
         Err(ureq::Error::Status(status, response)) => {
             let body: Value = serde_json::from_str(&response.into_string().unwrap_or_default())
                 .unwrap_or_default();
