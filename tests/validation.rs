@@ -91,6 +91,31 @@ fn cases() -> Vec<Case> {
             yaml: format!("{BASE}input:\n  type: objekt\n"),
             expect: &["FILE:10:3: input: not a valid JSON Schema"],
         },
+        Case {
+            name: "bad cron",
+            yaml: format!("{BASE}triggers:\n  - cron: \"0 25 * * *\"\n"),
+            expect: &["FILE:10:11: triggers[0].cron:", "is not a cron expression"],
+        },
+        Case {
+            name: "cron with 7 fields",
+            yaml: format!("{BASE}triggers:\n  - cron: \"0 0 9 * * MON 2027\"\n"),
+            expect: &["FILE:10:11: triggers[0].cron:", "7 fields"],
+        },
+        Case {
+            name: "unknown time zone",
+            yaml: format!("{BASE}triggers:\n  - cron: \"@daily\"\n    timezone: Europe/Atlantis\n"),
+            expect: &["FILE:11:15: triggers[0].timezone: unknown time zone \"Europe/Atlantis\""],
+        },
+        Case {
+            name: "bad overlap policy",
+            yaml: format!("{BASE}triggers:\n  - cron: \"@daily\"\n    overlap: sometimes\n"),
+            expect: &["FILE:11:14: triggers[0].overlap: \"sometimes\" is not an overlap policy: use skip, queue, allow or cancel_previous"],
+        },
+        Case {
+            name: "trigger input against the schema",
+            yaml: format!("{BASE}input:\n  type: object\n  required: [team]\ntriggers:\n  - cron: \"@daily\"\n    input: {{ region: eu }}\n"),
+            expect: &["triggers[0].input: does not match the workflow's input schema", "team"],
+        },
     ]
 }
 
