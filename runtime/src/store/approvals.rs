@@ -364,18 +364,25 @@ impl Store {
                 walk.map_err(|e| StoreError::Corrupt(format!("a report query panicked: {e}")))?;
             quantiles.extend(walked?);
         }
+        // Closed approvals first, each joined to its run by key: SQLite
+        // keeps a CROSS JOIN's order (scanning a month of runs for their
+        // approvals cost a second over 1M runs); an approval closes before
+        // its run finishes (the close may be written just after), so
+        // closed_at < to + 1 day bounds the scan.
         let waits = sqlx::query(
             "SELECT workflow, sla_priority, rn, cnt, took FROM ( \
                SELECT r.workflow, r.sla_priority, a.closed_at - a.created_at AS took, \
                  ROW_NUMBER() OVER (PARTITION BY r.workflow, r.sla_priority ORDER BY a.closed_at - a.created_at) AS rn, \
                  COUNT(*) OVER (PARTITION BY r.workflow, r.sla_priority) AS cnt \
-               FROM approvals a JOIN runs r ON r.id = a.run_id \
-               WHERE r.sla_priority IS NOT NULL AND r.sla_target_ms IS NOT NULL \
-               AND r.finished_at >= $1 AND r.finished_at < $2 AND a.closed_at IS NOT NULL) q \
+               FROM approvals a CROSS JOIN runs r \
+               WHERE r.id = a.run_id AND r.sla_priority IS NOT NULL AND r.sla_target_ms IS NOT NULL \
+               AND r.finished_at >= $1 AND r.finished_at < $2 \
+               AND a.closed_at IS NOT NULL AND a.closed_at < $3) q \
              WHERE rn = (cnt * 50 + 99) / 100",
         )
         .bind(from)
         .bind(to)
+        .bind(to.saturating_add(86_400_000))
         .fetch_all(&self.pool)
         .await?;
         for r in waits.iter() {
