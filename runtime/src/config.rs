@@ -55,6 +55,8 @@ pub struct WorkerSettings {
     /// before their runs are handed back (and the calls re-run elsewhere
     /// under the same idempotency key).
     pub shutdown_grace_ms: u64,
+    /// `steward worker` serves `/healthz` and `/metrics` here when set.
+    pub listen: Option<String>,
 }
 
 impl Default for WorkerSettings {
@@ -63,6 +65,7 @@ impl Default for WorkerSettings {
             lease_ms: 15_000,
             capacity: 256,
             shutdown_grace_ms: 10_000,
+            listen: None,
         }
     }
 }

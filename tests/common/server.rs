@@ -41,17 +41,39 @@ impl Server {
 
     /// Starts with extra environment variables for the child.
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Server {
+        Server::spawn(config, &["serve"], env)
+    }
+
+    /// `steward serve --no-worker`: the API only.
+    pub fn start_api_only(config: &Path) -> Server {
+        Server::spawn(config, &["serve", "--no-worker"], &[])
+    }
+
+    /// `steward worker`, with `/healthz` and `/metrics` on its port.
+    pub fn start_worker(config: &Path) -> Server {
+        Server::spawn(config, &["worker", "--listen", "PORT"], &[])
+    }
+
+    /// Runs `steward ARGS --config CONFIG` (`PORT` in ARGS becomes the
+    /// free address it listens on) and waits for its `/healthz`.
+    fn spawn(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let address = format!("127.0.0.1:{port}");
+        let args: Vec<&str> = args
+            .iter()
+            .map(|a| if *a == "PORT" { address.as_str() } else { a })
+            .collect();
         let log_path = config.with_extension(format!("{port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(super::steward_bin())
-            .args(["serve", "--config"])
+            .args(&args)
+            .arg("--config")
             .arg(config)
-            .env("STEWARD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("STEWARD_LISTEN", &address)
             .env("STEWARD_ADMIN_TOKEN", ADMIN_TOKEN)
             .envs(env.iter().copied())
             .stdout(Stdio::null())

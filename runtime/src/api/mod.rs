@@ -103,6 +103,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// What a `steward worker` serves on its optional port: liveness and
+/// metrics, no API.
+pub fn health_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics::expose))
+        .fallback(|| async {
+            Problem::not_found("this route (a worker serves only /healthz and /metrics)")
+        })
+        .with_state(state)
+}
+
 /// The API's OpenAPI document, kept beside the routes it describes (a test
 /// checks that every route is in it).
 pub const OPENAPI: &str = include_str!("openapi.json");

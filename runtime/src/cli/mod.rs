@@ -31,6 +31,19 @@ pub enum Command {
         /// steward.toml; every key has a default.
         #[arg(long, env = "STEWARD_CONFIG")]
         config: Option<PathBuf>,
+        /// Serve the API only; `steward worker` processes on the same
+        /// PostgreSQL execute the runs, timers and schedules.
+        #[arg(long)]
+        no_worker: bool,
+    },
+    /// Execute runs, timers and schedules from a shared PostgreSQL, with no
+    /// API (`/healthz` and `/metrics` on `--listen` when given).
+    Worker {
+        #[arg(long, env = "STEWARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Where to serve /healthz and /metrics (overrides [worker] listen).
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Run a workflow file once, locally, and print its output JSON.
     Run {
@@ -140,7 +153,7 @@ async fn token_create(scopes: &[String], name: &str, config: &Config) -> anyhow:
 /// Logs go to stderr; `STEWARD_LOG` (or `RUST_LOG`) overrides the level.
 pub fn init_logging(command: &Command) {
     let default = match command {
-        Command::Serve { .. } => "info",
+        Command::Serve { .. } | Command::Worker { .. } => "info",
         _ => "warn",
     };
     let filter = std::env::var("STEWARD_LOG")
@@ -155,7 +168,21 @@ pub fn init_logging(command: &Command) {
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config } => serve::serve(&load_config(config)?).await,
+        Command::Serve { config, no_worker } => {
+            let role = if no_worker {
+                serve::Role::ApiOnly
+            } else {
+                serve::Role::Both
+            };
+            serve::serve(&load_config(config)?, role).await
+        }
+        Command::Worker { config, listen } => {
+            let mut config = load_config(config)?;
+            if listen.is_some() {
+                config.worker.listen = listen;
+            }
+            serve::serve(&config, serve::Role::WorkerOnly).await
+        }
         Command::Run {
             file,
             input,

@@ -5,21 +5,46 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use steward::api::{AppState, router};
+use steward::api::{AppState, health_router, router};
 use steward::auth::{Authenticator, issue_token};
 use steward::catalog::Catalog;
 use steward::config::Config;
 use steward::executor::Executor;
 use steward::hooks::Hooks;
 use steward::plugins::{add_uploaded, load_plugins};
-use steward::schedule::{Scheduler, SchedulerOptions};
+use steward::schedule::{Scheduler, SchedulerHandle, SchedulerOptions};
 use steward::store::{SqliteSync, Store, StoreKeyValue, StoreOptions};
 use steward::worker::{self, WorkerOptions};
 use steward::workflow::load_dir;
 
-pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
+/// Which parts of the runtime a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `steward serve`: the API, and executing runs, timers and schedules.
+    Both,
+    /// `steward serve --no-worker`: the API only; runs are created for
+    /// the `steward worker` processes sharing the database.
+    ApiOnly,
+    /// `steward worker`: executing only (plus `/healthz` and `/metrics`
+    /// when given a port).
+    WorkerOnly,
+}
+
+/// Starts the server (or, by `role`, its API or its worker half) and runs
+/// until SIGTERM or Ctrl-C.
+pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
     let hooks = Hooks::from_config(config)?;
     let calendars = config.calendars()?;
+    // Checked before opening: opening SQLite drops the leases of a
+    // previous process, which would be the running server's.
+    let postgres =
+        config.database.starts_with("postgres://") || config.database.starts_with("postgresql://");
+    if role != Role::Both && !postgres {
+        bail!(
+            "`steward worker` and `steward serve --no-worker` need PostgreSQL (database = \"postgres://...\"): \
+             with SQLite, one `steward serve` is the only process"
+        );
+    }
     let store = open_store(config).await?;
     let kv = Arc::new(StoreKeyValue::new(
         store.clone(),
@@ -88,25 +113,37 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
     let executor = Executor::new(set.engine.clone(), config.env_json())
         .with_groups(config.groups.clone())
         .with_calendars(calendars.clone());
+    let executes = role != Role::ApiOnly;
     let options = WorkerOptions {
         lease: std::time::Duration::from_millis(config.worker.lease_ms.max(100)),
-        capacity: config.worker.capacity.max(1),
+        // Capacity 0: runs are created unleased and left to the workers.
+        capacity: if executes {
+            config.worker.capacity.max(1)
+        } else {
+            0
+        },
         ..WorkerOptions::default()
     };
     let worker = worker::spawn(store.clone(), executor, catalog.clone(), options);
-    let scheduler = Scheduler::new(
-        store.clone(),
-        catalog.clone(),
-        worker.clone(),
-        SchedulerOptions {
-            grace: std::time::Duration::from_millis(config.scheduler.grace_ms),
-            ..SchedulerOptions::default()
-        },
-    )
-    .spawn();
+    let scheduler = if executes {
+        Scheduler::new(
+            store.clone(),
+            catalog.clone(),
+            worker.clone(),
+            SchedulerOptions {
+                grace: std::time::Duration::from_millis(config.scheduler.grace_ms),
+                ..SchedulerOptions::default()
+            },
+        )
+        .spawn()
+    } else {
+        SchedulerHandle::detached()
+    };
     let auth = Authenticator::new(store.clone(), config.admin_token.as_deref());
-    bootstrap_admin_token(config, &store).await?;
-    let app = router(Arc::new(AppState {
+    if role != Role::WorkerOnly {
+        bootstrap_admin_token(config, &store).await?;
+    }
+    let state = Arc::new(AppState {
         auth,
         store: store.clone(),
         catalog,
@@ -117,19 +154,44 @@ pub async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         config: Arc::new(config.clone()),
         calendars: Arc::new(calendars),
         scheduler: scheduler.clone(),
-    }));
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}: is another server running? set listen or STEWARD_LISTEN",
-                config.listen
-            )
-        })?;
-    tracing::info!("steward listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    });
+    let (app, listen) = match role {
+        Role::WorkerOnly => (
+            config.worker.listen.as_ref().map(|_| health_router(state)),
+            config.worker.listen.clone(),
+        ),
+        _ => (Some(router(state)), Some(config.listen.clone())),
+    };
+    match (app, listen) {
+        (Some(app), Some(listen)) => {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {listen}: is another server running? set listen or STEWARD_LISTEN \
+                         ([worker] listen for a worker)"
+                    )
+                })?;
+            tracing::info!(
+                "steward {} on http://{}",
+                if role == Role::WorkerOnly {
+                    "worker, health and metrics"
+                } else {
+                    "listening"
+                },
+                listener.local_addr()?
+            );
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+        }
+        _ => {
+            tracing::info!(
+                "steward worker running (no port: set [worker] listen for /healthz and /metrics)"
+            );
+            shutdown_signal().await;
+        }
+    }
     scheduler.stop();
     let grace = std::time::Duration::from_millis(config.worker.shutdown_grace_ms);
     let handed_back = worker.shutdown(grace).await;

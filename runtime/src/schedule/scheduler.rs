@@ -399,6 +399,16 @@ pub struct SchedulerHandle {
 }
 
 impl SchedulerHandle {
+    /// A handle with no scheduler behind it, for a process that does not
+    /// fire schedules (`steward serve --no-worker`): the workers' schedulers
+    /// see new schedules within a second.
+    pub fn detached() -> SchedulerHandle {
+        SchedulerHandle {
+            wake: Arc::new(Notify::new()),
+            stop: watch::channel(false).0,
+        }
+    }
+
     /// A schedule was created or changed: look again now.
     pub fn wake(&self) {
         self.wake.notify_one();
