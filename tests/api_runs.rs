@@ -603,6 +603,10 @@ fn the_openapi_document_describes_every_route() {
         ("/v1/schedules/{id}", "get"),
         ("/v1/schedules/{id}", "patch"),
         ("/v1/schedules/{id}", "delete"),
+        ("/v1/groups", "get"),
+        ("/v1/groups/{name}", "get"),
+        ("/v1/groups/{name}", "put"),
+        ("/v1/groups/{name}", "delete"),
     ];
     for (path, method) in routes {
         assert!(

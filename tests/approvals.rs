@@ -22,6 +22,10 @@ const WORKFLOWS: &[(&str, &str)] = &[
         "name: access\nversion: 1\nsteps:\n  - id: owner\n    approval:\n      approvers: [\"${{ input.owner }}\", ben]\n      quorum: any\n  - id: grant\n    uses: transform\n    with: { granted: true }\n",
     ),
     (
+        "night.yaml",
+        "name: night\nversion: 1\nsteps:\n  - id: ask\n    approval:\n      approvers: [group:night-shift]\n",
+    ),
+    (
         "escalating.yaml",
         "name: escalating\nversion: 1\nsteps:\n  - id: ask\n    approval:\n      approvers: [ana]\n      timeout: 2s\n      on_timeout: { escalate_to: [group:it-managers], timeout: 1h }\n  - id: done\n    uses: transform\n    with: { level: \"${{ steps.ask.output.level }}\" }\noutput: ${{ steps.done.output }}\n",
     ),
@@ -459,5 +463,76 @@ fn an_escalation_that_times_out_follows_its_own_on_timeout() {
         (Some(1), Some(true)),
         "{output:#}"
     );
+    server.kill();
+}
+
+fn put_group(server: &Server, name: &str, body: Value) -> (u16, Value) {
+    match server
+        .request("PUT", &format!("/v1/groups/{name}"))
+        .set("content-type", "application/json")
+        .send_string(&body.to_string())
+    {
+        Ok(r) => (r.status(), json_of(r)),
+        Err(ureq::Error::Status(s, r)) => (s, json_of(r)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn groups_set_over_the_api_decide_approvals_opened_after_the_change() {
+    let (_dir, _config, server) = start();
+    // Not defined yet: the run fails, naming how to define the group.
+    let early = server.start_run("night", json!({}));
+    let failed = server.wait_until_finished(&[early], Duration::from_secs(20));
+    assert_eq!(failed[0]["status"], "failed");
+    assert!(
+        failed[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("PUT /v1/groups/night-shift"),
+        "{:#}",
+        failed[0]
+    );
+
+    let (status, group) = put_group(&server, "night-shift", json!({"members": ["gus", "hana"]}));
+    assert_eq!(status, 201, "{group:#}");
+    assert_eq!(group["source"], "api");
+    let run = server.start_run("night", json!({}));
+    let approval = approval_of(&server, &run, "hana");
+    assert_eq!(approval["eligible"], json!(["gus", "hana"]));
+    let id = approval["id"].as_str().unwrap().to_string();
+
+    // A change applies to approvals opened later, not to this one.
+    let (status, _) = put_group(&server, "night-shift", json!({"members": ["ivo"]}));
+    assert_eq!(status, 200);
+    let (status, _) = decide(&server, &id, "ivo", "approve", None);
+    assert_eq!(status, 403);
+    let (status, _) = decide(&server, &id, "gus", "approve", None);
+    assert_eq!(status, 201);
+    let done = server.wait_until_finished(&[run], Duration::from_secs(20));
+    assert_eq!(done[0]["status"], "succeeded");
+
+    // steward.toml's groups are read-only here; bad bodies name the problem.
+    let (status, problem) = put_group(&server, "cab", json!({"members": ["zed"]}));
+    assert_eq!(status, 409, "{problem:#}");
+    let (status, problem) = put_group(&server, "empty", json!({"members": []}));
+    assert_eq!(status, 422, "{problem:#}");
+    let (status, _) = put_group(&server, "nested", json!({"members": ["group:cab"]}));
+    assert_eq!(status, 422);
+    let list = json_of(server.request("GET", "/v1/groups").call().unwrap());
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cab", "it-managers", "night-shift"]);
+    let deleted = server
+        .request("DELETE", "/v1/groups/night-shift")
+        .call()
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let gone = server.request("GET", "/v1/groups/night-shift").call();
+    assert!(matches!(gone, Err(ureq::Error::Status(404, _))));
     server.kill();
 }

@@ -280,11 +280,8 @@ impl Executor {
         self
     }
 
-    /// Sets the members of each `group:NAME` approvers may name.
-    pub fn with_groups(
-        mut self,
-        groups: std::collections::BTreeMap<String, Vec<String>>,
-    ) -> Executor {
+    /// Sets the groups `group:NAME` approvers are looked up in.
+    pub fn with_groups(mut self, groups: crate::groups::Groups) -> Executor {
         Arc::make_mut(&mut self.context).groups = groups;
         self
     }

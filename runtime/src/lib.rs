@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod config;
 pub mod engine;
 pub mod executor;
+pub mod groups;
 pub mod hooks;
 pub mod metrics;
 pub mod plugin_build;

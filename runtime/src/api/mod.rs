@@ -3,6 +3,7 @@
 mod approvals;
 mod auth;
 mod body;
+mod groups;
 mod hooks;
 mod metrics;
 mod plugins;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub calendars: Arc<std::collections::BTreeMap<String, crate::calendar::Calendar>>,
     /// Woken when a schedule is created or changed.
     pub scheduler: crate::schedule::SchedulerHandle,
+    /// Approver groups, refreshed here after an API change.
+    pub groups: crate::groups::Groups,
 }
 
 /// The API's routes.
@@ -69,6 +72,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/delegations/{id}", delete(approvals::revoke_delegation))
         .route("/v1/reports/sla", get(reports::sla))
+        .route("/v1/groups", get(groups::list))
+        .route(
+            "/v1/groups/{name}",
+            get(groups::show).put(groups::set).delete(groups::delete),
+        )
         .route(
             "/v1/schedules",
             get(schedules::list).post(schedules::create),

@@ -10,6 +10,7 @@ use steward::auth::{Authenticator, issue_token};
 use steward::catalog::Catalog;
 use steward::config::Config;
 use steward::executor::Executor;
+use steward::groups::Groups;
 use steward::hooks::Hooks;
 use steward::plugins::{add_uploaded, load_plugins};
 use steward::schedule::{Scheduler, SchedulerHandle, SchedulerOptions};
@@ -110,8 +111,11 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    let groups = Groups::new(config.groups.clone());
+    groups.refresh(&store).await?;
+    groups.spawn_refresh(store.clone(), std::time::Duration::from_secs(2));
     let executor = Executor::new(set.engine.clone(), config.env_json())
-        .with_groups(config.groups.clone())
+        .with_groups(groups.clone())
         .with_calendars(calendars.clone());
     let executes = role != Role::ApiOnly;
     let options = WorkerOptions {
@@ -154,6 +158,7 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
         config: Arc::new(config.clone()),
         calendars: Arc::new(calendars),
         scheduler: scheduler.clone(),
+        groups,
     });
     let (app, listen) = match role {
         Role::WorkerOnly => (

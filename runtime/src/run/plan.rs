@@ -54,7 +54,7 @@ pub struct PlanContext {
     /// `env.*` in expressions.
     pub env: Value,
     /// `group:NAME` approvers: the members of each group.
-    pub groups: BTreeMap<String, Vec<String>>,
+    pub groups: crate::groups::Groups,
     /// Business-hours calendars SLA clocks may run on.
     pub calendars: BTreeMap<String, crate::calendar::Calendar>,
 }
@@ -167,7 +167,7 @@ enum Progress {
 struct Planner<'a> {
     state: &'a RunState,
     scope: &'a Scope,
-    groups: &'a BTreeMap<String, Vec<String>>,
+    groups: &'a crate::groups::Groups,
     calendars: &'a BTreeMap<String, crate::calendar::Calendar>,
     now: DateTime<Utc>,
     plan: &'a mut Plan,
@@ -408,12 +408,12 @@ impl Planner<'_> {
         let mut eligible: Vec<String> = Vec::new();
         for name in &listed {
             let members = match name.strip_prefix("group:") {
-                Some(group) => match self.groups.get(group) {
-                    Some(members) => members.clone(),
+                Some(group) => match self.groups.members(group) {
+                    Some(members) => members,
                     None => {
                         return self.fail(
                             step,
-                            format!("approval.approvers: group {group} is not defined: add it under [groups] in steward.toml"),
+                            format!("approval.approvers: group {group} is not defined: add it under [groups] in steward.toml or with PUT /v1/groups/{group}"),
                         );
                     }
                 },

@@ -6,6 +6,7 @@
 //! events and leases.
 
 mod approvals;
+mod groups;
 mod migrate;
 mod schedules;
 mod writer;

@@ -1,0 +1,107 @@
+//! Approver groups: `[groups]` from `steward.toml` (the operator's, read
+//! only) and groups set over the API (kept in the database, so every
+//! process sees them). A group is expanded when an approval opens; changing
+//! it later does not change who may decide approvals already open.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::store::{Store, StoreError};
+
+/// Where a group is defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupSource {
+    Config,
+    Api,
+}
+
+impl GroupSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupSource::Config => "config",
+            GroupSource::Api => "api",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Directory {
+    configured: BTreeMap<String, Vec<String>>,
+    stored: BTreeMap<String, Vec<String>>,
+}
+
+/// A shared, refreshable view of every group; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Groups {
+    inner: Arc<RwLock<Directory>>,
+}
+
+impl Groups {
+    /// The groups of `steward.toml`; stored ones arrive with `refresh`.
+    pub fn new(configured: BTreeMap<String, Vec<String>>) -> Groups {
+        Groups {
+            inner: Arc::new(RwLock::new(Directory {
+                configured,
+                stored: BTreeMap::new(),
+            })),
+        }
+    }
+
+    /// The members of `name`; a group in `steward.toml` wins over a stored
+    /// one of the same name (the API refuses to create one).
+    pub fn members(&self, name: &str) -> Option<Vec<String>> {
+        let dir = self.inner.read().unwrap();
+        dir.configured
+            .get(name)
+            .or_else(|| dir.stored.get(name))
+            .cloned()
+    }
+
+    pub fn source(&self, name: &str) -> Option<GroupSource> {
+        let dir = self.inner.read().unwrap();
+        if dir.configured.contains_key(name) {
+            Some(GroupSource::Config)
+        } else if dir.stored.contains_key(name) {
+            Some(GroupSource::Api)
+        } else {
+            None
+        }
+    }
+
+    /// Every group by name, with its members and origin.
+    pub fn all(&self) -> Vec<(String, Vec<String>, GroupSource)> {
+        let dir = self.inner.read().unwrap();
+        let mut out: BTreeMap<&String, (Vec<String>, GroupSource)> = BTreeMap::new();
+        for (name, members) in &dir.stored {
+            out.insert(name, (members.clone(), GroupSource::Api));
+        }
+        for (name, members) in &dir.configured {
+            out.insert(name, (members.clone(), GroupSource::Config));
+        }
+        out.into_iter()
+            .map(|(name, (members, source))| (name.clone(), members, source))
+            .collect()
+    }
+
+    /// Reads the stored groups again (after an API change here, and
+    /// periodically for changes made by other processes).
+    pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
+        let stored = store.stored_groups().await?;
+        self.inner.write().unwrap().stored = stored;
+        Ok(())
+    }
+
+    /// Refreshes every `every`, for as long as the process runs.
+    pub fn spawn_refresh(&self, store: Store, every: Duration) {
+        let groups = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = groups.refresh(&store).await {
+                    tracing::warn!("reading approver groups failed: {e}");
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+}
