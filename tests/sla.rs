@@ -14,12 +14,15 @@ const INCIDENT: &str = "name: incident\nversion: 1\nsla:\n  priority: ${{ input.
 
 const ON_HOLD: &str = "name: on-hold\nversion: 1\nsla:\n  priority: P1\n  resolution: { P1: 3s }\n  pause_while: on-hold\nsteps:\n  - id: on-hold\n    wait: 2s\n  - id: fix\n    approval:\n      approvers: [ana]\n";
 
+const TRIAGE: &str = "name: triage\nversion: 1\nsla:\n  priority: P1\n  resolution: { P1: 1h }\n  response: { P1: 1500ms }\nsteps:\n  - id: ack\n    approval:\n      approvers: [ana]\n";
+
 fn start() -> (tempfile::TempDir, std::path::PathBuf, Server) {
     let dir = tempfile::tempdir().unwrap();
     let workflows = dir.path().join("workflows");
     std::fs::create_dir_all(&workflows).unwrap();
     std::fs::write(workflows.join("incident.yaml"), INCIDENT).unwrap();
     std::fs::write(workflows.join("on-hold.yaml"), ON_HOLD).unwrap();
+    std::fs::write(workflows.join("triage.yaml"), TRIAGE).unwrap();
     let config = common::server::write_config(dir.path(), Some(&workflows), "");
     let server = Server::start(&config);
     (dir, config, server)
@@ -215,5 +218,52 @@ fn the_report_counts_met_and_breached_runs() {
         .call()
         .unwrap_err();
     assert!(matches!(bad, ureq::Error::Status(400, _)));
+    server.kill();
+}
+
+#[test]
+fn the_response_target_is_breached_without_a_response_and_met_with_one() {
+    let (_dir, _config, server) = start();
+    let silent = server.start_run("triage", json!({}));
+    let answered = server.start_run("triage", json!({}));
+    approve_all(&server, &answered);
+
+    let body = until(&server, &silent, Duration::from_secs(10), |b| {
+        b["sla"]["response"]["breached"] == true
+    });
+    let response = &body["sla"]["response"];
+    assert_eq!(response["target_ms"], 1500);
+    assert!(response["responded_at"].is_null(), "{body:#}");
+    let late = (time(&response["breached_at"]) - time(&body["created_at"])).num_milliseconds();
+    assert!(
+        (1500..2500).contains(&late),
+        "response breach after {late} ms"
+    );
+    assert_eq!(
+        body["status"], "waiting",
+        "a response breach does not stop the run"
+    );
+    assert_eq!(
+        body["sla"]["breached"], false,
+        "the resolution clock is apart"
+    );
+
+    let body = server.run(&answered);
+    let response = &body["sla"]["response"];
+    assert_eq!(response["breached"], false, "{body:#}");
+    assert!(time(&response["responded_at"]) < time(&response["due_at"]));
+
+    approve_all(&server, &silent);
+    let body = until(&server, &silent, Duration::from_secs(10), |b| {
+        b["status"] == "succeeded"
+    });
+    assert!(body["sla"]["response"]["responded_at"].is_string());
+    assert_eq!(body["sla"]["response"]["breached"], true);
+    let breaches = server
+        .events(&silent)
+        .iter()
+        .filter(|e| e["type"] == "sla_response_breached")
+        .count();
+    assert_eq!(breaches, 1);
     server.kill();
 }

@@ -388,6 +388,7 @@ async fn the_sla_report_aggregated_in_the_database_matches_its_definition() {
             let mut events = vec![Event::SlaStarted {
                 priority: priority.to_string(),
                 target_ms: Some(3_600_000),
+                response_target_ms: None,
             }];
             if *breached {
                 events.push(Event::SlaBreached);

@@ -116,6 +116,11 @@ fn cases() -> Vec<Case> {
             yaml: format!("{BASE}input:\n  type: object\n  required: [team]\ntriggers:\n  - cron: \"@daily\"\n    input: {{ region: eu }}\n"),
             expect: &["triggers[0].input: does not match the workflow's input schema", "team"],
         },
+        Case {
+            name: "responded_when names an unknown step",
+            yaml: format!("{BASE}sla:\n  priority: P1\n  resolution: {{ P1: 4h }}\n  response: {{ P1: 15m }}\n  responded_when: acknowledge\n"),
+            expect: &["FILE:13:19: sla.responded_when: unknown step acknowledge"],
+        },
     ]
 }
 

@@ -134,11 +134,10 @@ pub async fn show(
             .ok()
             .flatten();
         let sla = workflow.as_ref().and_then(|w| w.sla.as_ref());
-        let pause = sla.and_then(|s| s.pause_while.as_deref());
         let calendar = sla
             .and_then(|s| s.calendar.as_ref())
             .and_then(|c| app.calendars.get(c));
-        body["sla"] = sla_view(&state, clock, pause, calendar, chrono::Utc::now());
+        body["sla"] = sla_view(&state, clock, sla, calendar, chrono::Utc::now());
     }
     Ok(Json(body))
 }
@@ -148,10 +147,11 @@ pub async fn show(
 fn sla_view(
     state: &RunState,
     clock: &crate::run::state::SlaState,
-    pause: Option<&str>,
+    sla: Option<&crate::workflow::model::Sla>,
     calendar: Option<&crate::calendar::Calendar>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Value {
+    let pause = sla.and_then(|s| s.pause_while.as_deref());
     let end = state.finished_at.unwrap_or(now);
     let paused = state.sla_paused(pause, calendar, end);
     let elapsed = state.sla_elapsed(pause, calendar, now);
@@ -174,6 +174,21 @@ fn sla_view(
         if state.status.is_terminal() {
             view["met"] = json!(!clock.breached && state.status == Status::Succeeded);
         }
+    }
+    if let Some(target) = clock.response_target_ms {
+        let responded = state.sla_responded_at(sla.and_then(|s| s.responded_when.as_deref()));
+        let due = crate::run::state::clock_add(
+            calendar,
+            state.started_at,
+            chrono::Duration::milliseconds(target as i64) + state.sla_paused(pause, calendar, end),
+        );
+        view["response"] = json!({
+            "target_ms": target,
+            "due_at": due,
+            "responded_at": responded,
+            "breached": clock.response_breached,
+            "breached_at": clock.response_breached_at,
+        });
     }
     view
 }

@@ -91,9 +91,14 @@ pub enum Event {
     SlaStarted {
         priority: String,
         target_ms: Option<u64>,
+        /// The response target, when the SLA sets one for this priority.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        response_target_ms: Option<u64>,
     },
     /// The SLA's resolution target passed; the run keeps going.
     SlaBreached,
+    /// The response target passed with no response; the run keeps going.
+    SlaResponseBreached,
     RunSucceeded {
         output: Value,
     },

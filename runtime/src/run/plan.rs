@@ -228,19 +228,19 @@ impl Planner<'_> {
             Err(e) => format!("(priority failed: {e})"),
         };
         let target_ms = sla.resolution.get(&priority).map(|d| d.as_millis() as u64);
+        let response_target_ms = sla.response.get(&priority).map(|d| d.as_millis() as u64);
         self.record(Event::SlaStarted {
             priority,
             target_ms,
+            response_target_ms,
         });
     }
 
     /// Escalations fire once each when the elapsed share of the target
-    /// reaches theirs; at 100% the run is marked breached.
+    /// reaches theirs; at 100% the run is marked breached. The response
+    /// target, when set, is breached when it passes with no response.
     fn sla(&mut self, sla: &Sla) {
         let Some(clock) = &self.state.sla else {
-            return;
-        };
-        let Some(target_ms) = clock.target_ms else {
             return;
         };
         let pause = sla.pause_while.as_deref();
@@ -249,27 +249,43 @@ impl Planner<'_> {
         let calendar = sla.calendar.as_ref().and_then(|c| self.calendars.get(c));
         let elapsed = self.state.sla_elapsed(pause, calendar, self.now);
         let running = !self.state.sla_is_paused(pause);
-        let share_at = |percent: f64| {
-            chrono::Duration::milliseconds((target_ms as f64 * percent / 100.0) as i64)
-        };
         let mut thresholds = Vec::new();
-        for escalation in &sla.escalations {
-            if self.state.steps.contains_key(&escalation.step.id) {
-                continue; // fired already: once each
-            }
-            let threshold = share_at(escalation.at_percent);
-            if elapsed >= threshold {
-                self.start(&escalation.step, 1);
-            } else {
-                thresholds.push(threshold);
-            }
-        }
-        if !clock.breached {
-            let target = share_at(100.0);
+        if let Some(response_ms) = clock.response_target_ms
+            && !clock.response_breached
+            && self
+                .state
+                .sla_responded_at(sla.responded_when.as_deref())
+                .is_none()
+        {
+            let target = chrono::Duration::milliseconds(response_ms as i64);
             if elapsed >= target {
-                self.record(Event::SlaBreached);
+                self.record(Event::SlaResponseBreached);
             } else {
                 thresholds.push(target);
+            }
+        }
+        if let Some(target_ms) = clock.target_ms {
+            let share_at = |percent: f64| {
+                chrono::Duration::milliseconds((target_ms as f64 * percent / 100.0) as i64)
+            };
+            for escalation in &sla.escalations {
+                if self.state.steps.contains_key(&escalation.step.id) {
+                    continue; // fired already: once each
+                }
+                let threshold = share_at(escalation.at_percent);
+                if elapsed >= threshold {
+                    self.start(&escalation.step, 1);
+                } else {
+                    thresholds.push(threshold);
+                }
+            }
+            if !clock.breached {
+                let target = share_at(100.0);
+                if elapsed >= target {
+                    self.record(Event::SlaBreached);
+                } else {
+                    thresholds.push(target);
+                }
             }
         }
         if running
@@ -633,6 +649,7 @@ mod tests {
         assert!(first.actions.contains(&Action::Record(Event::SlaStarted {
             priority: "P3".into(),
             target_ms: Some(30 * 3_600_000),
+            response_target_ms: None,
         })));
         for action in first.actions {
             if let Action::Record(event) = action {

@@ -126,6 +126,11 @@ pub struct SlaState {
     pub breached: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breached_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_target_ms: Option<u64>,
+    pub response_breached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_breached_at: Option<DateTime<Utc>>,
 }
 
 /// The open (or last) approval of an approval step.
@@ -320,13 +325,23 @@ impl RunState {
             Event::SlaStarted {
                 priority,
                 target_ms,
+                response_target_ms,
             } => {
                 self.sla = Some(SlaState {
                     priority: priority.clone(),
                     target_ms: *target_ms,
                     breached: false,
                     breached_at: None,
+                    response_target_ms: *response_target_ms,
+                    response_breached: false,
+                    response_breached_at: None,
                 });
+            }
+            Event::SlaResponseBreached => {
+                if let Some(sla) = self.sla.as_mut() {
+                    sla.response_breached = true;
+                    sla.response_breached_at = Some(at);
+                }
             }
             Event::SlaBreached => {
                 if let Some(sla) = self.sla.as_mut() {
@@ -408,6 +423,21 @@ impl RunState {
         pause_while
             .and_then(|step| self.steps.get(step))
             .is_some_and(|r| r.started_at.is_some() && r.finished_at.is_none())
+    }
+
+    /// When the run responded: the end of the `responded_when` step, or
+    /// else its first approval decision; the run's end when neither came.
+    pub fn sla_responded_at(&self, responded_when: Option<&str>) -> Option<DateTime<Utc>> {
+        let responded = match responded_when {
+            Some(step) => self.steps.get(step).and_then(|r| r.finished_at),
+            None => self
+                .steps
+                .values()
+                .filter_map(|r| r.approval.as_ref())
+                .flat_map(|a| a.decisions.iter().map(|d| d.at))
+                .min(),
+        };
+        responded.or(self.finished_at)
     }
 
     /// SLA time elapsed at `now` (the run's end once it finished): working

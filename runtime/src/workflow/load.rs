@@ -804,6 +804,8 @@ impl<'a> Loader<'a> {
                 "calendar",
                 "pause_while",
                 "escalations",
+                "response",
+                "responded_when",
             ],
         )?;
         let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
@@ -829,25 +831,39 @@ impl<'a> Loader<'a> {
                 return None;
             }
         };
-        let mut resolution = BTreeMap::new();
-        match get("resolution") {
-            Some(n) => {
-                if let Some(targets) =
-                    self.mapping(n, "sla.resolution", &["P1", "P2", "P3", "P4", "P5"])
-                {
-                    for (p, d) in targets {
-                        if let Some(d) = self.duration(d, &format!("sla.resolution.{p}")) {
-                            resolution.insert(p.clone(), d);
-                        }
-                    }
-                }
+        let resolution = get("resolution").map(|n| self.targets(n, "sla.resolution"));
+        let response = get("response")
+            .map(|n| self.targets(n, "sla.response"))
+            .unwrap_or_default();
+        let responded_when = get("responded_when").and_then(|n| {
+            let id = self.string(n, "sla.responded_when")?;
+            if !rules_all.known.contains_key(&id) {
+                self.error(
+                    n.pos,
+                    "sla.responded_when",
+                    format!("unknown step {id}: name the step whose end is the response"),
+                );
             }
-            None => self.error(
+            Some(id)
+        });
+        if responded_when.is_some() && response.is_empty() {
+            self.error(
                 node.pos,
-                "sla.resolution",
-                "an SLA needs resolution targets, e.g. { P1: 4h, P2: 1d }",
-            ),
+                "sla.responded_when",
+                "responded_when needs response targets, e.g. response: { P1: 15m }",
+            );
         }
+        let resolution = match resolution {
+            Some(r) => r,
+            None => {
+                self.error(
+                    node.pos,
+                    "sla.resolution",
+                    "an SLA needs resolution targets, e.g. { P1: 4h, P2: 1d }",
+                );
+                BTreeMap::new()
+            }
+        };
         let calendar = get("calendar").and_then(|n| self.string(n, "sla.calendar"));
         let pause_while = get("pause_while").and_then(|n| self.string(n, "sla.pause_while"));
         let mut escalations = Vec::new();
@@ -871,10 +887,25 @@ impl<'a> Loader<'a> {
         Some(Sla {
             priority,
             resolution,
+            response,
+            responded_when,
             calendar,
             pause_while,
             escalations,
         })
+    }
+
+    /// Targets per priority, e.g. `{ P1: 4h, P2: 1d }`.
+    fn targets(&mut self, node: &Node, field: &str) -> BTreeMap<String, Duration> {
+        let mut out = BTreeMap::new();
+        if let Some(targets) = self.mapping(node, field, &["P1", "P2", "P3", "P4", "P5"]) {
+            for (p, d) in targets {
+                if let Some(d) = self.duration(d, &format!("{field}.{p}")) {
+                    out.insert(p.clone(), d);
+                }
+            }
+        }
+        out
     }
 
     fn escalation(&mut self, node: &Node, field: &str, rules: &RefRules<'_>) -> Option<Escalation> {

@@ -155,6 +155,11 @@ impl Quorum {
 pub struct Sla {
     pub priority: Template,
     pub resolution: BTreeMap<String, Duration>,
+    /// Response targets per priority (optional).
+    pub response: BTreeMap<String, Duration>,
+    /// The step whose end is the response; without it, the first approval
+    /// decision is (and the run's end, when neither came first).
+    pub responded_when: Option<String>,
     pub calendar: Option<String>,
     pub pause_while: Option<String>,
     pub escalations: Vec<Escalation>,
