@@ -2,41 +2,50 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use std::sync::OnceLock;
+
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{AppState, Problem};
 
-/// The scope a request needs, `None` for routes open to everyone.
-fn required_scope(method: &Method, path: &str) -> Option<&'static str> {
-    if !path.starts_with("/v1/") {
-        return None; // /healthz, /metrics, /openapi.json
-    }
-    if path.starts_with("/v1/hooks/") {
-        return None; // signed with the hook's secret instead
-    }
-    if path.starts_with("/v1/tokens") {
-        return Some("admin");
-    }
-    if path.starts_with("/v1/approvals") && method == Method::POST {
-        return Some("approvals:decide");
-    }
-    if path.starts_with("/v1/delegations") && method != Method::GET {
-        return Some("approvals:decide");
-    }
-    if method == Method::GET {
-        return Some("runs:read");
-    }
-    let starts_run = path.starts_with("/v1/workflows/") && path.ends_with("/runs");
-    let cancels = path.starts_with("/v1/runs/") && path.ends_with("/cancel");
-    let schedules = path == "/v1/schedules" || path.starts_with("/v1/schedules/");
-    Some(if starts_run || cancels || schedules {
-        "runs:write"
-    } else {
-        "admin"
+/// What a request needs before it reaches its handler.
+#[derive(Debug, PartialEq, Eq)]
+enum Needs {
+    Nothing,
+    /// A valid token with this scope.
+    Scope(&'static str),
+    /// A valid token: a `/v1` path or method no route serves, so that
+    /// without a token nobody learns which routes exist.
+    AnyToken,
+}
+
+/// The scope of every (method, route template), from the route table.
+fn scopes() -> &'static [(Method, &'static str, Option<&'static str>)] {
+    static SCOPES: OnceLock<Vec<(Method, &'static str, Option<&'static str>)>> = OnceLock::new();
+    SCOPES.get_or_init(|| {
+        super::routes::table(&crate::config::ApiSettings::default())
+            .into_iter()
+            .map(|r| (r.method, r.path, r.scope))
+            .collect()
     })
+}
+
+fn needs(method: &Method, route: Option<&str>, path: &str) -> Needs {
+    let declared = route.and_then(|route| {
+        scopes()
+            .iter()
+            .find(|(m, p, _)| m == method && *p == route)
+            .map(|(_, _, scope)| *scope)
+    });
+    match declared {
+        Some(Some(scope)) => Needs::Scope(scope),
+        Some(None) => Needs::Nothing,
+        None if path.starts_with("/v1/") => Needs::AnyToken,
+        None => Needs::Nothing,
+    }
 }
 
 fn unauthorized(detail: &str) -> Response {
@@ -59,8 +68,14 @@ pub async fn require_scope(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(scope) = required_scope(request.method(), request.uri().path()) else {
-        return next.run(request).await;
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let scope = match needs(request.method(), route.as_deref(), request.uri().path()) {
+        Needs::Nothing => return next.run(request).await,
+        Needs::Scope(scope) => Some(scope),
+        Needs::AnyToken => None,
     };
     let Some(header) = request.headers().get(header::AUTHORIZATION) else {
         return unauthorized(
@@ -76,12 +91,12 @@ pub async fn require_scope(
         return unauthorized("the Authorization header must read: Bearer TOKEN");
     };
     match app.auth.authenticate(secret).await {
-        Ok(Some(principal)) if principal.allows(scope) => next.run(request).await,
+        Ok(Some(principal)) if scope.is_none_or(|s| principal.allows(s)) => next.run(request).await,
         Ok(Some(_)) => Problem::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "Missing scope",
-            format!("this token lacks the {scope} scope"),
+            format!("this token lacks the {} scope", scope.unwrap_or_default()),
         )
         .into_response(),
         Ok(None) => unauthorized("the token is unknown or revoked"),
@@ -96,29 +111,67 @@ mod tests {
     #[test]
     fn routes_need_the_documented_scopes() {
         let cases = [
-            (Method::GET, "/healthz", None),
-            (Method::GET, "/v1/runs", Some("runs:read")),
-            (Method::GET, "/v1/runs/x/events", Some("runs:read")),
-            (Method::POST, "/v1/workflows/a/runs", Some("runs:write")),
-            (Method::POST, "/v1/runs/x/cancel", Some("runs:write")),
-            (Method::POST, "/v1/approvals/x", Some("approvals:decide")),
-            (Method::POST, "/v1/tokens", Some("admin")),
-            (Method::POST, "/v1/delegations", Some("approvals:decide")),
+            (Method::GET, "/healthz", Needs::Nothing),
+            (Method::GET, "/metrics", Needs::Nothing),
+            (Method::GET, "/v1/runs", Needs::Scope("runs:read")),
+            (
+                Method::GET,
+                "/v1/runs/{id}/events",
+                Needs::Scope("runs:read"),
+            ),
+            (
+                Method::POST,
+                "/v1/workflows/{name}/runs",
+                Needs::Scope("runs:write"),
+            ),
+            (
+                Method::POST,
+                "/v1/runs/{id}/cancel",
+                Needs::Scope("runs:write"),
+            ),
+            (
+                Method::POST,
+                "/v1/approvals/{id}",
+                Needs::Scope("approvals:decide"),
+            ),
+            (Method::POST, "/v1/tokens", Needs::Scope("admin")),
+            (
+                Method::POST,
+                "/v1/delegations",
+                Needs::Scope("approvals:decide"),
+            ),
             (
                 Method::DELETE,
-                "/v1/delegations/x",
-                Some("approvals:decide"),
+                "/v1/delegations/{id}",
+                Needs::Scope("approvals:decide"),
             ),
-            (Method::GET, "/v1/delegations", Some("runs:read")),
-            (Method::POST, "/v1/schedules", Some("runs:write")),
-            (Method::PATCH, "/v1/schedules/x", Some("runs:write")),
-            (Method::DELETE, "/v1/schedules/x", Some("runs:write")),
-            (Method::GET, "/v1/schedules/x", Some("runs:read")),
-            (Method::PUT, "/v1/workflows/a", Some("admin")),
-            (Method::POST, "/v1/hooks/servicenow", None),
+            (Method::GET, "/v1/delegations", Needs::Scope("runs:read")),
+            (Method::POST, "/v1/schedules", Needs::Scope("runs:write")),
+            (
+                Method::PATCH,
+                "/v1/schedules/{id}",
+                Needs::Scope("runs:write"),
+            ),
+            (
+                Method::DELETE,
+                "/v1/schedules/{id}",
+                Needs::Scope("runs:write"),
+            ),
+            (Method::GET, "/v1/schedules/{id}", Needs::Scope("runs:read")),
+            (Method::PUT, "/v1/groups/{name}", Needs::Scope("admin")),
+            (Method::PUT, "/v1/workflows/{name}", Needs::Scope("admin")),
+            (Method::POST, "/v1/hooks/{name}", Needs::Nothing),
+            // A method no route serves on a known path, and an unknown path.
+            (Method::DELETE, "/v1/runs/{id}", Needs::AnyToken),
         ];
-        for (method, path, scope) in cases {
-            assert_eq!(required_scope(&method, path), scope, "{method} {path}");
+        for (method, route, expected) in cases {
+            assert_eq!(
+                needs(&method, Some(route), route),
+                expected,
+                "{method} {route}"
+            );
         }
+        assert_eq!(needs(&Method::GET, None, "/v1/nothing"), Needs::AnyToken);
+        assert_eq!(needs(&Method::GET, None, "/nothing"), Needs::Nothing);
     }
 }

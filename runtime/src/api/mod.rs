@@ -6,9 +6,11 @@ mod body;
 mod groups;
 mod hooks;
 mod metrics;
+mod openapi;
 mod plugins;
 mod problem;
 mod reports;
+mod routes;
 mod runs;
 mod schedules;
 mod tokens;
@@ -16,7 +18,7 @@ mod workflows;
 
 use std::sync::Arc;
 
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -45,60 +47,13 @@ pub struct AppState {
     pub groups: crate::groups::Groups,
 }
 
-/// The API's routes.
+/// The API's routes, from the route table.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/openapi.json", get(openapi))
-        .route("/metrics", get(metrics::expose))
-        .route("/v1/workflows", get(workflows::list))
-        .route(
-            "/v1/workflows/{name}",
-            get(workflows::show).put(workflows::deploy),
-        )
-        .route("/v1/workflows/{name}/runs", post(runs::start))
-        .route("/v1/runs", get(runs::list))
-        .route("/v1/runs/{id}", get(runs::show))
-        .route("/v1/runs/{id}/events", get(runs::events))
-        .route("/v1/runs/{id}/cancel", post(runs::cancel))
-        .route("/v1/approvals", get(approvals::list))
-        .route(
-            "/v1/approvals/{id}",
-            get(approvals::show).post(approvals::decide),
-        )
-        .route(
-            "/v1/delegations",
-            get(approvals::delegations).post(approvals::delegate),
-        )
-        .route("/v1/delegations/{id}", delete(approvals::revoke_delegation))
-        .route("/v1/reports/sla", get(reports::sla))
-        .route("/v1/groups", get(groups::list))
-        .route(
-            "/v1/groups/{name}",
-            get(groups::show).put(groups::set).delete(groups::delete),
-        )
-        .route(
-            "/v1/schedules",
-            get(schedules::list).post(schedules::create),
-        )
-        .route(
-            "/v1/schedules/{id}",
-            get(schedules::show)
-                .patch(schedules::update)
-                .delete(schedules::delete),
-        )
-        .route("/v1/hooks/{name}", post(hooks::deliver))
-        .route("/v1/plugins", get(plugins::list))
-        .route(
-            "/v1/plugins/{name}",
-            get(plugins::show)
-                .put(plugins::upload)
-                .layer(axum::extract::DefaultBodyLimit::max(
-                    state.limits.max_plugin_bytes,
-                )),
-        )
-        .route("/v1/tokens", post(tokens::create))
-        .route("/v1/tokens/{id}", delete(tokens::revoke))
+    let mut router = Router::new();
+    for route in routes::table(&state.limits) {
+        router = router.route(route.path, route.handler);
+    }
+    router
         .fallback(|| async { Problem::not_found("this route") })
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.max_body_bytes,
@@ -121,15 +76,4 @@ pub fn health_router(state: Arc<AppState>) -> Router {
             Problem::not_found("this route (a worker serves only /healthz and /metrics)")
         })
         .with_state(state)
-}
-
-/// The API's OpenAPI document, kept beside the routes it describes (a test
-/// checks that every route is in it).
-pub const OPENAPI: &str = include_str!("openapi.json");
-
-async fn openapi() -> impl axum::response::IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        OPENAPI,
-    )
 }
