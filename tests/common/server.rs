@@ -126,7 +126,18 @@ impl Server {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+}
 
+/// A test that fails (panics) before killing its server does not leave it
+/// running: killing an exited child is a no-op.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
     pub fn start_run(&self, workflow: &str, input: Value) -> String {
         let response = self
             .request("POST", &format!("/v1/workflows/{workflow}/runs"))
