@@ -3,8 +3,10 @@
 
 mod common;
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
+use common::http_server::TestServer;
 use common::server::{Server, json_of, write_config};
 use serde_json::json;
 
@@ -101,5 +103,147 @@ fn an_api_server_and_two_workers_finish_runs_and_fire_schedules_once() {
     for worker in workers {
         worker.kill();
     }
+    api.kill();
+}
+
+/// A config for `database` (PostgreSQL) with short leases, workflows with
+/// an HTTP side effect at `effect`.
+fn shared_setup(url: &str, test: &str, effect: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    std::fs::write(
+        workflows.join("durable.yaml"),
+        format!(
+            "name: durable\nsteps:\n  - id: pause\n    wait: 1s\n  - id: call\n    uses: http-request\n    with:\n      method: POST\n      url: \"{effect}?run=${{{{ run.id }}}}\"\n    retry: {{ max_attempts: 10, backoff: 100ms }}\n  - id: done\n    uses: transform\n    with: {{ status: \"${{{{ steps.call.output.status }}}}\" }}\noutput: ${{{{ steps.done.output }}}}\n"
+        ),
+    )
+    .unwrap();
+    let schema = common::unique_schema(test);
+    let config = dir.path().join("steward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database = {url:?}\ndatabase_schema = {schema:?}\ndata_dir = {:?}\nworkflows = [{workflows:?}]\n\
+             [worker]\nlease_ms = 1500\n[plugins.http-request]\nallowed_hosts = [\"http://127.0.0.1:*\"]\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+/// The idempotency keys each run's side effect was called with.
+fn keys_by_run(effects: &TestServer) -> BTreeMap<String, Vec<String>> {
+    let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for request in effects.received() {
+        let run = request.path.split("run=").nth(1).unwrap().to_string();
+        keys.entry(run)
+            .or_default()
+            .push(request.header("idempotency-key").unwrap().to_string());
+    }
+    keys
+}
+
+fn slow_effects(delay: Duration) -> TestServer {
+    TestServer::start(move |_, _| {
+        std::thread::sleep(delay);
+        (
+            200,
+            vec![("content-type".into(), "application/json".into())],
+            b"{\"done\":true}".to_vec(),
+        )
+    })
+}
+
+#[test]
+fn a_killed_worker_s_runs_are_taken_over_and_finish_under_their_keys() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!("a_killed_worker: skipped: STEWARD_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let effects = slow_effects(Duration::from_millis(300));
+    let (_dir, config) = shared_setup(&url, "takeover", &effects.url("/effect"));
+    let api = Server::start_api_only(&config);
+    let first = Server::start_worker(&config);
+    let second = Server::start_worker(&config);
+    let ids: Vec<String> = (0..40)
+        .map(|n| api.start_run("durable", json!({ "n": n })))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1200));
+    first.kill();
+    let runs = api.wait_until_finished(&ids, Duration::from_secs(90));
+    for run in &runs {
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+        assert_eq!(run["output"], json!({"status": 200}));
+    }
+    let keys = keys_by_run(&effects);
+    for id in &ids {
+        let used = keys
+            .get(id)
+            .unwrap_or_else(|| panic!("run {id} never called out"));
+        assert!(
+            used.iter().all(|k| *k == format!("{id}/call")),
+            "run {id} used keys {used:?}"
+        );
+    }
+    second.kill();
+    api.kill();
+}
+
+#[test]
+fn a_worker_paused_past_its_lease_cannot_commit_its_late_result() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!("a_worker_paused_past_its_lease: skipped: STEWARD_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let effects = slow_effects(Duration::from_millis(1500));
+    let (_dir, config) = shared_setup(&url, "fencing", &effects.url("/effect"));
+    let api = Server::start_api_only(&config);
+    let stalled = Server::start_worker(&config);
+    let run = api.start_run("durable", json!({ "n": 1 }));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while effects.received().is_empty() {
+        assert!(Instant::now() < deadline, "the call never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Mid-call: stop the worker past its 1.5 s lease; another takes over.
+    stalled.signal("STOP");
+    let rescuer = Server::start_worker(&config);
+    let done = api.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(30));
+    assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
+    stalled.signal("CONT");
+    // Its call answers now; the commit that follows must be refused.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = std::fs::read_to_string(&stalled.log).unwrap();
+        if log.contains("no longer leased") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refusal in the worker's log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = api.events(&run);
+    let settled = events
+        .iter()
+        .filter(|e| e["type"] == "step_succeeded" && e["step"] == "call")
+        .count();
+    assert_eq!(settled, 1, "one result for the call: {events:#?}");
+    let finished = events
+        .iter()
+        .filter(|e| e["type"] == "run_succeeded")
+        .count();
+    assert_eq!(finished, 1);
+    let keys = keys_by_run(&effects);
+    assert!(
+        keys[&run].len() >= 2,
+        "the call ran again after the takeover"
+    );
+    assert!(keys[&run].iter().all(|k| *k == format!("{run}/call")));
+    rescuer.kill();
+    stalled.kill();
     api.kill();
 }
