@@ -247,3 +247,62 @@ fn a_worker_paused_past_its_lease_cannot_commit_its_late_result() {
     stalled.kill();
     api.kill();
 }
+
+#[test]
+fn workers_hear_of_new_runs_and_decisions_at_once_not_at_their_next_poll() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!("workers_hear_of_new_runs: skipped: STEWARD_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    std::fs::write(workflows.join("one.yaml"), ONE).unwrap();
+    std::fs::write(
+        workflows.join("ask.yaml"),
+        "name: ask\nversion: 1\nsteps:\n  - id: ok\n    approval:\n      approvers: [ana]\n",
+    )
+    .unwrap();
+    let schema = common::unique_schema("notify");
+    let config = dir.path().join("steward.toml");
+    // A worker that polls every 60 s: only an announcement can wake it.
+    std::fs::write(
+        &config,
+        format!(
+            "database = {url:?}\ndatabase_schema = {schema:?}\ndata_dir = {:?}\nworkflows = [{workflows:?}]\n[worker]\npoll_ms = 60000\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let api = Server::start_api_only(&config);
+    let worker = Server::start_worker(&config);
+    std::thread::sleep(Duration::from_millis(500)); // its LISTEN is up
+    let ids: Vec<String> = (0..5)
+        .map(|n| api.start_run("one", json!({"n": n})))
+        .collect();
+    for run in api.wait_until_finished(&ids, Duration::from_secs(10)) {
+        assert_eq!(run["status"], "succeeded");
+    }
+    let run = api.start_run("ask", json!({}));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let approval = loop {
+        let body = json_of(
+            api.request("GET", "/v1/approvals?approver=ana")
+                .call()
+                .unwrap(),
+        );
+        if let Some(a) = body["items"].as_array().unwrap().first() {
+            break a["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "the approval never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    api.request("POST", &format!("/v1/approvals/{approval}"))
+        .set("content-type", "application/json")
+        .send_string(r#"{"decision": "approve", "by": "ana"}"#)
+        .unwrap();
+    let done = api.wait_until_finished(&[run], Duration::from_secs(10));
+    assert_eq!(done[0]["status"], "succeeded");
+    worker.kill();
+    api.kill();
+}

@@ -57,6 +57,10 @@ pub struct WorkerSettings {
     pub shutdown_grace_ms: u64,
     /// `steward worker` serves `/healthz` and `/metrics` here when set.
     pub listen: Option<String>,
+    /// How often to look for due runs (timers, takeovers) when nothing
+    /// wakes the worker; on PostgreSQL new runs, decisions and cancels from
+    /// other processes wake it at once (LISTEN/NOTIFY).
+    pub poll_ms: u64,
 }
 
 impl Default for WorkerSettings {
@@ -66,6 +70,7 @@ impl Default for WorkerSettings {
             capacity: 256,
             shutdown_grace_ms: 10_000,
             listen: None,
+            poll_ms: 200,
         }
     }
 }

@@ -194,6 +194,9 @@ pub fn spawn(
         active: Mutex::new(HashSet::new()),
         draining: std::sync::atomic::AtomicBool::new(false),
     });
+    if shared.options.capacity > 0 {
+        shared.store.listen_for_work(wake.clone());
+    }
     let (halt, halted) = watch::channel(false);
     tokio::spawn(heartbeat(shared.clone(), halted));
     tokio::spawn(claim_loop(shared.clone(), wake.clone(), stopped));

@@ -120,6 +120,7 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
     let executes = role != Role::ApiOnly;
     let options = WorkerOptions {
         lease: std::time::Duration::from_millis(config.worker.lease_ms.max(100)),
+        poll: std::time::Duration::from_millis(config.worker.poll_ms.clamp(10, 60_000)),
         // Capacity 0: runs are created unleased and left to the workers.
         capacity: if executes {
             config.worker.capacity.max(1)

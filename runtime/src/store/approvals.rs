@@ -174,6 +174,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.announce();
         Ok(Decided::Recorded(Decision {
             by: by.to_string(),
             decision: decision.to_string(),

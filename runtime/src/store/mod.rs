@@ -5,6 +5,7 @@
 //! Architecture invariant: only this module knows SQL. Callers see runs,
 //! events and leases.
 
+mod announce;
 mod approvals;
 mod groups;
 mod migrate;
@@ -132,6 +133,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     writer: tokio::sync::mpsc::Sender<writer::Write>,
+    /// PostgreSQL only: tells other processes about new work.
+    announcer: Option<std::sync::Arc<announce::Announcer>>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -219,15 +222,34 @@ impl Store {
             .await?;
         migrate::migrate(&pool, backend).await?;
         let writer = writer::spawn(pool.clone(), backend);
+        let announcer = (backend == Backend::Postgres).then(|| {
+            announce::Announcer::spawn(pool.clone(), url.clone(), options.schema.as_deref())
+        });
         Ok(Store {
             pool,
             backend,
             writer,
+            announcer,
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Tells other processes' workers that work is due now (PostgreSQL;
+    /// with SQLite there is one process, which wakes its own worker).
+    pub(crate) fn announce(&self) {
+        if let Some(announcer) = &self.announcer {
+            announcer.announce();
+        }
+    }
+
+    /// Wakes `wake` when another process announces work (PostgreSQL).
+    pub fn listen_for_work(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        if let Some(announcer) = &self.announcer {
+            announce::listen(announcer.url.clone(), announcer.channel.clone(), wake);
+        }
     }
 
     /// Records a workflow version; deploying the same text again is a no-op.
@@ -357,6 +379,9 @@ impl Store {
                 "run {} exists already",
                 new.id
             )));
+        }
+        if new.lease.is_none() {
+            self.announce();
         }
         let row = RunRow {
             id: new.id.to_string(),
@@ -520,6 +545,7 @@ impl Store {
         .execute(&self.pool)
         .await?;
         if updated.rows_affected() == 1 {
+            self.announce();
             return Ok(CancelRequest::Requested);
         }
         Ok(match self.run(id).await? {
