@@ -90,6 +90,21 @@ fn an_api_server_and_two_workers_finish_runs_and_fire_schedules_once() {
     );
     let fired = detail["counts"]["fired"].as_u64().unwrap() as usize;
     assert!(fired >= 3, "{detail:#}");
+    let mut times: Vec<chrono::DateTime<chrono::Utc>> = detail["fires"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["outcome"] == "fired")
+        .map(|f| f["fire_at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    times.sort();
+    for pair in times.windows(2) {
+        assert_eq!(
+            (pair[1] - pair[0]).num_milliseconds(),
+            1000,
+            "once per second: {detail:#}"
+        );
+    }
     let runs = json_of(
         api.request("GET", "/v1/runs?workflow=one&limit=500")
             .call()
@@ -176,6 +191,21 @@ fn a_killed_worker_s_runs_are_taken_over_and_finish_under_their_keys() {
     for run in &runs {
         assert_eq!(run["status"], "succeeded", "{run:#}");
         assert_eq!(run["output"], json!({"status": 200}));
+    }
+    // Every step, the timer included, finished once, whichever worker ran it.
+    for id in ids.iter().take(10) {
+        let events = api.events(id);
+        for (step, settled_as) in [
+            ("pause", "timer_fired"),
+            ("call", "step_succeeded"),
+            ("done", "step_succeeded"),
+        ] {
+            let settled = events
+                .iter()
+                .filter(|e| e["type"] == settled_as && e["step"] == step)
+                .count();
+            assert_eq!(settled, 1, "run {id} step {step}: {events:#?}");
+        }
     }
     let keys = keys_by_run(&effects);
     for id in &ids {
