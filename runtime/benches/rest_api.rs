@@ -12,8 +12,7 @@
 
 mod common;
 
-use common::TOKEN;
-use std::process::Command;
+use common::hey;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 20_032; // a multiple of the 64 clients
@@ -21,20 +20,17 @@ const WORKFLOW: &str = "name: one-step\nversion: 1\nsteps:\n  - id: shape\n    u
 const BODY: &str = r#"{"input": {"ticket": "INC0001"}}"#;
 
 fn main() {
-    if Command::new("hey").arg("-h").output().is_err() {
-        eprintln!("rest_api: `hey` is not installed: sudo apt-get install hey");
-        std::process::exit(2);
-    }
+    common::require_hey("rest_api");
     let dir = tempfile::tempdir().unwrap();
     let (mut server, base) =
         common::start_server(dir.path(), &[("one-step.yaml", WORKFLOW)], "warn");
     let url = format!("{base}/v1/workflows/one-step/runs");
 
     // Warm up (connections, caches, the writer).
-    let warm = hey(&["-n", "2048", "-c", "32"], &url);
+    let warm = hey(&["-n", "2048", "-c", "32"], &url, BODY);
     wait_for_finished(&base, warm.created, Duration::from_secs(60));
 
-    let paced = hey(&["-z", "10s", "-c", "20", "-q", "50"], &url);
+    let paced = hey(&["-z", "10s", "-c", "20", "-q", "50"], &url, BODY);
     println!(
         "accept latency at {:.0} req/s (20 clients x 50/s, 10 s): p50 {:.2} ms, p99 {:.2} ms (target p99 <= 5 ms), statuses {}",
         paced.rate,
@@ -46,7 +42,7 @@ fn main() {
     wait_for_finished(&base, total, Duration::from_secs(120));
 
     let began = Instant::now();
-    let burst = hey(&["-n", &RUNS.to_string(), "-c", "64"], &url);
+    let burst = hey(&["-n", &RUNS.to_string(), "-c", "64"], &url, BODY);
     let accepted = began.elapsed();
     wait_for_finished(&base, total + burst.created, Duration::from_secs(300));
     let done = began.elapsed();
@@ -62,68 +58,6 @@ fn main() {
     );
     let _ = server.kill();
     let _ = server.wait();
-}
-
-struct HeyReport {
-    /// Requests answered 201 (hey sends n / c per client, so fewer than n
-    /// when c does not divide n).
-    created: usize,
-    rate: f64,
-    p50: f64,
-    p99: f64,
-    statuses: String,
-}
-
-/// Runs `hey` with `args` against `url` and reads its summary.
-fn hey(args: &[&str], url: &str) -> HeyReport {
-    let output = Command::new("hey")
-        .args(args)
-        .args([
-            "-m",
-            "POST",
-            "-T",
-            "application/json",
-            "-H",
-            &format!("Authorization: Bearer {TOKEN}"),
-            "-d",
-            BODY,
-            url,
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    let number_after = |label: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(label))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("hey printed no {label:?}:\n{text}"))
-    };
-    let mut statuses = Vec::new();
-    let mut created = 0;
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix('[')
-            && let Some((code, count)) = rest.split_once(']')
-        {
-            let count: usize = count
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            if code == "201" {
-                created += count;
-            }
-            statuses.push(format!("{code}: {count}"));
-        }
-    }
-    HeyReport {
-        created,
-        rate: number_after("Requests/sec:"),
-        p50: number_after("50% in"),
-        p99: number_after("99% in"),
-        statuses: statuses.join(", "),
-    }
 }
 
 /// Runs finished so far, from the server's metrics.
