@@ -14,7 +14,7 @@ use crate::executor::{DriveEnd, Executor, LiveRun, StoreJournal};
 use serde_json::Value;
 
 use crate::run::{Event, Recorded, RunState, StepError};
-use crate::store::{NewRun, RunRow, Store, StoreError};
+use crate::store::{ClaimedRun, NewRun, RunRow, Store, StoreError};
 use crate::workflow::Workflow;
 
 /// How a worker behaves.
@@ -217,14 +217,14 @@ async fn claim_loop(shared: Arc<Shared>, wake: Arc<Notify>, mut stopped: watch::
         if free > 0 {
             match shared
                 .store
-                .claim_due(&shared.options.owner, shared.options.lease, free as i64)
+                .claim_due_runs(&shared.options.owner, shared.options.lease, free as i64)
                 .await
             {
-                Ok(ids) => {
-                    for id in ids {
+                Ok(claimed) => {
+                    for run in claimed {
                         // Never two drives of one run in this process.
-                        if shared.active.lock().unwrap().insert(id.clone()) {
-                            tokio::spawn(drive_one(shared.clone(), id));
+                        if shared.active.lock().unwrap().insert(run.id.clone()) {
+                            tokio::spawn(drive_one(shared.clone(), run));
                         }
                     }
                 }
@@ -256,9 +256,9 @@ async fn heartbeat(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-async fn drive_one(shared: Arc<Shared>, id: String) {
-    let (inner, run_id) = (shared.clone(), id.clone());
-    let task = tokio::spawn(async move { drive(&inner, &run_id).await });
+async fn drive_one(shared: Arc<Shared>, run: ClaimedRun) {
+    let (inner, id) = (shared.clone(), run.id.clone());
+    let task = tokio::spawn(async move { drive(&inner, run).await });
     finish(&shared, &id, joined(task).await).await;
 }
 
@@ -283,16 +283,10 @@ async fn finish(shared: &Shared, id: &str, result: Result<DriveEnd, String>) {
     }
 }
 
-async fn drive(shared: &Shared, id: &str) -> Result<DriveEnd, String> {
+async fn drive(shared: &Shared, row: ClaimedRun) -> Result<DriveEnd, String> {
     let store = &shared.store;
-    let row = store
-        .run(id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the run vanished")?;
-    let history = store.events(id).await.map_err(|e| e.to_string())?;
     let state = RunState::new(&row.id, &row.workflow, row.version, row.created_at);
-    let mut run = LiveRun::resume(state, history);
+    let mut run = LiveRun::resume(state, row.history);
     let owner = shared.options.owner.clone();
     let mut journal = StoreJournal::new(store.clone(), Some(owner.clone()));
     let workflow = match shared.catalog.version(&row.workflow, row.version).await {

@@ -75,6 +75,16 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
 }
 
+/// A run this worker just claimed, with its history, ready to drive.
+#[derive(Debug, Clone)]
+pub struct ClaimedRun {
+    pub id: String,
+    pub workflow: String,
+    pub version: u32,
+    pub created_at: DateTime<Utc>,
+    pub history: Vec<Recorded>,
+}
+
 /// A run as stored: the columns callers list and filter on.
 #[derive(Debug, Clone)]
 pub struct RunRow {
@@ -572,6 +582,64 @@ impl Store {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .claim(owner, lease, limit)
+            .await?
+            .into_iter()
+            .map(|c| c.id)
+            .collect())
+    }
+
+    /// Claims like [`Store::claim_due`] and loads what driving the runs
+    /// needs (their identity and histories) in one more query for all of
+    /// them, instead of two per run.
+    pub async fn claim_due_runs(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<ClaimedRun>, StoreError> {
+        let mut claimed = self.claim(owner, lease, limit).await?;
+        if claimed.is_empty() {
+            return Ok(claimed);
+        }
+        let placeholders: Vec<String> = (1..=claimed.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT run_id, seq, at, body FROM run_events WHERE run_id IN ({}) ORDER BY run_id, seq",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for run in &claimed {
+            query = query.bind(run.id.clone());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let index: std::collections::HashMap<String, usize> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone(), i))
+            .collect();
+        for r in rows {
+            let run_id: String = r.try_get("run_id")?;
+            let body: String = r.try_get("body")?;
+            let recorded = Recorded {
+                seq: r.try_get::<i64, _>("seq")? as u64,
+                at: to_time(r.try_get("at")?),
+                event: serde_json::from_str(&body)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            };
+            if let Some(&i) = index.get(&run_id) {
+                claimed[i].history.push(recorded);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<ClaimedRun>, StoreError> {
         let now = now_ms();
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -580,16 +648,27 @@ impl Store {
         let sql = format!(
             "UPDATE runs SET lease_owner = $1, lease_until = $2 WHERE id IN (\
                SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
-               AND (lease_until IS NULL OR lease_until < $3) ORDER BY wake_at LIMIT $4{lock}) RETURNING id"
+               AND (lease_until IS NULL OR lease_until < $3) ORDER BY wake_at LIMIT $4{lock}) \
+             RETURNING id, workflow, version, created_at"
         );
-        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(owner)
             .bind(now + lease.as_millis() as i64)
             .bind(now)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        Ok(ids)
+        rows.iter()
+            .map(|r| {
+                Ok(ClaimedRun {
+                    id: r.try_get("id")?,
+                    workflow: r.try_get("workflow")?,
+                    version: r.try_get::<i64, _>("version")? as u32,
+                    created_at: to_time(r.try_get("created_at")?),
+                    history: Vec::new(),
+                })
+            })
+            .collect()
     }
 
     /// Extends the leases `owner` holds on `ids`.
