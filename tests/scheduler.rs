@@ -304,3 +304,54 @@ async fn only_the_leader_fires() {
     assert!(!two.tick(now).await.unwrap().led, "the lease is held");
     assert!(one.tick(now).await.unwrap().led, "the leader renews");
 }
+
+#[tokio::test]
+async fn misses_after_a_crash_between_recording_a_fire_and_moving_the_clock_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::new(sqlite_store(&dir).await).await;
+    let start = at("2026-06-01T10:00:00Z");
+    rig.schedule(
+        "every-second",
+        "* * * * * *",
+        "UTC",
+        start - TimeDelta::seconds(1),
+    )
+    .await;
+    let mut schedule = rig.store.schedule("every-second").await.unwrap().unwrap();
+    schedule.spec.catch_up = steward::schedule::CatchUp::None;
+    rig.store.update_schedule(&schedule).await.unwrap();
+    // The fire at 10:00:00 was recorded, then the process died before the
+    // schedule's clock moved past it.
+    assert!(
+        rig.store
+            .record_fire(
+                "every-second",
+                start,
+                steward::schedule::Outcome::Skipped,
+                Some("before the crash")
+            )
+            .await
+            .unwrap()
+    );
+    let report = rig
+        .scheduler(true)
+        .tick(start + TimeDelta::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(report.missed, 19, "10:00:01 to 10:00:19 missed: {report:?}");
+    assert_eq!(
+        report.fired, 11,
+        "10:00:20 to 10:00:30 are within the 10 s grace"
+    );
+    let fires = rig.store.fires("every-second", 100).await.unwrap();
+    let missed: Vec<_> = fires.iter().filter(|f| f.outcome == "missed").collect();
+    assert_eq!(missed.len(), 1, "one record for the span: {fires:#?}");
+    assert_eq!(missed[0].fire_at, start + TimeDelta::seconds(1));
+    assert!(
+        missed[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("19 fire times")
+    );
+}

@@ -152,7 +152,7 @@ impl Scheduler {
         };
         let plan = plan_fires(&cron, &s, first, now, self.options.grace);
         for span in &plan.missed {
-            self.record_missed(&s, span, report).await?;
+            self.record_missed(&s, &cron, span, report).await?;
         }
         for &at in &plan.run {
             self.fire(&mut s, at, report).await?;
@@ -160,32 +160,46 @@ impl Scheduler {
         self.store.advance_schedule(&s, plan.next).await
     }
 
-    /// Records a span of missed fire times as one record at its first.
+    /// Records a span of missed fire times as one record at its first. A
+    /// fire time already recorded (a process died after recording it and
+    /// before moving the schedule's clock on) is not a miss: the span
+    /// starts after it.
     async fn record_missed(
         &self,
         s: &Schedule,
+        cron: &CronSchedule,
         span: &MissedSpan,
         report: &mut TickReport,
     ) -> Result<(), StoreError> {
-        let reason = if span.count == 1 {
-            span.why.to_string()
-        } else {
-            format!(
-                "{} fire times from {} to {} were missed: {}",
-                span.count,
-                span.first.to_rfc3339(),
-                span.last.to_rfc3339(),
-                span.why
-            )
-        };
-        if self
-            .store
-            .record_fire(&s.id, span.first, Outcome::Missed, Some(&reason))
-            .await?
-        {
-            tracing::warn!(schedule = %s.id, "{reason}");
-            report.missed += span.count;
-            crate::metrics::global().schedule_fires(&s.spec.workflow, "missed", span.count as u64);
+        let (mut first, mut count) = (span.first, span.count);
+        while count > 0 {
+            let reason = if count == 1 {
+                span.why.to_string()
+            } else {
+                format!(
+                    "{count} fire times from {} to {} were missed: {}",
+                    first.to_rfc3339(),
+                    span.last.to_rfc3339(),
+                    span.why
+                )
+            };
+            if self
+                .store
+                .record_fire(&s.id, first, Outcome::Missed, Some(&reason))
+                .await?
+            {
+                tracing::warn!(schedule = %s.id, "{reason}");
+                report.missed += count;
+                crate::metrics::global().schedule_fires(&s.spec.workflow, "missed", count as u64);
+                return Ok(());
+            }
+            match cron.next_after(first) {
+                Some(next) if next <= span.last => {
+                    first = next;
+                    count -= 1;
+                }
+                _ => return Ok(()),
+            }
         }
         Ok(())
     }
