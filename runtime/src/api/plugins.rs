@@ -78,19 +78,6 @@ pub async fn upload(
             format!("{e}: {HOW}"),
         )
     })?;
-    if let Some(existing) = app.engine.plugin(&name)
-        && existing.origin != UPLOADED
-    {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "plugin-not-replaceable",
-            "The plugin is not an upload",
-            format!(
-                "plugin {name} comes from {}: choose another name, or replace it in steward.toml",
-                existing.origin
-            ),
-        ));
-    }
     let (mut manifest, mut component) = (None, None);
     loop {
         let field = match multipart.next_field().await {
@@ -119,6 +106,21 @@ pub async fn upload(
             "component" => component = Some(bytes.to_vec()),
             other => return Err(bad_upload(format!("unexpected part {other:?}: {HOW}"))),
         }
+    }
+    // Checked after the body is read: answering while the client is still
+    // sending would cut its upload off with a broken pipe, not this answer.
+    if let Some(existing) = app.engine.plugin(&name)
+        && existing.origin != UPLOADED
+    {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "plugin-not-replaceable",
+            "The plugin is not an upload",
+            format!(
+                "plugin {name} comes from {}: choose another name, or replace it in steward.toml",
+                existing.origin
+            ),
+        ));
     }
     let (Some(manifest), Some(component)) = (manifest, component) else {
         return Err(bad_upload(format!("a part is missing: {HOW}")));

@@ -65,33 +65,15 @@ pub enum Command {
     Runs {
         #[command(subcommand)]
         command: runs::RunsCommand,
-        /// The server's base URL.
-        #[arg(
-            long,
-            env = "STEWARD_SERVER",
-            default_value = "http://127.0.0.1:8080",
-            global = true
-        )]
-        server: String,
-        /// An API token with the runs:read scope.
-        #[arg(long, env = "STEWARD_TOKEN", global = true, hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// List, create, pause and resume the server's cron schedules.
     Schedules {
         #[command(subcommand)]
         command: schedules::SchedulesCommand,
-        /// The server's base URL.
-        #[arg(
-            long,
-            env = "STEWARD_SERVER",
-            default_value = "http://127.0.0.1:8080",
-            global = true
-        )]
-        server: String,
-        /// An API token with the runs:read scope (runs:write to change schedules).
-        #[arg(long, env = "STEWARD_TOKEN", global = true, hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Approve (or with --reject, reject) a pending approval on the server.
     Approve {
@@ -120,6 +102,22 @@ pub enum Command {
         #[command(subcommand)]
         command: plugin::PluginCommand,
     },
+}
+
+/// Where the server is, for the commands that talk to one.
+#[derive(clap::Args)]
+pub struct Remote {
+    /// The server's base URL.
+    #[arg(
+        long,
+        env = "STEWARD_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    server: String,
+    /// An API token: runs:read to read, runs:write to change schedules.
+    #[arg(long, env = "STEWARD_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -190,16 +188,16 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => run::run(&file, &input, &load_config(config)?).await,
         Command::Validate { files, config } => validate::validate(&files, &load_config(config)?),
         Command::Plugin { command } => plugin::dispatch(command),
-        Command::Runs {
+        Command::Runs { command, remote } => runs::dispatch(
             command,
-            server,
-            token,
-        } => runs::dispatch(command, server.trim_end_matches('/'), token.as_deref()),
-        Command::Schedules {
+            remote.server.trim_end_matches('/'),
+            remote.token.as_deref(),
+        ),
+        Command::Schedules { command, remote } => schedules::dispatch(
             command,
-            server,
-            token,
-        } => schedules::dispatch(command, server.trim_end_matches('/'), token.as_deref()),
+            remote.server.trim_end_matches('/'),
+            remote.token.as_deref(),
+        ),
         Command::Approve {
             id,
             by,
