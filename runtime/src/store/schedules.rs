@@ -23,6 +23,23 @@ fn corrupt(e: InvalidSchedule) -> StoreError {
     StoreError::Corrupt(format!("a stored schedule is invalid: {e}"))
 }
 
+/// Binds what the owner sets, in the order both the insert and the update
+/// place it (`$2` to `$9`: workflow to paused).
+fn bind_spec<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    spec: &'q ScheduleSpec,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    query
+        .bind(&spec.workflow)
+        .bind(&spec.cron)
+        .bind(&spec.timezone)
+        .bind(spec.input.to_string())
+        .bind(spec.overlap.as_str())
+        .bind(spec.catch_up.as_str())
+        .bind(spec.catch_up_window.as_millis() as i64)
+        .bind(spec.paused as i64)
+}
+
 fn schedule_row(r: &sqlx::any::AnyRow) -> Result<Schedule, StoreError> {
     let input: String = r.try_get("input")?;
     let window: i64 = r.try_get("catch_up_window_ms")?;
@@ -56,52 +73,38 @@ fn schedule_row(r: &sqlx::any::AnyRow) -> Result<Schedule, StoreError> {
 impl Store {
     /// Stores a new schedule; `false` when its id is taken.
     pub async fn create_schedule(&self, s: &Schedule) -> Result<bool, StoreError> {
-        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let query = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO schedules ({COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT (id) DO NOTHING"
         )))
-        .bind(&s.id)
-        .bind(&s.spec.workflow)
-        .bind(&s.spec.cron)
-        .bind(&s.spec.timezone)
-        .bind(s.spec.input.to_string())
-        .bind(s.spec.overlap.as_str())
-        .bind(s.spec.catch_up.as_str())
-        .bind(s.spec.catch_up_window.as_millis() as i64)
-        .bind(s.spec.paused as i64)
-        .bind(s.source.as_str())
-        .bind(s.created_at.timestamp_millis())
-        .bind(s.updated_at.timestamp_millis())
-        .bind(ms(s.next_fire_at))
-        .bind(s.last_run_id.as_deref())
-        .bind(ms(s.queued_fire_at))
-        .execute(&self.pool)
-        .await?;
+        .bind(&s.id);
+        let done = bind_spec(query, &s.spec)
+            .bind(s.source.as_str())
+            .bind(s.created_at.timestamp_millis())
+            .bind(s.updated_at.timestamp_millis())
+            .bind(ms(s.next_fire_at))
+            .bind(s.last_run_id.as_deref())
+            .bind(ms(s.queued_fire_at))
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Replaces what the owner set and where the clock stands (after an
     /// edit, a pause or a resume); `false` when the schedule is gone.
     pub async fn update_schedule(&self, s: &Schedule) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE schedules SET workflow = $2, cron = $3, timezone = $4, input = $5, overlap = $6, \
              catch_up = $7, catch_up_window_ms = $8, paused = $9, updated_at = $10, next_fire_at = $11 \
              WHERE id = $1",
         )
-        .bind(&s.id)
-        .bind(&s.spec.workflow)
-        .bind(&s.spec.cron)
-        .bind(&s.spec.timezone)
-        .bind(s.spec.input.to_string())
-        .bind(s.spec.overlap.as_str())
-        .bind(s.spec.catch_up.as_str())
-        .bind(s.spec.catch_up_window.as_millis() as i64)
-        .bind(s.spec.paused as i64)
-        .bind(s.updated_at.timestamp_millis())
-        .bind(ms(s.next_fire_at))
-        .execute(&self.pool)
-        .await?;
+        .bind(&s.id);
+        let done = bind_spec(query, &s.spec)
+            .bind(s.updated_at.timestamp_millis())
+            .bind(ms(s.next_fire_at))
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
