@@ -156,6 +156,20 @@ pub struct PluginSettings {
     pub extra: toml::Table,
 }
 
+impl PluginSettings {
+    /// The plugin-specific settings as the `config` interface hands them
+    /// out: one JSON document per top-level key.
+    pub fn settings_json(&self) -> BTreeMap<String, String> {
+        self.extra
+            .iter()
+            .map(|(key, value)| {
+                let json = serde_json::to_string(value).unwrap_or_else(|_| "null".into());
+                (key.clone(), json)
+            })
+            .collect()
+    }
+}
+
 /// One webhook: which workflow it starts and the secret its deliveries are
 /// signed with.
 #[derive(Debug, Clone, Deserialize)]

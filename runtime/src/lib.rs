@@ -11,6 +11,7 @@ pub mod engine;
 pub mod executor;
 pub mod groups;
 pub mod hooks;
+pub mod itsm_sim;
 pub mod metrics;
 pub mod plugin_build;
 pub mod plugins;

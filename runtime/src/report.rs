@@ -47,6 +47,52 @@ pub struct ReportLine {
     pub approval_wait_median_s: Option<f64>,
 }
 
+/// The report's lines added up: what a service manager reads first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Totals {
+    pub runs: u64,
+    pub met: u64,
+    pub breached: u64,
+    pub other: u64,
+    /// met ÷ (met + breached), in percent; null with neither.
+    pub compliance_percent: Option<f64>,
+}
+
+/// Sums every line.
+pub fn totals(lines: &[ReportLine]) -> Totals {
+    let (runs, met, breached, other) = lines.iter().fold((0, 0, 0, 0), |t, l| {
+        (t.0 + l.runs, t.1 + l.met, t.2 + l.breached, t.3 + l.other)
+    });
+    Totals {
+        runs,
+        met,
+        breached,
+        other,
+        compliance_percent: compliance(met, breached),
+    }
+}
+
+/// met ÷ (met + breached) in percent, two decimals; `None` with neither.
+fn compliance(met: u64, breached: u64) -> Option<f64> {
+    let judged = met + breached;
+    (judged > 0).then(|| (met as f64 * 10_000.0 / judged as f64).round() / 100.0)
+}
+
+/// Up to `n` lines with breaches, most breaches first, then lowest
+/// compliance: the worst offenders a weekly review names.
+pub fn worst(lines: &[ReportLine], n: usize) -> Vec<ReportLine> {
+    let mut breached: Vec<ReportLine> = lines.iter().filter(|l| l.breached > 0).cloned().collect();
+    breached.sort_by(|a, b| {
+        b.breached.cmp(&a.breached).then(
+            a.compliance_percent
+                .unwrap_or(100.0)
+                .total_cmp(&b.compliance_percent.unwrap_or(100.0)),
+        )
+    });
+    breached.truncate(n);
+    breached
+}
+
 /// Counts of one (workflow, priority) group, as the store aggregates them.
 #[derive(Debug, Clone)]
 pub struct GroupCounts {
@@ -80,14 +126,12 @@ pub fn assemble(
                     .find(|(w, p, q, _)| *w == c.workflow && *p == c.priority && *q == which)
                     .map(|(_, _, _, ms)| *ms as f64 / 1000.0)
             };
-            let judged = c.met + c.breached;
             ReportLine {
                 runs: c.runs,
                 met: c.met,
                 breached: c.breached,
                 other: c.runs - c.met - c.breached,
-                compliance_percent: (judged > 0)
-                    .then(|| (c.met as f64 * 10_000.0 / judged as f64).round() / 100.0),
+                compliance_percent: compliance(c.met, c.breached),
                 resolution_median_s: pick(Quantile::ResolutionMedian),
                 resolution_p90_s: pick(Quantile::ResolutionP90),
                 approval_wait_median_s: pick(Quantile::ApprovalWaitMedian),
@@ -151,7 +195,6 @@ pub fn build(runs: &[FinishedRun], waits: &[ApprovalWait]) -> Vec<ReportLine> {
         .map(|((workflow, priority), mut acc)| {
             acc.resolutions.sort_unstable();
             acc.waits.sort_unstable();
-            let judged = acc.met + acc.breached;
             ReportLine {
                 workflow,
                 priority,
@@ -159,8 +202,7 @@ pub fn build(runs: &[FinishedRun], waits: &[ApprovalWait]) -> Vec<ReportLine> {
                 met: acc.met,
                 breached: acc.breached,
                 other: acc.other,
-                compliance_percent: (judged > 0)
-                    .then(|| (acc.met as f64 * 10_000.0 / judged as f64).round() / 100.0),
+                compliance_percent: compliance(acc.met, acc.breached),
                 resolution_median_s: seconds(percentile(&acc.resolutions, 50.0)),
                 resolution_p90_s: seconds(percentile(&acc.resolutions, 90.0)),
                 approval_wait_median_s: seconds(percentile(&acc.waits, 50.0)),
@@ -260,5 +302,19 @@ mod tests {
         assert_eq!((p2.runs, p2.met, p2.breached, p2.other), (3, 1, 1, 1));
         assert_eq!(p2.compliance_percent, Some(50.0));
         assert_eq!(p2.resolution_median_s, Some(3600.0));
+
+        let total = totals(&report);
+        assert_eq!(
+            (total.runs, total.met, total.breached, total.other),
+            (14, 10, 3, 1)
+        );
+        assert_eq!(total.compliance_percent, Some(76.92));
+        let worst = worst(&report, 5);
+        assert_eq!(worst.len(), 2, "lines without breaches are not offenders");
+        assert_eq!(
+            (worst[0].priority.as_str(), worst[1].priority.as_str()),
+            ("P1", "P2")
+        );
+        assert!(super::worst(&report, 1).len() == 1);
     }
 }

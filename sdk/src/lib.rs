@@ -39,7 +39,7 @@ mod error;
 #[global_allocator]
 static ALLOCATOR: arena::BumpThenSystem = arena::BumpThenSystem;
 
-pub use capabilities::{clock, http, kv, log, secrets};
+pub use capabilities::{clock, config, http, kv, log, secrets};
 pub use error::Error;
 pub use serde_json::{Value, json};
 

@@ -27,6 +27,15 @@ pub fn write_config(dir: &Path, workflows: Option<&Path>, extra: &str) -> std::p
     config
 }
 
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub struct Server {
     child: Child,
     port: u16,
@@ -54,14 +63,19 @@ impl Server {
         Server::spawn(config, &["worker", "--listen", "PORT"], &[])
     }
 
+    /// `steward serve` on a port chosen beforehand, for configurations
+    /// that must know the server's own address.
+    pub fn start_on(config: &Path, port: u16, env: &[(&str, &str)]) -> Server {
+        Server::spawn_on(config, &["serve"], env, port)
+    }
+
     /// Runs `steward ARGS --config CONFIG` (`PORT` in ARGS becomes the
     /// free address it listens on) and waits for its `/healthz`.
     fn spawn(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Server::spawn_on(config, args, env, free_port())
+    }
+
+    fn spawn_on(config: &Path, args: &[&str], env: &[(&str, &str)], port: u16) -> Server {
         let address = format!("127.0.0.1:{port}");
         let args: Vec<&str> = args
             .iter()

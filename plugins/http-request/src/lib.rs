@@ -1,4 +1,4 @@
-//! `http-request`: `{method, url, headers?, body?, expect_status?, timeout_ms?}`
+//! `http-request`: `{method, url, headers?, body?, expect_status?, timeout_ms?, auth?}`
 //! → `{status, headers, body}`.
 //!
 //! The host decides which origins are reachable; this plugin adds the
@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use steward_sdk::{Context, Error, Value, http};
+use steward_sdk::{Context, Error, Value, http, secrets};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +25,34 @@ struct Input {
     expect_status: Option<ExpectStatus>,
     #[serde(default)]
     timeout_ms: Option<u32>,
+    /// Credentials from granted secrets, named, never written in the
+    /// workflow: `{bearer: SECRET}` or `{user: SECRET, password: SECRET}`.
+    #[serde(default)]
+    auth: Option<Auth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Auth {
+    bearer: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+impl Auth {
+    /// The `Authorization` header value, reading the named secrets.
+    fn header(&self) -> Result<String, Error> {
+        match (&self.bearer, &self.user, &self.password) {
+            (Some(token), None, None) => Ok(format!("Bearer {}", secrets::get(token)?)),
+            (None, Some(user), Some(password)) => {
+                Ok(http::basic_auth(&secrets::get(user)?, &secrets::get(password)?))
+            }
+            _ => Err(Error::fatal(
+                "auth is {bearer: SECRET} or {user: SECRET, password: SECRET}, naming secrets granted to http-request",
+            )
+            .with_code("invalid-input")),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -71,6 +99,15 @@ fn handle(ctx: &Context, input: Input) -> Result<Output, Error> {
             Some(serde_json::to_vec(&json)?)
         }
     };
+    if let Some(auth) = &input.auth {
+        if has_header(&headers, "authorization") {
+            return Err(
+                Error::fatal("give either `auth` or an Authorization header, not both")
+                    .with_code("invalid-input"),
+            );
+        }
+        headers.push(("Authorization".into(), auth.header()?));
+    }
     if !has_header(&headers, "idempotency-key") {
         headers.push(("Idempotency-Key".into(), ctx.idempotency_key.clone()));
     }
@@ -93,11 +130,22 @@ fn handle(ctx: &Context, input: Input) -> Result<Output, Error> {
         let retryable = status == 408 || status == 429 || status >= 500;
         let mut snippet = String::from_utf8_lossy(&response.body).into_owned();
         snippet.truncate(200);
-        let message = format!("{} {} answered {status}: {snippet}", request.method, input.url);
-        let error = if retryable { Error::retryable(message) } else { Error::fatal(message) };
+        let message = format!(
+            "{} {} answered {status}: {snippet}",
+            request.method, input.url
+        );
+        let error = if retryable {
+            Error::retryable(message)
+        } else {
+            Error::fatal(message)
+        };
         return Err(error.with_code(format!("http-{status}")));
     }
-    Ok(Output { status, headers, body })
+    Ok(Output {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// JSON when it parses as JSON, text otherwise.
@@ -110,3 +158,15 @@ fn decode_body(bytes: &[u8]) -> Value {
 }
 
 steward_sdk::plugin!(handle);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_takes_a_bearer_or_a_user_and_password() {
+        let half: Auth = serde_json::from_str(r#"{"user": "U"}"#).unwrap();
+        assert!(half.header().unwrap_err().message.contains("bearer"));
+        assert!(serde_json::from_str::<Auth>(r#"{"token": "T"}"#).is_err());
+    }
+}

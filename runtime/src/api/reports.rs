@@ -1,4 +1,5 @@
-//! `GET /v1/reports/sla?from=&to=`: SLA compliance by workflow and priority.
+//! `GET /v1/reports/sla?from=&to=` (or `?days=`): SLA compliance by
+//! workflow and priority, with totals and the worst offenders.
 
 use std::sync::Arc;
 
@@ -16,6 +17,8 @@ use super::{AppState, Problem};
 pub struct Range {
     from: Option<String>,
     to: Option<String>,
+    /// The last N days up to `to`, instead of `from`.
+    days: Option<u32>,
 }
 
 fn instant(name: &str, text: &str) -> Result<DateTime<Utc>, Problem> {
@@ -39,9 +42,22 @@ pub async fn sla(
         Some(t) => instant("to", t)?,
         None => Utc::now(),
     };
-    let from = match &range.from {
-        Some(t) => instant("from", t)?,
-        None => to - chrono::Duration::days(30),
+    let from = match (&range.from, range.days) {
+        (Some(_), Some(_)) => {
+            return Err(Problem::invalid_query(
+                "give from or days, not both".to_string(),
+            ));
+        }
+        (Some(t), None) => instant("from", t)?,
+        (None, Some(days)) if (1..=3660).contains(&days) => {
+            to - chrono::Duration::days(i64::from(days))
+        }
+        (None, Some(days)) => {
+            return Err(Problem::invalid_query(format!(
+                "days={days} is out of range: use 1 to 3660"
+            )));
+        }
+        (None, None) => to - chrono::Duration::days(30),
     };
     if from >= to {
         return Err(Problem::invalid_query(format!(
@@ -50,5 +66,9 @@ pub async fn sla(
     }
     let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
     let items = app.store.sla_report(from_ms, to_ms).await?;
-    Ok(Json(json!({ "from": from, "to": to, "items": items })))
+    let totals = crate::report::totals(&items);
+    let worst = crate::report::worst(&items, 5);
+    Ok(Json(
+        json!({ "from": from, "to": to, "totals": totals, "worst": worst, "items": items }),
+    ))
 }

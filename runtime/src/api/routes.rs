@@ -313,10 +313,11 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .errors(&[409]),
         Route::get("/v1/reports/sla", reports::sla)
             .scope("runs:read")
-            .summary("SLA compliance by workflow and priority for runs finished in [from, to) (default the last 30 days)")
+            .summary("SLA compliance by workflow and priority for runs finished in [from, to) (default the last 30 days; `days` counts back from `to`), with totals and the worst offenders")
             .query("from", json!({"type": "string", "format": "date-time"}))
             .query("to", json!({"type": "string", "format": "date-time"}))
-            .ok(200, "The report", "application/json", json!({"type": "object", "properties": {"from": {"type": "string"}, "to": {"type": "string"}, "items": {"type": "array", "items": {"type": "object", "properties": {"workflow": {"type": "string"}, "priority": {"type": "string"}, "runs": {"type": "integer"}, "met": {"type": "integer"}, "breached": {"type": "integer"}, "other": {"type": "integer"}, "compliance_percent": {"type": ["number", "null"]}, "resolution_median_s": {"type": ["number", "null"]}, "resolution_p90_s": {"type": ["number", "null"]}, "approval_wait_median_s": {"type": ["number", "null"]}}}}}})),
+            .query("days", json!({"type": "integer", "minimum": 1, "maximum": 3660}))
+            .ok(200, "The report", "application/json", json!({"type": "object", "properties": {"from": {"type": "string"}, "to": {"type": "string"}, "totals": {"type": "object", "properties": {"runs": {"type": "integer"}, "met": {"type": "integer"}, "breached": {"type": "integer"}, "other": {"type": "integer"}, "compliance_percent": {"type": ["number", "null"]}}}, "worst": {"type": "array", "items": {"$ref": "#/components/schemas/SlaReportLine"}}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/SlaReportLine"}}}})),
         Route::get("/v1/delegations", approvals::delegations)
             .scope("runs:read")
             .summary("Delegations not revoked and not over")

@@ -1,5 +1,6 @@
 //! Command-line interface, per the SPEC's CLI section.
 
+mod dev;
 mod plugin;
 mod run;
 mod runs;
@@ -97,6 +98,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Tools for trying Steward out locally.
+    Dev {
+        #[command(subcommand)]
+        command: dev::DevCommand,
+    },
     /// Write, build and look into plugins.
     Plugin {
         #[command(subcommand)]
@@ -151,7 +157,7 @@ async fn token_create(scopes: &[String], name: &str, config: &Config) -> anyhow:
 /// Logs go to stderr; `STEWARD_LOG` (or `RUST_LOG`) overrides the level.
 pub fn init_logging(command: &Command) {
     let default = match command {
-        Command::Serve { .. } | Command::Worker { .. } => "info",
+        Command::Serve { .. } | Command::Worker { .. } | Command::Dev { .. } => "info",
         _ => "warn",
     };
     let filter = std::env::var("STEWARD_LOG")
@@ -188,6 +194,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => run::run(&file, &input, &load_config(config)?).await,
         Command::Validate { files, config } => validate::validate(&files, &load_config(config)?),
         Command::Plugin { command } => plugin::dispatch(command),
+        Command::Dev { command } => dev::dispatch(command).await,
         Command::Runs { command, remote } => runs::dispatch(
             command,
             remote.server.trim_end_matches('/'),

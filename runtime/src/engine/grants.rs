@@ -231,7 +231,14 @@ impl Grants {
             ));
         }
         let mut secrets = BTreeSet::new();
-        for secret in &manifest.secrets {
+        // `*` asks for whatever the operator grants: for general-purpose
+        // plugins (http-request) whose secrets are the workflow author's.
+        let requested_secrets = if manifest.secrets.iter().any(|s| s == "*") {
+            &operator.secrets
+        } else {
+            &manifest.secrets
+        };
+        for secret in requested_secrets {
             if !operator.secrets.contains(secret) {
                 warnings.push(format!(
                     "plugin {name} asks for secret {secret} but steward.toml does not grant it: \
@@ -473,5 +480,22 @@ mod tests {
         assert!(grants.has_secret("A") && !grants.has_secret("B"));
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("secret B"));
+    }
+
+    #[test]
+    fn a_wildcard_secret_request_takes_what_the_operator_grants() {
+        let manifest = Manifest {
+            secrets: vec!["*".into()],
+            ..Manifest::bare("p")
+        };
+        let operator = PluginSettings {
+            secrets: vec!["REPORT_TOKEN".into()],
+            ..Default::default()
+        };
+        let defined: BTreeSet<String> = ["REPORT_TOKEN".to_string(), "OTHER".to_string()].into();
+        let (grants, warnings) = Grants::resolve(&manifest, &operator, &defined).unwrap();
+        assert!(grants.has_secret("REPORT_TOKEN"));
+        assert!(!grants.has_secret("OTHER") && !grants.has_secret("*"));
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 }

@@ -274,6 +274,7 @@ impl Engine {
                 name: name.clone(),
                 grants,
                 http,
+                settings: operator.settings_json(),
             }),
             manifest: source.manifest,
             origin: source.origin,

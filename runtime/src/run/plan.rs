@@ -578,10 +578,20 @@ impl Planner<'_> {
                     .ok_or_else(|| "the wait ends too far in the future".to_string())
             }
             WaitFor::Until(template) => match template.render(self.scope)? {
-                Value::String(text) => DateTime::parse_from_rfc3339(&text)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}")),
-                other => Err(format!("expected an RFC 3339 time, got {other}")),
+                // An expression may give a duration (`90d`) as well as a time.
+                Value::String(text) => match humantime::parse_duration(&text) {
+                    Ok(d) => self.deadline(&WaitFor::Duration(d)),
+                    Err(_) => DateTime::parse_from_rfc3339(&text)
+                        .map(|t| t.with_timezone(&Utc))
+                        .map_err(|e| {
+                            format!(
+                                "{text:?} is neither a duration (10m, 90d) nor an RFC 3339 time: {e}"
+                            )
+                        }),
+                },
+                other => Err(format!(
+                    "expected a duration or an RFC 3339 time, got {other}"
+                )),
             },
         }
     }
@@ -667,5 +677,39 @@ mod tests {
         );
         let before = plan(&workflow, &state, &context, at("2026-12-03T16:59:00Z"));
         assert!(!before.actions.contains(&Action::Record(Event::SlaBreached)));
+    }
+
+    #[test]
+    fn a_wait_expression_may_give_a_duration_or_a_time() {
+        let yaml = "name: w\nsteps:\n  - id: pause\n    wait: ${{ input.after }}\n";
+        let plugins = ["transform".to_string()].into();
+        let workflow = crate::workflow::load_str(yaml, "w.yaml", &plugins).unwrap();
+        let now = at("2026-11-26T10:00:00Z");
+        let deadline_for = |after: &str| {
+            let mut state = RunState::new("r1", "w", 1, now);
+            state.apply(&Recorded {
+                seq: 1,
+                at: now,
+                event: Event::RunStarted {
+                    input: serde_json::json!({ "after": after }),
+                },
+            });
+            plan(&workflow, &state, &PlanContext::default(), now)
+                .actions
+                .into_iter()
+                .find_map(|a| match a {
+                    Action::Record(Event::TimerStarted { until, .. }) => Some(Ok(until)),
+                    Action::Record(Event::StepFailed { error, .. }) => Some(Err(error.message)),
+                    _ => None,
+                })
+                .expect("the wait starts or fails")
+        };
+        assert_eq!(deadline_for("90d"), Ok(at("2027-02-24T10:00:00Z")));
+        assert_eq!(
+            deadline_for("2026-12-24T09:00:00Z"),
+            Ok(at("2026-12-24T09:00:00Z"))
+        );
+        let bad = deadline_for("soon").unwrap_err();
+        assert!(bad.contains("neither a duration"), "{bad}");
     }
 }

@@ -2,6 +2,7 @@
 //! capability checks the plugin's [`Grants`] first and denies by default.
 
 mod clock;
+mod config;
 mod http;
 mod kv;
 mod log;
@@ -33,6 +34,9 @@ pub struct PluginHost {
     pub name: String,
     pub grants: Grants,
     pub http: Option<HttpClient>,
+    /// The operator's plugin-specific settings, each as JSON text, read
+    /// through the `config` interface.
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 /// Everything a single call can touch. Built fresh for every call and
