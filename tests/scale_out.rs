@@ -336,3 +336,112 @@ fn workers_hear_of_new_runs_and_decisions_at_once_not_at_their_next_poll() {
     worker.kill();
     api.kill();
 }
+
+/// A config for `dir` on PostgreSQL (its own schema) loading `workflows`.
+fn postgres_config(
+    dir: &std::path::Path,
+    url: &str,
+    workflows: &[(&str, &str)],
+) -> std::path::PathBuf {
+    let folder = dir.join("workflows");
+    std::fs::create_dir_all(&folder).unwrap();
+    for (name, yaml) in workflows {
+        std::fs::write(folder.join(format!("{name}.yaml")), yaml).unwrap();
+    }
+    let schema = common::unique_schema("placement");
+    let config = dir.join("steward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database = {url:?}\ndatabase_schema = {schema:?}\ndata_dir = {:?}\nworkflows = [{folder:?}]\n\
+             [plugins.http-request]\nallowed_hosts = [\"http://127.0.0.1:*\"]\n",
+            dir.join("data")
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn runs_of_a_tagged_workflow_wait_for_a_worker_with_the_tags() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!("runs_of_a_tagged_workflow: skipped: STEWARD_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gpu = "name: render\ntags: [gpu, eu]\nsteps:\n  - id: echo\n    uses: transform\n    with: { n: \"${{ input.n }}\" }\n";
+    let config = postgres_config(dir.path(), &url, &[("one", ONE), ("render", gpu)]);
+    let api = Server::start_api_only(&config);
+    let _plain_worker = Server::start_worker(&config);
+    let _eu_only = Server::start_worker_tagged(&config, "eu");
+    let plain: Vec<String> = (0..5)
+        .map(|n| api.start_run("one", json!({"n": n})))
+        .collect();
+    let tagged: Vec<String> = (0..5)
+        .map(|n| api.start_run("render", json!({"n": n})))
+        .collect();
+    for run in api.wait_until_finished(&plain, Duration::from_secs(30)) {
+        assert_eq!(run["status"], "succeeded");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    for id in &tagged {
+        assert_eq!(
+            api.run(id)["status"],
+            "pending",
+            "no worker has gpu and eu yet"
+        );
+    }
+    let _gpu_eu = Server::start_worker_tagged(&config, "eu,gpu,arm");
+    for run in api.wait_until_finished(&tagged, Duration::from_secs(30)) {
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+    }
+    // A bad tag stops a worker at start, naming it.
+    let out = std::process::Command::new(common::steward_bin())
+        .args(["worker", "--tags", "GPU!", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"GPU!\" is not a tag"));
+}
+
+#[test]
+fn a_workflow_concurrency_limit_holds_across_workers() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!("a_workflow_concurrency_limit: skipped: STEWARD_TEST_DATABASE_URL is not set");
+        return;
+    };
+    // A slow endpoint that remembers the most requests it had at once.
+    let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (now, peak) = (in_flight.clone(), most.clone());
+    let slow = TestServer::start(move |_, _| {
+        use std::sync::atomic::Ordering::SeqCst;
+        let current = now.fetch_add(1, SeqCst) + 1;
+        peak.fetch_max(current, SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+        now.fetch_sub(1, SeqCst);
+        (200, vec![], b"{}".to_vec())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let limited = format!(
+        "name: export\nconcurrency: 2\nsteps:\n  - id: call\n    uses: http-request\n    with: {{ method: POST, url: \"{}\" }}\n",
+        slow.url("/export")
+    );
+    let config = postgres_config(dir.path(), &url, &[("export", &limited)]);
+    let api = Server::start_api_only(&config);
+    let _workers = [Server::start_worker(&config), Server::start_worker(&config)];
+    let ids: Vec<String> = (0..10)
+        .map(|_| api.start_run("export", json!({})))
+        .collect();
+    for run in api.wait_until_finished(&ids, Duration::from_secs(60)) {
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+    }
+    assert_eq!(slow.received().len(), 10);
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        most <= 2,
+        "{most} runs of a workflow limited to 2 ran at once"
+    );
+    assert_eq!(most, 2, "the limit is used, not just respected");
+}

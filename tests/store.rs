@@ -47,6 +47,7 @@ fn new_run<'a>(id: &'a str, input: &'a serde_json::Value, key: Option<&'a str>) 
         input,
         idempotency_key: key,
         lease: None,
+        placement: Default::default(),
     }
 }
 
@@ -114,7 +115,106 @@ async fn appended_events_and_status_are_durable() {
         // A finished run is never due again.
         assert!(
             store
-                .claim_due("w1", Duration::from_secs(30), 10)
+                .claim_due("w1", Duration::from_secs(30), 10, &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_run_needing_tags_is_claimed_only_by_a_worker_with_them_all() {
+    on_every_backend("tags", |store| async move {
+        let input = json!({});
+        let tagged = NewRun {
+            placement: steward::store::Placement {
+                tags: "eu,gpu".into(),
+                concurrency: None,
+            },
+            ..new_run("tagged", &input, None)
+        };
+        store.create_run(tagged).await.unwrap();
+        store
+            .create_run(new_run("plain", &input, None))
+            .await
+            .unwrap();
+        let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let lease = Duration::from_secs(30);
+        let untagged = store.claim_due("w0", lease, 10, &[]).await.unwrap();
+        assert_eq!(
+            untagged,
+            ["plain"],
+            "an untagged worker takes only untagged runs"
+        );
+        assert!(
+            store
+                .claim_due("w1", lease, 10, &tags(&["gpu"]))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .claim_due("w2", lease, 10, &tags(&["eu", "arm"]))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let full = store
+            .claim_due("w3", lease, 10, &tags(&["gpu", "arm", "eu"]))
+            .await
+            .unwrap();
+        assert_eq!(full, ["tagged"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_concurrency_limit_caps_the_runs_leased_at_once() {
+    on_every_backend("concurrency", |store| async move {
+        let input = json!({});
+        let ids: Vec<String> = (0..5).map(|i| format!("limited-{i}")).collect();
+        for id in &ids {
+            let new = NewRun {
+                placement: steward::store::Placement {
+                    tags: String::new(),
+                    concurrency: Some(2),
+                },
+                ..new_run(id, &input, None)
+            };
+            store.create_run(new).await.unwrap();
+        }
+        store
+            .create_run(new_run("free", &input, None))
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(30);
+        let mut first = store.claim_due("w1", lease, 10, &[]).await.unwrap();
+        first.sort();
+        assert_eq!(
+            first,
+            ["free", "limited-0", "limited-1"],
+            "two slots, oldest first"
+        );
+        assert!(
+            store
+                .claim_due("w2", lease, 10, &[])
+                .await
+                .unwrap()
+                .is_empty(),
+            "no slot left"
+        );
+        store.release("w1", "limited-0", None).await.unwrap();
+        assert_eq!(
+            store.claim_due("w2", lease, 10, &[]).await.unwrap().len(),
+            1,
+            "a freed slot is taken once"
+        );
+        assert!(
+            store
+                .claim_due("w3", lease, 10, &[])
                 .await
                 .unwrap()
                 .is_empty()
@@ -129,20 +229,20 @@ async fn a_leased_run_is_claimed_once_until_its_lease_ends() {
         let input = json!({});
         store.create_run(new_run("r1", &input, None)).await.unwrap();
         let first = store
-            .claim_due("w1", Duration::from_millis(300), 10)
+            .claim_due("w1", Duration::from_millis(300), 10, &[])
             .await
             .unwrap();
         assert_eq!(first, vec!["r1".to_string()]);
         assert!(
             store
-                .claim_due("w2", Duration::from_secs(30), 10)
+                .claim_due("w2", Duration::from_secs(30), 10, &[])
                 .await
                 .unwrap()
                 .is_empty()
         );
         tokio::time::sleep(Duration::from_millis(400)).await;
         let taken = store
-            .claim_due("w2", Duration::from_secs(30), 10)
+            .claim_due("w2", Duration::from_secs(30), 10, &[])
             .await
             .unwrap();
         assert_eq!(
@@ -153,7 +253,7 @@ async fn a_leased_run_is_claimed_once_until_its_lease_ends() {
         store.release("w2", "r1", None).await.unwrap();
         assert_eq!(
             store
-                .claim_due("w3", Duration::from_secs(30), 10)
+                .claim_due("w3", Duration::from_secs(30), 10, &[])
                 .await
                 .unwrap(),
             vec!["r1".to_string()]
@@ -275,6 +375,7 @@ async fn runs_are_listed_newest_first_by_workflow_and_status_in_pages() {
                 input: &input,
                 idempotency_key: None,
                 lease: None,
+                placement: Default::default(),
             };
             store.create_run(new).await.unwrap();
         }
@@ -310,7 +411,7 @@ async fn a_worker_that_lost_the_lease_cannot_write() {
         store.create_run(new_run("r1", &input, None)).await.unwrap();
         assert_eq!(
             store
-                .claim_due("w1", Duration::from_secs(30), 10)
+                .claim_due("w1", Duration::from_secs(30), 10, &[])
                 .await
                 .unwrap(),
             ["r1"]
@@ -341,7 +442,7 @@ async fn a_worker_that_lost_the_lease_cannot_write() {
         store.create_run(new_run("r2", &input, None)).await.unwrap();
         assert_eq!(
             store
-                .claim_due("w1", Duration::from_secs(30), 10)
+                .claim_due("w1", Duration::from_secs(30), 10, &[])
                 .await
                 .unwrap(),
             ["r2"]
@@ -352,7 +453,7 @@ async fn a_worker_that_lost_the_lease_cannot_write() {
             .unwrap();
         assert!(
             store
-                .claim_due("w3", Duration::from_secs(30), 10)
+                .claim_due("w3", Duration::from_secs(30), 10, &[])
                 .await
                 .unwrap()
                 .is_empty()

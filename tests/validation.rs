@@ -92,6 +92,16 @@ fn cases() -> Vec<Case> {
             expect: &["FILE:10:3: input: not a valid JSON Schema"],
         },
         Case {
+            name: "bad worker tag",
+            yaml: format!("{BASE}tags: [gpu, \"GPU Cluster\"]\n"),
+            expect: &["FILE:9:13: tags[1]:", "\"GPU Cluster\" is not a tag"],
+        },
+        Case {
+            name: "zero concurrency",
+            yaml: format!("{BASE}concurrency: 0\n"),
+            expect: &["FILE:9:14: concurrency:", "a number from 1 to 100000"],
+        },
+        Case {
             name: "bad cron",
             yaml: format!("{BASE}triggers:\n  - cron: \"0 25 * * *\"\n"),
             expect: &["FILE:10:11: triggers[0].cron:", "is not a cron expression"],

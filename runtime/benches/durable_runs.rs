@@ -175,6 +175,7 @@ async fn store_alone(store: &Store) -> f64 {
                         input: &input,
                         idempotency_key: None,
                         lease: None,
+                        placement: Default::default(),
                     })
                     .await
                     .unwrap();

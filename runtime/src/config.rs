@@ -61,6 +61,9 @@ pub struct WorkerSettings {
     /// wakes the worker; on PostgreSQL new runs, decisions and cancels from
     /// other processes wake it at once (LISTEN/NOTIFY).
     pub poll_ms: u64,
+    /// What this process's worker offers (`--tags`): workflows with `tags`
+    /// run only on workers that have them all.
+    pub tags: Vec<String>,
 }
 
 impl Default for WorkerSettings {
@@ -71,6 +74,7 @@ impl Default for WorkerSettings {
             shutdown_grace_ms: 10_000,
             listen: None,
             poll_ms: 200,
+            tags: Vec::new(),
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::executor::{DriveEnd, Executor, LiveRun, StoreJournal};
 use serde_json::Value;
 
 use crate::run::{Event, Recorded, RunState, StepError};
-use crate::store::{ClaimedRun, NewRun, RunRow, Store, StoreError};
+use crate::store::{ClaimedRun, NewRun, Placement, RunRow, Store, StoreError};
 use crate::workflow::Workflow;
 
 /// How a worker behaves.
@@ -28,6 +28,9 @@ pub struct WorkerOptions {
     pub capacity: usize,
     /// How often to look for due runs when nothing wakes the worker.
     pub poll: Duration,
+    /// What this worker offers (`--tags gpu,eu`): it claims runs of
+    /// workflows requiring some or none of these.
+    pub tags: Vec<String>,
 }
 
 impl Default for WorkerOptions {
@@ -37,6 +40,7 @@ impl Default for WorkerOptions {
             lease: Duration::from_secs(15),
             capacity: 256,
             poll: Duration::from_millis(200),
+            tags: Vec::new(),
         }
     }
 }
@@ -110,6 +114,10 @@ impl WorkerHandle {
         let shared = &self.shared;
         let has_room = shared.active.lock().unwrap().len() < shared.options.capacity
             && !shared.draining.load(std::sync::atomic::Ordering::SeqCst);
+        let placement = Placement::of(&workflow);
+        // A run this worker may not take, or one a limit must count, is
+        // left to the claims.
+        let has_room = has_room && placement.fits_locally(&shared.options.tags);
         let lease = has_room.then_some((shared.options.owner.as_str(), shared.options.lease));
         let new = NewRun {
             id,
@@ -118,6 +126,7 @@ impl WorkerHandle {
             input,
             idempotency_key,
             lease,
+            placement,
         };
         let (row, created) = shared.store.create_run(new).await?;
         if created {
@@ -217,7 +226,12 @@ async fn claim_loop(shared: Arc<Shared>, wake: Arc<Notify>, mut stopped: watch::
         if free > 0 {
             match shared
                 .store
-                .claim_due_runs(&shared.options.owner, shared.options.lease, free as i64)
+                .claim_due_runs(
+                    &shared.options.owner,
+                    shared.options.lease,
+                    free as i64,
+                    &shared.options.tags,
+                )
                 .await
             {
                 Ok(claimed) => {

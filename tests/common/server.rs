@@ -63,6 +63,11 @@ impl Server {
         Server::spawn(config, &["worker", "--listen", "PORT"], &[])
     }
 
+    /// `steward worker --tags TAGS`.
+    pub fn start_worker_tagged(config: &Path, tags: &str) -> Server {
+        Server::spawn(config, &["worker", "--listen", "PORT", "--tags", tags], &[])
+    }
+
     /// `steward serve` on a port chosen beforehand, for configurations
     /// that must know the server's own address.
     pub fn start_on(config: &Path, port: u16, env: &[(&str, &str)]) -> Server {

@@ -45,6 +45,10 @@ pub enum Command {
         /// Where to serve /healthz and /metrics (overrides [worker] listen).
         #[arg(long)]
         listen: Option<String>,
+        /// Tags this worker offers, e.g. gpu,eu (overrides [worker] tags):
+        /// workflows with `tags` run only on workers that have them all.
+        #[arg(long, value_delimiter = ',')]
+        tags: Option<Vec<String>>,
     },
     /// Run a workflow file once, locally, and print its output JSON.
     Run {
@@ -180,10 +184,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             serve::serve(&load_config(config)?, role).await
         }
-        Command::Worker { config, listen } => {
+        Command::Worker {
+            config,
+            listen,
+            tags,
+        } => {
             let mut config = load_config(config)?;
             if listen.is_some() {
                 config.worker.listen = listen;
+            }
+            if let Some(tags) = tags {
+                config.worker.tags = tags;
             }
             serve::serve(&config, serve::Role::WorkerOnly).await
         }

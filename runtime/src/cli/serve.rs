@@ -127,8 +127,22 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
         } else {
             0
         },
+        tags: worker_tags(config)?,
         ..WorkerOptions::default()
     };
+    if executes {
+        for workflow in catalog.list() {
+            if !workflow.tags.iter().all(|t| options.tags.contains(t)) {
+                tracing::info!(
+                    "workflow {} requires worker tags [{}]; this process has [{}]: its runs wait for a \
+                     worker started with those tags",
+                    workflow.name,
+                    workflow.tags.join(", "),
+                    options.tags.join(", ")
+                );
+            }
+        }
+    }
     let worker = worker::spawn(store.clone(), executor, catalog.clone(), options);
     let scheduler = if executes {
         Scheduler::new(
@@ -260,6 +274,24 @@ async fn shutdown_signal() {
         _ = terminate => {}
     }
     tracing::info!("shutting down");
+}
+
+/// `[worker] tags` (or `--tags`), checked: a bad tag stops the start.
+fn worker_tags(config: &Config) -> anyhow::Result<Vec<String>> {
+    let mut tags = config.worker.tags.clone();
+    for tag in &tags {
+        steward::workflow::check_tag(tag)
+            .map_err(|e| anyhow::anyhow!("[worker] tags / --tags: {e}"))?;
+    }
+    tags.sort();
+    tags.dedup();
+    if tags.len() > steward::workflow::MAX_TAGS {
+        anyhow::bail!(
+            "[worker] tags / --tags: at most {} tags",
+            steward::workflow::MAX_TAGS
+        );
+    }
+    Ok(tags)
 }
 
 /// A fresh installation without `STEWARD_ADMIN_TOKEN` gets one admin token,

@@ -135,6 +135,95 @@ pub struct NewRun<'a> {
     /// Create it already claimed by this worker for this long, so the
     /// process that accepted it can drive it without a claim and a reload.
     pub lease: Option<(&'a str, Duration)>,
+    pub placement: Placement,
+}
+
+/// Where a run may execute, from its workflow: claims honour it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Required worker tags, sorted and comma-separated; empty for any.
+    pub tags: String,
+    /// At most this many runs of the workflow leased at once.
+    pub concurrency: Option<u32>,
+}
+
+impl Placement {
+    /// The placement `workflow` asks for.
+    pub fn of(workflow: &crate::workflow::Workflow) -> Placement {
+        Placement {
+            tags: workflow.tags.join(","),
+            concurrency: workflow.concurrency,
+        }
+    }
+
+    /// True when a worker with `worker_tags` may take the run at creation,
+    /// without a claim: it has the tags and no limit needs counting.
+    pub fn fits_locally(&self, worker_tags: &[String]) -> bool {
+        self.concurrency.is_none()
+            && (self.tags.is_empty()
+                || self
+                    .tags
+                    .split(',')
+                    .all(|t| worker_tags.iter().any(|w| w == t)))
+    }
+}
+
+/// `$from, $from+1, ...`: `count` numbered placeholders.
+fn numbered(from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A claim statement with its parameters: $1 owner, $2 lease end, $3 now,
+/// $4 how many, then the tag sets.
+fn claim_query(
+    sql: String,
+    owner: &str,
+    now: i64,
+    lease: Duration,
+    limit: i64,
+    tag_sets: &[String],
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(owner.to_string())
+        .bind(now + lease.as_millis() as i64)
+        .bind(now)
+        .bind(limit);
+    for set in tag_sets {
+        query = query.bind(set.clone());
+    }
+    query
+}
+
+fn claimed_run(r: &sqlx::any::AnyRow) -> Result<ClaimedRun, StoreError> {
+    Ok(ClaimedRun {
+        id: r.try_get("id")?,
+        workflow: r.try_get("workflow")?,
+        version: r.try_get::<i64, _>("version")? as u32,
+        created_at: to_time(r.try_get("created_at")?),
+        history: Vec::new(),
+    })
+}
+
+/// Every subset of `tags` in [`Placement::tags`] form: a run is claimable
+/// by a worker when its required tags are one of them.
+pub fn tag_subsets(tags: &[String]) -> Vec<String> {
+    let mut sorted: Vec<&String> = tags.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    (0u32..1 << sorted.len())
+        .map(|mask| {
+            sorted
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, t)| t.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
 }
 
 /// The store; cheap to clone.
@@ -375,6 +464,7 @@ impl Store {
             lease: new
                 .lease
                 .map(|(owner, d)| (owner.to_string(), now + d.as_millis() as i64)),
+            placement: new.placement.clone(),
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.submit(writer::Write::Create(row, reply)).await?;
@@ -581,9 +671,10 @@ impl Store {
         owner: &str,
         lease: Duration,
         limit: i64,
+        tags: &[String],
     ) -> Result<Vec<String>, StoreError> {
         Ok(self
-            .claim(owner, lease, limit)
+            .claim(owner, lease, limit, tags)
             .await?
             .into_iter()
             .map(|c| c.id)
@@ -598,15 +689,15 @@ impl Store {
         owner: &str,
         lease: Duration,
         limit: i64,
+        tags: &[String],
     ) -> Result<Vec<ClaimedRun>, StoreError> {
-        let mut claimed = self.claim(owner, lease, limit).await?;
+        let mut claimed = self.claim(owner, lease, limit, tags).await?;
         if claimed.is_empty() {
             return Ok(claimed);
         }
-        let placeholders: Vec<String> = (1..=claimed.len()).map(|n| format!("${n}")).collect();
         let sql = format!(
             "SELECT run_id, seq, at, body FROM run_events WHERE run_id IN ({}) ORDER BY run_id, seq",
-            placeholders.join(", ")
+            numbered(1, claimed.len())
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for run in &claimed {
@@ -634,11 +725,31 @@ impl Store {
         Ok(claimed)
     }
 
+    /// Claims runs free of a concurrency limit, then, with what room is
+    /// left, runs whose workflow has one; both only runs whose required
+    /// tags the worker has.
     async fn claim(
         &self,
         owner: &str,
         lease: Duration,
         limit: i64,
+        tags: &[String],
+    ) -> Result<Vec<ClaimedRun>, StoreError> {
+        let subsets = tag_subsets(tags);
+        let mut claimed = self.claim_free(owner, lease, limit, &subsets).await?;
+        let room = limit - claimed.len() as i64;
+        if room > 0 {
+            claimed.extend(self.claim_limited(owner, lease, room, &subsets).await?);
+        }
+        Ok(claimed)
+    }
+
+    async fn claim_free(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: i64,
+        tag_sets: &[String],
     ) -> Result<Vec<ClaimedRun>, StoreError> {
         let now = now_ms();
         let lock = match self.backend {
@@ -648,27 +759,54 @@ impl Store {
         let sql = format!(
             "UPDATE runs SET lease_owner = $1, lease_until = $2 WHERE id IN (\
                SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
-               AND (lease_until IS NULL OR lease_until < $3) ORDER BY wake_at LIMIT $4{lock}) \
-             RETURNING id, workflow, version, created_at"
+               AND (lease_until IS NULL OR lease_until < $3) AND concurrency_limit IS NULL \
+               AND required_tags IN ({}) ORDER BY wake_at LIMIT $4{lock}) \
+             RETURNING id, workflow, version, created_at",
+            numbered(5, tag_sets.len())
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(owner)
-            .bind(now + lease.as_millis() as i64)
-            .bind(now)
-            .bind(limit)
+        let rows = claim_query(sql, owner, now, lease, limit, tag_sets)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ClaimedRun {
-                    id: r.try_get("id")?,
-                    workflow: r.try_get("workflow")?,
-                    version: r.try_get::<i64, _>("version")? as u32,
-                    created_at: to_time(r.try_get("created_at")?),
-                    history: Vec::new(),
-                })
-            })
-            .collect()
+        rows.iter().map(claimed_run).collect()
+    }
+
+    /// Claims runs of workflows with a concurrency limit, each workflow up
+    /// to its limit minus the runs of it leased now. Claimers take turns
+    /// (an advisory lock on PostgreSQL, the single writer on SQLite), so
+    /// two workers cannot both fill the last slot.
+    async fn claim_limited(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: i64,
+        tag_sets: &[String],
+    ) -> Result<Vec<ClaimedRun>, StoreError> {
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE runs SET lease_owner = $1, lease_until = $2 WHERE id IN (\
+               SELECT id FROM (\
+                 SELECT c.id, c.concurrency_limit AS cap, \
+                   ROW_NUMBER() OVER (PARTITION BY c.workflow ORDER BY c.wake_at, c.id) AS rn, \
+                   (SELECT COUNT(*) FROM runs o WHERE o.workflow = c.workflow \
+                      AND o.concurrency_limit IS NOT NULL AND o.lease_until >= $3) AS busy \
+                 FROM runs c WHERE c.concurrency_limit IS NOT NULL AND c.wake_at IS NOT NULL \
+                   AND c.wake_at <= $3 AND (c.lease_until IS NULL OR c.lease_until < $3) \
+                   AND c.required_tags IN ({})) ranked \
+               WHERE rn + busy <= cap ORDER BY rn LIMIT $4) \
+             RETURNING id, workflow, version, created_at",
+            numbered(5, tag_sets.len())
+        );
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7310001)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let rows = claim_query(sql, owner, now, lease, limit, tag_sets)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(claimed_run).collect()
     }
 
     /// Extends the leases `owner` holds on `ids`.

@@ -30,6 +30,7 @@ pub struct CreateRow {
     pub first_event: String,
     /// Created already claimed by this worker (owner, lease end).
     pub lease: Option<(String, i64)>,
+    pub placement: super::Placement,
 }
 
 /// New events of a run and its columns after them.
@@ -149,13 +150,13 @@ async fn commit(
         .collect();
 
     let mut created = std::collections::HashSet::new();
-    for chunk in creates.chunks(ROWS_PER_STATEMENT / 10) {
+    for chunk in creates.chunks(ROWS_PER_STATEMENT / 12) {
         let sql = format!(
             "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at, \
-             lease_owner, lease_until) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
-            placeholders(backend, chunk.len(), 10, |p| format!(
-                "({}, {}, {}, 'pending', {}, {}, {}, {}, {}, {}, {})",
-                p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
+             lease_owner, lease_until, required_tags, concurrency_limit) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
+            placeholders(backend, chunk.len(), 12, |p| format!(
+                "({}, {}, {}, 'pending', {}, {}, {}, {}, {}, {}, {}, {}, {})",
+                p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11]
             ))
         );
         let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
@@ -170,7 +171,9 @@ async fn commit(
                 .bind(row.now)
                 .bind(row.now)
                 .bind(row.lease.as_ref().map(|l| l.0.clone()))
-                .bind(row.lease.as_ref().map(|l| l.1));
+                .bind(row.lease.as_ref().map(|l| l.1))
+                .bind(&row.placement.tags)
+                .bind(row.placement.concurrency.map(i64::from));
         }
         created.extend(query.fetch_all(&mut *tx).await?);
     }

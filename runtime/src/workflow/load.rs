@@ -109,6 +109,8 @@ const WORKFLOW_KEYS: &[&str] = &[
     "steps",
     "output",
     "triggers",
+    "tags",
+    "concurrency",
 ];
 const STEP_KEYS: &[&str] = &[
     "id",
@@ -366,6 +368,23 @@ impl<'a> Loader<'a> {
             }
         }
 
+        let tags = get("tags").map(|n| self.tags(n)).unwrap_or_default();
+        let concurrency = match get("concurrency") {
+            None => None,
+            Some(Node {
+                value: NodeValue::Int(v),
+                ..
+            }) if *v >= 1 && *v <= 100_000 => Some(*v as u32),
+            Some(n) => {
+                self.error(
+                    n.pos,
+                    "concurrency",
+                    "expected how many runs may execute at once, a number from 1 to 100000",
+                );
+                None
+            }
+        };
+
         Some(Workflow {
             name: name?,
             version,
@@ -375,9 +394,40 @@ impl<'a> Loader<'a> {
             steps,
             output,
             triggers,
+            tags,
+            concurrency,
             file: self.file.to_string(),
             source: source.to_string(),
         })
+    }
+
+    /// `tags: [gpu, eu]`: names a worker is started with (`--tags`).
+    fn tags(&mut self, node: &Node) -> Vec<String> {
+        let NodeValue::Seq(items) = &node.value else {
+            self.error(
+                node.pos,
+                "tags",
+                format!("expected a list of worker tags, found {}", node.kind()),
+            );
+            return Vec::new();
+        };
+        let mut tags = BTreeSet::new();
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("tags[{i}]");
+            let Some(tag) = self.string(item, &field) else {
+                continue;
+            };
+            match check_tag(&tag) {
+                Ok(()) => {
+                    tags.insert(tag);
+                }
+                Err(e) => self.error(item.pos, field, e),
+            }
+        }
+        if tags.len() > MAX_TAGS {
+            self.error(node.pos, "tags", format!("at most {MAX_TAGS} tags"));
+        }
+        tags.into_iter().collect()
     }
 
     fn input_schema(&mut self, node: &Node) -> Option<InputSchema> {

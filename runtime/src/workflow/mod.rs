@@ -9,4 +9,4 @@ pub mod model;
 pub mod yaml;
 
 pub use load::{ValidationError, ValidationErrors, load_dir, load_file, load_str};
-pub use model::{Step, StepKind, Workflow};
+pub use model::{MAX_TAGS, Step, StepKind, Workflow, check_tag};

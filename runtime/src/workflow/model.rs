@@ -21,10 +21,36 @@ pub struct Workflow {
     pub steps: Vec<Step>,
     pub output: Option<Template>,
     pub triggers: Vec<Trigger>,
+    /// Worker tags a process must have to execute this workflow's runs
+    /// (`steward worker --tags`), sorted and unique.
+    pub tags: Vec<String>,
+    /// At most this many runs of the workflow execute at once across all
+    /// processes; runs parked on an approval or a timer hold no slot.
+    pub concurrency: Option<u32>,
     /// The file it came from, for error messages.
     pub file: String,
     /// The exact YAML, so a deployed version can be shown and re-loaded.
     pub source: String,
+}
+
+/// How many tags a workflow may require or a worker may have: claims
+/// match a run's tags against every subset of the worker's.
+pub const MAX_TAGS: usize = 8;
+
+/// A worker tag: lowercase letters, digits, `-` and `_`, up to 32 bytes.
+pub fn check_tag(tag: &str) -> Result<(), String> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 32
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{tag:?} is not a tag: use up to 32 lowercase letters, digits, '-' and '_'"
+        ))
+    }
 }
 
 /// The JSON Schema every start's input must match.
