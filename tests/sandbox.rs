@@ -180,6 +180,19 @@ fn a_plugin_without_any_host_grant_is_denied_and_warned_about() {
         "{:?}",
         set.warnings
     );
+    // Built-in plugins nobody set up are one note, not a warning per grant.
+    assert!(
+        !set.warnings.iter().any(|w| w.contains("plugin notify")),
+        "{:?}",
+        set.warnings
+    );
+    assert!(
+        set.notes
+            .iter()
+            .any(|n| n.contains("notify") && n.contains("itsm-ticket")),
+        "{:?}",
+        set.notes
+    );
     let err = call(
         &set.engine,
         "hostile",

@@ -29,6 +29,9 @@ pub enum PluginSetError {
 pub struct PluginSet {
     pub engine: Engine,
     pub warnings: Vec<String>,
+    /// Worth knowing, not worth a warning (e.g. built-in plugins the
+    /// operator has not set up yet).
+    pub notes: Vec<String>,
 }
 
 impl PluginSet {
@@ -88,6 +91,8 @@ pub fn load_plugins(
     };
     let engine = Engine::new(options, kv, secrets)?;
     let mut warnings = Vec::new();
+    let mut notes = Vec::new();
+    let mut unconfigured = Vec::new();
 
     for (crate_name, bytes, manifest_text) in first_party::FIRST_PARTY {
         let manifest = Manifest::parse(manifest_text, &format!("plugins/{crate_name}/plugin.toml"))
@@ -102,7 +107,19 @@ pub fn load_plugins(
             origin: "built-in".into(),
         };
         let loaded = engine.load(source, &config.plugin(&name), config.limits_for(&name))?;
-        warnings.extend(loaded.warnings.iter().cloned());
+        if config.plugins.contains_key(&name) {
+            warnings.extend(loaded.warnings.iter().cloned());
+        } else if !loaded.warnings.is_empty() {
+            // Not set up at all: one line, not a warning per grant.
+            unconfigured.push(name);
+        }
+    }
+    if !unconfigured.is_empty() {
+        notes.push(format!(
+            "built-in plugins without a [plugins.NAME] section: {}; their outbound HTTP and secrets \
+             are denied until steward.toml grants them (GET /v1/plugins/NAME lists what each asks for)",
+            unconfigured.join(", ")
+        ));
     }
 
     for (name, settings) in &config.plugins {
@@ -125,7 +142,11 @@ pub fn load_plugins(
         let loaded = engine.load(source, settings, config.limits_for(name))?;
         warnings.extend(loaded.warnings.iter().cloned());
     }
-    Ok(PluginSet { engine, warnings })
+    Ok(PluginSet {
+        engine,
+        warnings,
+        notes,
+    })
 }
 
 /// Where plugins uploaded through the API say they come from.

@@ -56,6 +56,9 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
     for warning in &set.warnings {
         tracing::warn!("{warning}");
     }
+    for note in &set.notes {
+        tracing::info!("{note}");
+    }
     let catalog = Arc::new(Catalog::new(store.clone(), set.names()));
     for problem in catalog.restore().await? {
         tracing::error!("{problem}");
