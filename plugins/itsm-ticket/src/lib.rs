@@ -70,16 +70,26 @@ fn handle(ctx: &Context, input: Input) -> Result<Value, Error> {
         }
         action => {
             let reference = record_ref(&input)?;
-            let record = instance.get(&table, &reference)?;
-            let sys_id = field_text(&record, "sys_id").ok_or_else(|| {
-                Error::fatal(format!("the {table} record has no sys_id")).with_code("bad-response")
-            })?;
+            if action == Action::Get {
+                return Ok(described(&table, instance.get(&table, &reference)?, None));
+            }
+            // A change by sys_id goes straight to the PATCH (a missing record
+            // is its 404); a number is looked up first.
+            let sys_id = match reference {
+                RecordRef::SysId(sys_id) => sys_id,
+                number => {
+                    let record = instance.get(&table, &number)?;
+                    field_text(&record, "sys_id").ok_or_else(|| {
+                        Error::fatal(format!("the {table} record has no sys_id"))
+                            .with_code("bad-response")
+                    })?
+                }
+            };
             let changes = match action {
-                Action::Get => return Ok(described(&table, record, None)),
                 Action::Update => input.fields,
                 Action::Comment => comment_fields(&input)?,
                 Action::Resolve => resolve_fields(&table, ctx, &input),
-                Action::Create | Action::Query => unreachable!("handled above"),
+                Action::Get | Action::Create | Action::Query => unreachable!("handled above"),
             };
             if changes.is_empty() {
                 return Err(
