@@ -201,6 +201,16 @@ fn a_restart_loses_no_fire_within_the_catch_up_window_and_repeats_none() {
     std::thread::sleep(Duration::from_secs(3));
     let server = Server::start(&config);
     std::thread::sleep(Duration::from_secs(2));
+    // A fire recorded just before the kill but whose run had not started
+    // is started by the next process once the fire is 5 s old (until then
+    // its own process might still be starting it).
+    wait_for(Duration::from_secs(10), || {
+        show(&server, &all)["fires"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["run_id"].is_string())
+    });
     let detail = show(&server, &all);
     let records: Vec<&Value> = detail["fires"].as_array().unwrap().iter().collect();
     assert!(records.len() >= 6, "{detail:#}");

@@ -362,6 +362,109 @@ async fn concurrent_writes_commit_together_and_a_bad_one_fails_alone() {
 }
 
 #[tokio::test]
+async fn every_write_of_a_mixed_batch_gets_its_own_answer() {
+    on_every_backend("mixed", |store| async move {
+        let input = json!({"n": 1});
+        for id in ["taken", "leased", "cancelled", "a0", "a1", "a2"] {
+            store.create_run(new_run(id, &input, None)).await.unwrap();
+        }
+        assert_eq!(
+            store
+                .claim_due("w1", Duration::from_secs(30), 10, &[])
+                .await
+                .unwrap()
+                .len(),
+            6
+        );
+        store
+            .request_cancel("cancelled", "not needed")
+            .await
+            .unwrap();
+
+        // All at once, so they share batches: 70 new runs (more than one
+        // statement's rows), an id already taken, an append under a lease
+        // held by another worker, one to a run with a cancel request, and
+        // three plain appends.
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..70 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let id = format!("new-{n}");
+                let input = json!({ "n": n });
+                let created = store.create_run(new_run(&id, &input, None)).await;
+                (id, created.map(|(_, created)| format!("created {created}")))
+            });
+        }
+        let taken = store.clone();
+        tasks.spawn(async move {
+            let created = taken.create_run(new_run("taken", &json!({}), None)).await;
+            ("taken".to_string(), created.map(|_| "created".to_string()))
+        });
+        for (id, owner) in [
+            ("leased", "w2"),
+            ("cancelled", "w1"),
+            ("a0", "w1"),
+            ("a1", "w1"),
+            ("a2", "w1"),
+        ] {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let mut state = RunState::new(id, "demo", 1, Utc::now());
+                let started = Recorded::now(2, Event::RunStarted { input: json!({}) });
+                let done = Recorded::now(3, Event::RunSucceeded { output: json!(id) });
+                state.apply(&started);
+                state.apply(&done);
+                let appended = store
+                    .append(&state, &[started, done], None, Some(owner))
+                    .await;
+                (
+                    id.to_string(),
+                    appended.map(|cancel| format!("cancel {cancel:?}")),
+                )
+            });
+        }
+        let mut answers = std::collections::BTreeMap::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (id, answer) = joined.unwrap();
+            answers.insert(id, answer);
+        }
+        for n in 0..70 {
+            let id = format!("new-{n}");
+            assert_eq!(answers[&id].as_deref().unwrap(), "created true", "{id}");
+            assert_eq!(store.events(&id).await.unwrap().len(), 1, "{id}");
+            assert_eq!(store.run(&id).await.unwrap().unwrap().input["n"], n);
+        }
+        assert!(
+            matches!(answers["taken"], Err(StoreError::Corrupt(_))),
+            "{:?}",
+            answers["taken"]
+        );
+        assert!(
+            matches!(answers["leased"], Err(StoreError::LeaseLost(ref id)) if id == "leased"),
+            "{:?}",
+            answers["leased"]
+        );
+        assert_eq!(store.events("leased").await.unwrap().len(), 1);
+        assert_eq!(
+            answers["cancelled"].as_deref().unwrap(),
+            "cancel Some(\"not needed\")"
+        );
+        for id in ["a0", "a1", "a2", "cancelled"] {
+            if id != "cancelled" {
+                assert_eq!(answers[id].as_deref().unwrap(), "cancel None", "{id}");
+            }
+            let run = store.run(id).await.unwrap().unwrap();
+            assert_eq!(
+                (run.status.as_str(), run.output),
+                ("succeeded", Some(json!(id)))
+            );
+            assert_eq!(store.events(id).await.unwrap().len(), 3, "{id}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn runs_are_listed_newest_first_by_workflow_and_status_in_pages() {
     on_every_backend("list", |store| async move {
         let input = json!({});

@@ -4,6 +4,7 @@
 //!
 //!     cargo bench --bench durable_runs
 //!     STEWARD_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench durable_runs
+//!     cargo bench --bench durable_runs -- store    # the store alone
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +72,9 @@ fn main() {
 async fn measure(label: &str, url: &str, options: StoreOptions) {
     let store = Store::open(url, options).await.expect("store opens");
     println!("{label}:");
+    // `cargo bench --bench durable_runs -- store` measures the store alone
+    // (for profiling it without the engine's start-up).
+    let store_only = std::env::args().any(|a| a == "store");
     // 64 runs in flight, and 256: a worker's default capacity.
     for (round, in_flight) in [64, 256].into_iter().enumerate() {
         println!(
@@ -79,6 +83,10 @@ async fn measure(label: &str, url: &str, options: StoreOptions) {
         );
     }
 
+    if store_only {
+        store.close().await;
+        return;
+    }
     let set = load_plugins(
         &Config::default(),
         Arc::new(MemoryKeyValue::default()),

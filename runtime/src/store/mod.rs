@@ -291,6 +291,20 @@ impl Store {
                 Backend::Sqlite => 4,
                 Backend::Postgres => 10,
             }))
+            // A connection in steady use is alive: checking each one before
+            // it is handed out (sqlx's default) costs a round trip per
+            // query. Only one idle for a while (the database may have
+            // restarted meanwhile) is pinged first.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > Duration::from_secs(5) {
+                        use sqlx::Connection as _;
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _meta| {
                 let schema = schema.clone();
                 Box::pin(async move {
@@ -305,6 +319,12 @@ impl Store {
                             conn.execute("PRAGMA busy_timeout = 10000").await?;
                         }
                         Backend::Postgres => {
+                            // Statements stay prepared (see store::writer),
+                            // and a generic plan made while a table was small
+                            // (a hash join over a sequential scan of runs)
+                            // would outlive its growth: plan each execution.
+                            conn.execute("SET plan_cache_mode = force_custom_plan")
+                                .await?;
                             if let Some(schema) = schema {
                                 conn.execute(sqlx::AssertSqlSafe(format!(
                                     "SET search_path TO {}",
@@ -695,13 +715,19 @@ impl Store {
         if claimed.is_empty() {
             return Ok(claimed);
         }
+        // Padded with NULLs to a power of two, so the statement is one of a
+        // few and stays prepared.
+        let padded = claimed.len().next_power_of_two();
         let sql = format!(
             "SELECT run_id, seq, at, body FROM run_events WHERE run_id IN ({}) ORDER BY run_id, seq",
-            numbered(1, claimed.len())
+            numbered(1, padded)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for run in &claimed {
             query = query.bind(run.id.clone());
+        }
+        for _ in claimed.len()..padded {
+            query = query.bind(None::<String>);
         }
         let rows = query.fetch_all(&self.pool).await?;
         let index: std::collections::HashMap<String, usize> = claimed

@@ -1,10 +1,10 @@
 //! Group commit: every durable write (a new run, a batch of a run's events)
 //! goes through one writer task that commits whatever is queued together,
-//! so throughput is not bounded by one fsync per write. A batch that fails
-//! is retried one write per transaction, so one bad write cannot fail its
-//! neighbours.
+//! so throughput is not bounded by one fsync per write. A batch that fails,
+//! or in which one write did not apply, is retried one write per
+//! transaction, so one bad write cannot fail its neighbours.
 
-use sqlx::AnyPool;
+use sqlx::{AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Backend, StoreError};
@@ -77,6 +77,10 @@ async fn run(pool: AnyPool, backend: Backend, mut queue: mpsc::Receiver<Write>) 
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.recv().await {
         batch.push(first);
+        // The writers answered by the last commit are mostly runnable, not
+        // yet queued: one turn of the scheduler lets them join this batch
+        // instead of making a small one of their own.
+        tokio::task::yield_now().await;
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(write) => batch.push(write),
@@ -84,17 +88,17 @@ async fn run(pool: AnyPool, backend: Backend, mut queue: mpsc::Receiver<Write>) 
             }
         }
         match commit(&pool, backend, &batch).await {
-            Ok(results) => {
+            Ok(Some(results)) => {
                 for (write, done) in batch.drain(..).zip(results) {
                     reply(write, Ok(done));
                 }
             }
-            Err(_) => {
+            Ok(None) | Err(_) => {
                 // Find the culprit: each write alone, in its own transaction.
                 for write in batch.drain(..) {
                     let result = commit(&pool, backend, std::slice::from_ref(&write))
                         .await
-                        .map(|mut r| r.remove(0));
+                        .map(|r| r.expect("a write alone is always answered").remove(0));
                     reply(write, result);
                 }
             }
@@ -123,16 +127,28 @@ fn reply(write: Write, result: Result<Done, StoreError>) {
     }
 }
 
-/// Rows per multi-row statement, well under every bind-parameter limit.
-const ROWS_PER_STATEMENT: usize = 1000;
+/// Rows per multi-row statement of each kind, powers of two well under
+/// every bind-parameter limit.
+const CREATE_ROWS: usize = 64;
+const APPEND_ROWS: usize = 64;
+const EVENT_ROWS: usize = 256;
+const CANCEL_ROWS: usize = 512;
 
 /// Commits a batch with a handful of statements, whatever its size: one
-/// INSERT of new runs, one INSERT of all events, one UPDATE of all runs.
+/// INSERT of new runs, one UPDATE of all runs, one INSERT of all events and,
+/// on SQLite, one SELECT of pending cancels. On SQLite no statement returns
+/// a row per write (each returned row is a hand-off between threads); row
+/// counts tell whether every write applied. When one did not (an id or
+/// idempotency key taken, a lease lost), a batch answers `None` and is
+/// rolled back, and the caller commits each write alone, where the count
+/// says which.
 async fn commit(
     pool: &AnyPool,
     backend: Backend,
     batch: &[Write],
-) -> Result<Vec<Done>, StoreError> {
+) -> Result<Option<Vec<Done>>, StoreError> {
+    use Col::{Int, Text};
+    let alone = batch.len() == 1;
     let mut tx = pool.begin().await?;
     let creates: Vec<&CreateRow> = batch
         .iter()
@@ -149,17 +165,18 @@ async fn commit(
         })
         .collect();
 
-    let mut created = std::collections::HashSet::new();
-    for chunk in creates.chunks(ROWS_PER_STATEMENT / 12) {
+    let mut all_created = true;
+    for chunk in creates.chunks(CREATE_ROWS) {
+        const COLS: [Col; 10] = [Text, Text, Int, Text, Text, Int, Text, Int, Text, Int];
         let sql = format!(
             "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at, \
-             lease_owner, lease_until, required_tags, concurrency_limit) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
-            placeholders(backend, chunk.len(), 12, |p| format!(
-                "({}, {}, {}, 'pending', {}, {}, {}, {}, {}, {}, {}, {}, {})",
-                p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11]
-            ))
+             lease_owner, lease_until, required_tags, concurrency_limit) \
+             SELECT column1, column2, column3, 'pending', column4, column5, column6, column6, column6, \
+             column7, column8, column9, column10 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL \
+             ON CONFLICT DO NOTHING",
+            values(backend, chunk.len(), COLS.len())
         );
-        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in chunk {
             query = query
                 .bind(&row.id)
@@ -168,22 +185,31 @@ async fn commit(
                 .bind(&row.input)
                 .bind(&row.idempotency_key)
                 .bind(row.now)
-                .bind(row.now)
-                .bind(row.now)
                 .bind(row.lease.as_ref().map(|l| l.0.clone()))
                 .bind(row.lease.as_ref().map(|l| l.1))
                 .bind(&row.placement.tags)
                 .bind(row.placement.concurrency.map(i64::from));
         }
-        created.extend(query.fetch_all(&mut *tx).await?);
+        let query = pad(query, &COLS, chunk.len());
+        if query.execute(&mut *tx).await?.rows_affected() != chunk.len() as u64 {
+            if !alone {
+                return Ok(None);
+            }
+            all_created = false;
+        }
     }
 
+    let mut all_applied = true;
     let mut cancels = std::collections::HashMap::new();
-    for chunk in appends.chunks(ROWS_PER_STATEMENT / 9) {
-        // VALUES columns are column1..column9 in both SQLite and PostgreSQL.
-        // A run whose lease another worker holds is not updated (and gets
-        // no events below): the caller learns it lost the run.
-        // A finished run gives up its lease here, saving the worker a write.
+    for chunk in appends.chunks(APPEND_ROWS) {
+        const COLS: [Col; 12] = [
+            Text, Text, Text, Text, Int, Int, Int, Int, Text, Text, Int, Int,
+        ];
+        // VALUES columns are column1..column12 in both SQLite and
+        // PostgreSQL. A run whose lease another worker holds is not updated
+        // (and gets no events below): the caller learns it lost the run.
+        // A finished run gives up its lease here, saving the worker a
+        // write, and records its SLA outcome (column10..12) for reports.
         let sql = format!(
             "UPDATE runs SET status = v.column2, output = v.column3, error = v.column4, updated_at = v.column5, \
              finished_at = v.column6, \
@@ -191,13 +217,23 @@ async fn commit(
                WHEN runs.cancel_requested IS NOT NULL OR runs.attention = 1 THEN v.column5 ELSE v.column7 END, \
              attention = CASE WHEN v.column7 IS NULL OR v.column7 > v.column5 THEN 0 ELSE runs.attention END, \
              lease_owner = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_owner END, \
-             lease_until = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_until END \
+             lease_until = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_until END, \
+             sla_priority = CASE WHEN v.column10 IS NULL THEN runs.sla_priority ELSE v.column10 END, \
+             sla_target_ms = CASE WHEN v.column10 IS NULL THEN runs.sla_target_ms ELSE v.column11 END, \
+             sla_breached = CASE WHEN v.column10 IS NULL THEN runs.sla_breached ELSE v.column12 END, \
+             sla_resolution_ms = CASE WHEN v.column10 IS NULL THEN runs.sla_resolution_ms \
+               WHEN v.column2 = 'succeeded' THEN v.column6 - runs.created_at END \
              FROM (VALUES {}) AS v WHERE runs.id = v.column1 \
-             AND (v.column9 IS NULL OR runs.lease_owner = v.column9) RETURNING runs.id, runs.cancel_requested",
-            placeholders(backend, chunk.len(), 9, |p| format!("({})", p.join(", ")))
+             AND (v.column9 IS NULL OR runs.lease_owner = v.column9){}",
+            values(backend, chunk.len(), COLS.len()),
+            match backend {
+                Backend::Postgres => " RETURNING runs.id, runs.cancel_requested",
+                Backend::Sqlite => "",
+            }
         );
-        let mut query = sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in chunk {
+            let sla = row.sla.as_ref();
             query = query
                 .bind(&row.id)
                 .bind(row.status)
@@ -207,86 +243,143 @@ async fn commit(
                 .bind(row.finished_at)
                 .bind(row.wake_at)
                 .bind(row.terminal as i64)
-                .bind(&row.owner);
+                .bind(&row.owner)
+                .bind(sla.map(|s| s.0.clone()))
+                .bind(sla.and_then(|s| s.1))
+                .bind(sla.map(|s| s.2 as i64));
         }
-        cancels.extend(query.fetch_all(&mut *tx).await?);
+        let query = pad(query, &COLS, chunk.len());
+        let applied = match backend {
+            // Rows come back in the statement's one response here.
+            Backend::Postgres => {
+                let rows = query.fetch_all(&mut *tx).await?;
+                for row in &rows {
+                    if let Some(reason) = row.try_get::<Option<String>, _>(1)? {
+                        cancels.insert(row.try_get::<String, _>(0)?, reason);
+                    }
+                }
+                rows.len() as u64
+            }
+            Backend::Sqlite => query.execute(&mut *tx).await?.rows_affected(),
+        };
+        if applied != chunk.len() as u64 {
+            if !alone {
+                return Ok(None);
+            }
+            all_applied = false;
+        }
     }
+
     let mut events: Vec<(&str, i64, i64, &str)> = Vec::new();
-    for row in creates.iter().filter(|r| created.contains(&r.id)) {
-        events.push((&row.id, 1, row.now, &row.first_event));
+    if all_created {
+        for row in &creates {
+            events.push((&row.id, 1, row.now, &row.first_event));
+        }
     }
-    for row in appends.iter().filter(|r| cancels.contains_key(&r.id)) {
-        events.extend(
-            row.events
-                .iter()
-                .map(|e| (row.id.as_str(), e.seq, e.at, e.body.as_str())),
-        );
+    if all_applied {
+        for row in &appends {
+            events.extend(
+                row.events
+                    .iter()
+                    .map(|e| (row.id.as_str(), e.seq, e.at, e.body.as_str())),
+            );
+        }
     }
-    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+    for chunk in events.chunks(EVENT_ROWS) {
+        const COLS: [Col; 4] = [Text, Int, Int, Text];
         let sql = format!(
-            "INSERT INTO run_events (run_id, seq, at, body) VALUES {}",
-            placeholders(backend, chunk.len(), 4, |p| format!(
-                "({}, {}, {}, {})",
-                p[0], p[1], p[2], p[3]
-            ))
+            "INSERT INTO run_events (run_id, seq, at, body) \
+             SELECT column1, column2, column3, column4 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL",
+            values(backend, chunk.len(), COLS.len())
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (run, seq, at, body) in chunk {
             query = query.bind(*run).bind(*seq).bind(*at).bind(*body);
         }
-        query.execute(&mut *tx).await?;
+        pad(query, &COLS, chunk.len()).execute(&mut *tx).await?;
     }
 
-    for row in appends.iter().filter(|r| cancels.contains_key(&r.id)) {
-        if let Some((priority, target, breached)) = &row.sla {
-            sqlx::query(
-                "UPDATE runs SET sla_priority = $2, sla_target_ms = $3, sla_breached = $4, \
-                 sla_resolution_ms = CASE WHEN status = 'succeeded' THEN finished_at - created_at END \
-                 WHERE id = $1",
-            )
-            .bind(&row.id)
-            .bind(priority)
-            .bind(*target)
-            .bind(*breached as i64)
-            .execute(&mut *tx)
-            .await?;
+    // Cancel requests are rare: on SQLite, one lookup for the batch, by
+    // primary key (PostgreSQL's UPDATE returned them).
+    if all_applied && backend == Backend::Sqlite {
+        for chunk in appends.chunks(CANCEL_ROWS) {
+            let sql = format!(
+                "SELECT id, cancel_requested FROM runs WHERE cancel_requested IS NOT NULL AND id IN {}",
+                values(backend, 1, chunk.len().next_power_of_two())
+            );
+            let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql));
+            for row in chunk {
+                query = query.bind(&row.id);
+            }
+            for _ in chunk.len()..chunk.len().next_power_of_two() {
+                query = query.bind(None::<String>);
+            }
+            cancels.extend(query.fetch_all(&mut *tx).await?);
         }
     }
 
     tx.commit().await?;
 
-    Ok(batch
-        .iter()
-        .map(|w| match w {
-            Write::Create(row, _) => Done::Created(created.contains(&row.id)),
-            Write::Append(row, _) => match cancels.get(&row.id) {
-                Some(cancel) => Done::Appended(cancel.clone()),
-                None => Done::LeaseLost(row.id.clone()),
-            },
-        })
-        .collect())
+    Ok(Some(
+        batch
+            .iter()
+            .map(|w| match w {
+                Write::Create(..) => Done::Created(all_created),
+                Write::Append(row, _) if all_applied => Done::Appended(cancels.remove(&row.id)),
+                Write::Append(row, _) => Done::LeaseLost(row.id.clone()),
+            })
+            .collect(),
+    ))
 }
 
-/// `rows` groups of `per_row` placeholders, each group shaped by `shape`,
-/// joined with commas. Every placeholder is used once, in bind order: SQLite
-/// gets plain `?`, since sqlx resolves each `$N` there by scanning parameter
-/// names, which is quadratic in a statement of thousands of parameters.
-fn placeholders(
-    backend: Backend,
+/// A column's type, for binding the NULLs of a padding row.
+#[derive(Clone, Copy)]
+enum Col {
+    Text,
+    Int,
+}
+
+/// The VALUES rows of a multi-row statement: `rows` rows of `width`
+/// placeholders, padded with rows of NULLs to the next power of two. A
+/// statement's text (and the plan each connection caches for it) is then
+/// one of a few per kind, not one per batch size; every statement filters
+/// the padding out (`column1 IS NOT NULL`, or a match a NULL never makes).
+/// SQLite gets plain `?`, since sqlx resolves each `$N` there by scanning
+/// parameter names, which is quadratic in a statement of thousands.
+fn values(backend: Backend, rows: usize, width: usize) -> String {
+    let mut sql = String::with_capacity(rows.next_power_of_two() * width * 6);
+    for r in 0..rows.next_power_of_two() {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..width {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    use std::fmt::Write as _;
+                    let _ = write!(sql, "${}", r * width + c + 1);
+                }
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Binds the padding rows `values` added after `rows` real ones.
+fn pad<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    cols: &[Col],
     rows: usize,
-    per_row: usize,
-    shape: impl Fn(&[String]) -> String,
-) -> String {
-    (0..rows)
-        .map(|r| {
-            let p: Vec<String> = (1..=per_row)
-                .map(|i| match backend {
-                    Backend::Sqlite => "?".to_string(),
-                    Backend::Postgres => format!("${}", r * per_row + i),
-                })
-                .collect();
-            shape(&p)
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for _ in rows..rows.next_power_of_two() {
+        for col in cols {
+            query = match col {
+                Col::Text => query.bind(None::<String>),
+                Col::Int => query.bind(None::<i64>),
+            };
+        }
+    }
+    query
 }
