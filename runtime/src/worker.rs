@@ -184,6 +184,12 @@ struct Shared {
     active: Mutex<HashSet<String>>,
     /// Set by a graceful shutdown: new runs are left for others.
     draining: std::sync::atomic::AtomicBool,
+    /// The last claim filled every free slot, so more runs are probably
+    /// due: a backlog is worked off as fast as slots free up, not one
+    /// batch per poll.
+    backlog: std::sync::atomic::AtomicBool,
+    /// Signalled when a quarter of the capacity is free during a backlog.
+    room: Notify,
 }
 
 /// Starts a worker on the current tokio runtime.
@@ -202,6 +208,8 @@ pub fn spawn(
         options,
         active: Mutex::new(HashSet::new()),
         draining: std::sync::atomic::AtomicBool::new(false),
+        backlog: std::sync::atomic::AtomicBool::new(false),
+        room: Notify::new(),
     });
     if shared.options.capacity > 0 {
         shared.store.listen_for_work(wake.clone());
@@ -235,6 +243,9 @@ async fn claim_loop(shared: Arc<Shared>, wake: Arc<Notify>, mut stopped: watch::
                 .await
             {
                 Ok(claimed) => {
+                    shared
+                        .backlog
+                        .store(claimed.len() >= free, std::sync::atomic::Ordering::Relaxed);
                     for run in claimed {
                         // Never two drives of one run in this process.
                         if shared.active.lock().unwrap().insert(run.id.clone()) {
@@ -247,6 +258,7 @@ async fn claim_loop(shared: Arc<Shared>, wake: Arc<Notify>, mut stopped: watch::
         }
         tokio::select! {
             _ = wake.notified() => {}
+            _ = shared.room.notified() => {}
             _ = tokio::time::sleep(shared.options.poll) => {}
             _ = stopped.changed() => return,
         }
@@ -284,7 +296,16 @@ async fn finish(shared: &Shared, id: &str, result: Result<DriveEnd, String>) {
             (false, Some(RETRY_AFTER_ERROR))
         }
     };
-    shared.active.lock().unwrap().remove(id);
+    let active = {
+        let mut active = shared.active.lock().unwrap();
+        active.remove(id);
+        active.len()
+    };
+    if shared.backlog.load(std::sync::atomic::Ordering::Relaxed)
+        && active <= shared.options.capacity - shared.options.capacity / 4
+    {
+        shared.room.notify_one();
+    }
     // A finished run gave its lease up with its last write; a lost one is
     // not ours to release (the owner check makes that a no-op).
     if !finished

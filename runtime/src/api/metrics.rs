@@ -11,13 +11,11 @@ use tracing::Instrument as _;
 
 use super::{AppState, Problem};
 use crate::metrics;
-use crate::run::Status;
 
 /// The Prometheus exposition; the queue depth is read from the database
 /// now, so every process reports the shared queue.
 pub async fn expose(State(app): State<Arc<AppState>>) -> Result<Response, Problem> {
-    for status in [Status::Pending, Status::Running, Status::Waiting] {
-        let runs = app.store.count_by_status(status).await?;
+    for (status, runs) in app.store.count_open().await? {
         metrics::global().set_queue_depth(status.as_str(), runs);
     }
     Ok((

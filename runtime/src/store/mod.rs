@@ -942,6 +942,29 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Runs not finished, per status (pending, running, waiting), for the
+    /// queue-depth metric: read through the index of open runs, so a
+    /// scrape costs the open runs, not the history (the literal list is
+    /// what lets SQLite use that partial index).
+    pub async fn count_open(&self) -> Result<Vec<(Status, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM runs \
+             WHERE status IN ('pending', 'running', 'waiting') GROUP BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok([Status::Pending, Status::Running, Status::Waiting]
+            .into_iter()
+            .map(|status| {
+                let runs = rows
+                    .iter()
+                    .find(|(s, _)| s == status.as_str())
+                    .map_or(0, |(_, n)| *n);
+                (status, runs)
+            })
+            .collect())
+    }
+
     /// Counts runs per status, for tests and metrics.
     pub async fn count_by_status(&self, status: Status) -> Result<i64, StoreError> {
         Ok(
