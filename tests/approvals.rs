@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::server::{Server, json_of};
 use serde_json::{Value, json};
@@ -63,56 +63,6 @@ fn start_on(database: Option<String>) -> (tempfile::TempDir, std::path::PathBuf,
 }
 
 /// The pending approvals `approver` may decide.
-fn pending(server: &Server, approver: &str) -> Vec<Value> {
-    let body = json_of(
-        server
-            .request(
-                "GET",
-                &format!("/v1/approvals?status=pending&approver={approver}"),
-            )
-            .call()
-            .unwrap(),
-    );
-    body["items"].as_array().unwrap().clone()
-}
-
-/// Waits until `approver` has a pending approval of `run`, and returns it.
-fn approval_of(server: &Server, run: &str, approver: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(a) = pending(server, approver)
-            .into_iter()
-            .find(|a| a["run_id"] == run)
-        {
-            return a;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no approval for {approver} on {run}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn decide(
-    server: &Server,
-    id: &str,
-    by: &str,
-    decision: &str,
-    comment: Option<&str>,
-) -> (u16, Value) {
-    let body = json!({ "decision": decision, "by": by, "comment": comment });
-    match server
-        .request("POST", &format!("/v1/approvals/{id}"))
-        .set("content-type", "application/json")
-        .send_string(&body.to_string())
-    {
-        Ok(r) => (r.status(), json_of(r)),
-        Err(ureq::Error::Status(s, r)) => (s, json_of(r)),
-        Err(e) => panic!("{e}"),
-    }
-}
-
 fn event_types(server: &Server, run: &str) -> Vec<String> {
     server
         .events(run)
@@ -125,7 +75,7 @@ fn event_types(server: &Server, run: &str) -> Vec<String> {
 fn two_of_three_approvals_finish_the_step_and_outsiders_are_refused() {
     let (_dir, _config, server) = start();
     let run = server.start_run("change", json!({}));
-    let approval = approval_of(&server, &run, "ben");
+    let approval = server.approval_of(&run, "ben");
     let id = approval["id"].as_str().unwrap();
     assert_eq!(approval["quorum"], 2);
     assert_eq!(approval["approvers"], json!(["group:cab"]));
@@ -134,17 +84,17 @@ fn two_of_three_approvals_finish_the_step_and_outsiders_are_refused() {
     assert_eq!(approval["step"], "cab");
     assert!(approval["due_at"].is_string(), "{approval:#}");
     assert!(
-        pending(&server, "dana").is_empty(),
+        server.pending_approvals("dana").is_empty(),
         "dana is not in the CAB"
     );
 
-    let (status, body) = decide(&server, id, "zed", "approve", None);
+    let (status, body) = server.decide(id, "zed", "approve", None);
     assert_eq!(status, 403, "{body:#}");
     assert_eq!(body["type"], "https://steward.dev/problems/not-an-approver");
 
-    let (status, body) = decide(&server, id, "ana", "approve", Some("looks fine"));
+    let (status, body) = server.decide(id, "ana", "approve", Some("looks fine"));
     assert_eq!(status, 201, "{body:#}");
-    let (status, body) = decide(&server, id, "ana", "reject", None);
+    let (status, body) = server.decide(id, "ana", "reject", None);
     assert_eq!(
         status, 200,
         "a second decision by the same person changes nothing: {body:#}"
@@ -156,7 +106,7 @@ fn two_of_three_approvals_finish_the_step_and_outsiders_are_refused() {
     assert_eq!(waiting["status"], "waiting", "{waiting:#}");
     assert_eq!(waiting["steps"]["cab"]["state"], "awaiting");
 
-    let (status, _) = decide(&server, id, "ben", "approve", None);
+    let (status, _) = server.decide(id, "ben", "approve", None);
     assert_eq!(status, 201);
     let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
     assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
@@ -172,10 +122,10 @@ fn two_of_three_approvals_finish_the_step_and_outsiders_are_refused() {
     );
     assert!(types.contains(&"approval_requested".to_string()));
 
-    let (status, body) = decide(&server, id, "cy", "approve", None);
+    let (status, body) = server.decide(id, "cy", "approve", None);
     assert_eq!(status, 409, "{body:#}");
     assert_eq!(body["type"], "https://steward.dev/problems/approval-closed");
-    assert!(pending(&server, "cy").is_empty());
+    assert!(server.pending_approvals("cy").is_empty());
     server.kill();
 }
 
@@ -183,10 +133,9 @@ fn two_of_three_approvals_finish_the_step_and_outsiders_are_refused() {
 fn one_rejection_rejects_the_run() {
     let (_dir, _config, server) = start();
     let run = server.start_run("access", json!({"owner": "olga"}));
-    let approval = approval_of(&server, &run, "olga");
+    let approval = server.approval_of(&run, "olga");
     assert_eq!(approval["eligible"], json!(["olga", "ben"]));
-    let (status, _) = decide(
-        &server,
+    let (status, _) = server.decide(
         approval["id"].as_str().unwrap(),
         "olga",
         "reject",
@@ -211,26 +160,14 @@ fn one_rejection_rejects_the_run() {
 fn a_timed_out_approval_escalates_to_new_approvers() {
     let (_dir, _config, server) = start();
     let run = server.start_run("escalating", json!({}));
-    let first = approval_of(&server, &run, "ana");
+    let first = server.approval_of(&run, "ana");
     assert_eq!(first["level"], 0);
-    let escalated = approval_of(&server, &run, "eli");
+    let escalated = server.approval_of(&run, "eli");
     assert_eq!(escalated["level"], 1);
     assert_eq!(escalated["eligible"], json!(["dana", "eli"]));
-    let (status, _) = decide(
-        &server,
-        first["id"].as_str().unwrap(),
-        "ana",
-        "approve",
-        None,
-    );
+    let (status, _) = server.decide(first["id"].as_str().unwrap(), "ana", "approve", None);
     assert_eq!(status, 409, "the first approval closed when it escalated");
-    let (status, _) = decide(
-        &server,
-        escalated["id"].as_str().unwrap(),
-        "eli",
-        "approve",
-        None,
-    );
+    let (status, _) = server.decide(escalated["id"].as_str().unwrap(), "eli", "approve", None);
     assert_eq!(status, 201);
     let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
     assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
@@ -265,7 +202,7 @@ fn concurrent_decisions_give_one_consistent_outcome_on_postgres() {
 fn concurrent_decisions(server: &Server) {
     for round in 0..4 {
         let run = server.start_run("change", json!({}));
-        let approval = approval_of(server, &run, "ana");
+        let approval = server.approval_of(&run, "ana");
         let id = approval["id"].as_str().unwrap().to_string();
         // Two approvals (the quorum) and a rejection, all at once.
         let votes = [("ana", "approve"), ("ben", "approve"), ("cy", "reject")];
@@ -275,7 +212,7 @@ fn concurrent_decisions(server: &Server) {
                 .map(|(by, decision)| {
                     let id = &id;
                     scope.spawn(move || {
-                        let (status, _) = decide(server, id, by, decision, None);
+                        let (status, _) = server.decide(id, by, decision, None);
                         (by.to_string(), decision.to_string(), status)
                     })
                 })
@@ -322,7 +259,7 @@ fn concurrent_decisions(server: &Server) {
 fn a_decision_after_a_restart_finishes_the_waiting_run() {
     let (_dir, config, server) = start();
     let run = server.start_run("access", json!({"owner": "olga"}));
-    let approval = approval_of(&server, &run, "ben");
+    let approval = server.approval_of(&run, "ben");
     server.kill();
     let server = Server::start(&config);
     let id = approval["id"].as_str().unwrap();
@@ -383,9 +320,8 @@ fn a_delegate_decides_for_an_approver_who_is_away() {
     assert_eq!(listed["items"][0]["to"], "zoe");
 
     let run = server.start_run("access", json!({"owner": "olga"}));
-    let approval = approval_of(&server, &run, "zoe");
-    let (status, body) = decide(
-        &server,
+    let approval = server.approval_of(&run, "zoe");
+    let (status, body) = server.decide(
         approval["id"].as_str().unwrap(),
         "zoe",
         "approve",
@@ -413,14 +349,8 @@ fn a_delegate_decides_for_an_approver_who_is_away() {
         .unwrap();
     assert_eq!(revoked.status(), 204);
     let run = server.start_run("access", json!({"owner": "olga"}));
-    let approval = approval_of(&server, &run, "olga");
-    let (status, _) = decide(
-        &server,
-        approval["id"].as_str().unwrap(),
-        "zoe",
-        "approve",
-        None,
-    );
+    let approval = server.approval_of(&run, "olga");
+    let (status, _) = server.decide(approval["id"].as_str().unwrap(), "zoe", "approve", None);
     assert_eq!(status, 403, "the delegation was revoked");
     server.kill();
 }
@@ -429,7 +359,7 @@ fn a_delegate_decides_for_an_approver_who_is_away() {
 fn cancelling_a_waiting_run_closes_its_approval() {
     let (_dir, _config, server) = start();
     let run = server.start_run("access", json!({"owner": "olga"}));
-    let approval = approval_of(&server, &run, "olga");
+    let approval = server.approval_of(&run, "olga");
     let cancelled = server
         .request("POST", &format!("/v1/runs/{run}/cancel"))
         .call()
@@ -437,15 +367,9 @@ fn cancelling_a_waiting_run_closes_its_approval() {
     assert_eq!(cancelled.status(), 202);
     let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
     assert_eq!(done[0]["status"], "cancelled");
-    let (status, body) = decide(
-        &server,
-        approval["id"].as_str().unwrap(),
-        "olga",
-        "approve",
-        None,
-    );
+    let (status, body) = server.decide(approval["id"].as_str().unwrap(), "olga", "approve", None);
     assert_eq!(status, 409, "{body:#}");
-    assert!(pending(&server, "olga").is_empty());
+    assert!(server.pending_approvals("olga").is_empty());
     server.kill();
 }
 
@@ -453,7 +377,7 @@ fn cancelling_a_waiting_run_closes_its_approval() {
 fn an_escalation_that_times_out_follows_its_own_on_timeout() {
     let (_dir, _config, server) = start();
     let run = server.start_run("chain", json!({}));
-    let escalated = approval_of(&server, &run, "ben");
+    let escalated = server.approval_of(&run, "ben");
     assert_eq!(escalated["level"], 1);
     let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
     assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
@@ -467,15 +391,7 @@ fn an_escalation_that_times_out_follows_its_own_on_timeout() {
 }
 
 fn put_group(server: &Server, name: &str, body: Value) -> (u16, Value) {
-    match server
-        .request("PUT", &format!("/v1/groups/{name}"))
-        .set("content-type", "application/json")
-        .send_string(&body.to_string())
-    {
-        Ok(r) => (r.status(), json_of(r)),
-        Err(ureq::Error::Status(s, r)) => (s, json_of(r)),
-        Err(e) => panic!("{e}"),
-    }
+    server.send_json("PUT", &format!("/v1/groups/{name}"), &body)
 }
 
 #[test]
@@ -498,16 +414,16 @@ fn groups_set_over_the_api_decide_approvals_opened_after_the_change() {
     assert_eq!(status, 201, "{group:#}");
     assert_eq!(group["source"], "api");
     let run = server.start_run("night", json!({}));
-    let approval = approval_of(&server, &run, "hana");
+    let approval = server.approval_of(&run, "hana");
     assert_eq!(approval["eligible"], json!(["gus", "hana"]));
     let id = approval["id"].as_str().unwrap().to_string();
 
     // A change applies to approvals opened later, not to this one.
     let (status, _) = put_group(&server, "night-shift", json!({"members": ["ivo"]}));
     assert_eq!(status, 200);
-    let (status, _) = decide(&server, &id, "ivo", "approve", None);
+    let (status, _) = server.decide(&id, "ivo", "approve", None);
     assert_eq!(status, 403);
-    let (status, _) = decide(&server, &id, "gus", "approve", None);
+    let (status, _) = server.decide(&id, "gus", "approve", None);
     assert_eq!(status, 201);
     let done = server.wait_until_finished(&[run], Duration::from_secs(20));
     assert_eq!(done[0]["status"], "succeeded");

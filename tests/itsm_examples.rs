@@ -203,47 +203,15 @@ fn unchanged(_: &str, text: String) -> String {
 }
 
 /// The pending approval of `run` that `approver` may decide, once open.
-fn approval_for(server: &Server, run: &str, approver: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let pending = json_of(
-            server
-                .request(
-                    "GET",
-                    &format!("/v1/approvals?status=pending&approver={approver}"),
-                )
-                .call()
-                .unwrap(),
-        );
-        if let Some(approval) = pending["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["run_id"] == run)
-        {
-            return approval.clone();
-        }
-        let status = server.run(run)["status"].clone();
-        assert!(
-            Instant::now() < deadline && status != "failed",
-            "no approval for {approver} on run {run} ({status}): {:#}",
-            server.run(run)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn approve(server: &Server, run: &str, approver: &str) {
-    let approval = approval_for(server, run, approver);
-    let response = server
-        .request(
-            "POST",
-            &format!("/v1/approvals/{}", approval["id"].as_str().unwrap()),
-        )
-        .set("content-type", "application/json")
-        .send_string(&json!({"decision": "approve", "by": approver, "comment": "ok"}).to_string())
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    let approval = server.approval_of(run, approver);
+    let (status, body) = server.decide(
+        approval["id"].as_str().unwrap(),
+        approver,
+        "approve",
+        Some("ok"),
+    );
+    assert_eq!(status, 201, "{body:#}");
 }
 
 fn finished(server: &Server, run: &str) -> Value {

@@ -30,15 +30,7 @@ fn start(extra: &str) -> (tempfile::TempDir, std::path::PathBuf, Server) {
 }
 
 fn send(server: &Server, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let response = server
-        .request(method, path)
-        .set("content-type", "application/json")
-        .send_string(&body.to_string());
-    match response {
-        Ok(r) => (r.status(), json_of(r)),
-        Err(ureq::Error::Status(status, r)) => (status, json_of(r)),
-        Err(e) => panic!("{method} {path}: {e}"),
-    }
+    server.send_json(method, path, &body)
 }
 
 fn create(server: &Server, body: Value) -> String {

@@ -66,6 +66,21 @@ pub struct Context {
     pub idempotency_key: String,
 }
 
+impl Context {
+    /// The context of the first attempt of `step_id` in a run `r1` of
+    /// `workflow`, with the key the host would give it: for a plugin's own
+    /// unit tests, which call its handler without a host.
+    pub fn for_tests(workflow: &str, step_id: &str) -> Context {
+        Context {
+            run_id: "r1".into(),
+            workflow: workflow.into(),
+            step_id: step_id.into(),
+            attempt: 1,
+            idempotency_key: format!("r1/{step_id}"),
+        }
+    }
+}
+
 impl From<bindings::steward::plugin::types::StepContext> for Context {
     fn from(c: bindings::steward::plugin::types::StepContext) -> Self {
         Context {

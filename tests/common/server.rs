@@ -215,6 +215,66 @@ impl Server {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+
+    /// `approver`'s pending approvals.
+    pub fn pending_approvals(&self, approver: &str) -> Vec<Value> {
+        let body = json_of(
+            self.request(
+                "GET",
+                &format!("/v1/approvals?status=pending&approver={approver}"),
+            )
+            .call()
+            .unwrap(),
+        );
+        body["items"].as_array().unwrap().clone()
+    }
+
+    /// Waits until `approver` has a pending approval of `run` and returns
+    /// it; gives up at once when the run failed instead.
+    pub fn approval_of(&self, run: &str, approver: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(a) = self
+                .pending_approvals(approver)
+                .into_iter()
+                .find(|a| a["run_id"] == run)
+            {
+                return a;
+            }
+            let status = self.run(run)["status"].clone();
+            assert!(
+                Instant::now() < deadline && status != "failed",
+                "no approval for {approver} on run {run} ({status}): {:#}",
+                self.run(run)
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Sends `body` as JSON: the status and body answered, errors included.
+    pub fn send_json(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .request(method, path)
+            .set("content-type", "application/json")
+            .send_string(&body.to_string());
+        match response {
+            Ok(r) => (r.status(), json_of(r)),
+            Err(ureq::Error::Status(status, r)) => (status, json_of(r)),
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    }
+
+    /// Posts a decision on approval `id`: the status and body answered.
+    pub fn decide(
+        &self,
+        id: &str,
+        by: &str,
+        decision: &str,
+        comment: Option<&str>,
+    ) -> (u16, Value) {
+        let body = json!({ "decision": decision, "by": by, "comment": comment });
+        self.send_json("POST", &format!("/v1/approvals/{id}"), &body)
+    }
 }
 
 pub fn json_of(response: ureq::Response) -> Value {

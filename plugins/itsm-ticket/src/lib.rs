@@ -215,13 +215,7 @@ mod tests {
     use super::*;
 
     fn ctx() -> Context {
-        Context {
-            run_id: "r1".into(),
-            workflow: "p1-incident".into(),
-            step_id: "close".into(),
-            attempt: 1,
-            idempotency_key: "r1:close".into(),
-        }
+        Context::for_tests("p1-incident", "close")
     }
 
     fn input(value: Value) -> Input {

@@ -209,13 +209,7 @@ mod tests {
     use super::*;
 
     fn ctx() -> Context {
-        Context {
-            run_id: "r1".into(),
-            workflow: "p1-incident".into(),
-            step_id: "page".into(),
-            attempt: 1,
-            idempotency_key: "r1:page".into(),
-        }
+        Context::for_tests("p1-incident", "page")
     }
 
     fn input() -> Input {
