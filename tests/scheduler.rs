@@ -10,16 +10,11 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use steward::catalog::Catalog;
-use steward::config::Config;
-use steward::engine::MemoryKeyValue;
-use steward::executor::Executor;
-use steward::plugins::load_plugins;
 use steward::schedule::{
     Overlap, Schedule, ScheduleSpec, Scheduler, SchedulerOptions, Source, TickReport,
 };
 use steward::store::{Store, StoreOptions};
 use steward::worker::{self, WorkerOptions};
-use steward::workflow::load_str;
 
 const REPORT: &str = "name: report\nversion: 1\nsteps:\n  - id: t\n    uses: transform\n    with: { week: \"${{ input.week }}\" }\n";
 
@@ -36,18 +31,7 @@ struct Rig {
 
 impl Rig {
     async fn new(store: Store) -> Rig {
-        let set = load_plugins(
-            &Config::default(),
-            Arc::new(MemoryKeyValue::default()),
-            false,
-        )
-        .unwrap();
-        let catalog = Arc::new(Catalog::new(store.clone(), set.names()));
-        catalog
-            .deploy(load_str(REPORT, "report.yaml", &catalog.plugins()).unwrap())
-            .await
-            .unwrap();
-        let executor = Executor::new(set.engine.clone(), json!({}));
+        let (catalog, executor) = common::in_process::deployed(&store, REPORT).await;
         let worker = worker::spawn(
             store.clone(),
             executor,

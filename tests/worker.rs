@@ -1,19 +1,15 @@
 //! The worker in-process, against a real store and engine: how it takes
 //! work that nothing announced.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::in_process;
 use serde_json::json;
-use steward::catalog::Catalog;
-use steward::config::Config;
-use steward::engine::MemoryKeyValue;
-use steward::executor::Executor;
-use steward::plugins::load_plugins;
 use steward::run::Status;
-use steward::store::{NewRun, Store, StoreOptions};
+use steward::store::{Store, StoreOptions};
 use steward::worker::{self, WorkerOptions};
-use steward::workflow::load_str;
 
 const ONE: &str =
     "name: one\nsteps:\n  - id: t\n    uses: transform\n    with: { n: \"${{ input.n }}\" }\n";
@@ -23,39 +19,21 @@ async fn a_backlog_is_worked_off_as_slots_free_up_not_one_batch_per_poll() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/steward.db", dir.path().display());
     let store = Store::open(&url, StoreOptions::default()).await.unwrap();
-    let set = load_plugins(
-        &Config::default(),
-        Arc::new(MemoryKeyValue::default()),
-        false,
-    )
-    .unwrap();
-    let catalog = Arc::new(Catalog::new(store.clone(), set.names()));
-    catalog
-        .deploy(load_str(ONE, "one.yaml", &catalog.plugins()).unwrap())
-        .await
-        .unwrap();
+    let (catalog, executor) = in_process::deployed(&store, ONE).await;
     // A backlog of ten times the worker's capacity, created behind its back
     // (no announcement wakes it).
     const RUNS: usize = 160;
     for n in 0..RUNS {
         let input = json!({ "n": n });
         store
-            .create_run(NewRun {
-                id: &format!("r{n}"),
-                workflow: "one",
-                version: 1,
-                input: &input,
-                idempotency_key: None,
-                lease: None,
-                placement: Default::default(),
-            })
+            .create_run(in_process::unleased(&format!("r{n}"), "one", &input))
             .await
             .unwrap();
     }
     let started = Instant::now();
     let worker = worker::spawn(
         store.clone(),
-        Executor::new(set.engine.clone(), json!({})),
+        executor,
         catalog,
         WorkerOptions {
             capacity: 16,
