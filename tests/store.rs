@@ -263,6 +263,66 @@ async fn a_leased_run_is_claimed_once_until_its_lease_ends() {
 }
 
 #[tokio::test]
+async fn a_claim_reads_pending_cancels_and_a_renewal_keeps_only_the_runs_named() {
+    on_every_backend("claim_cancel_renew", |store| async move {
+        let input = json!({});
+        for id in ["r1", "r2", "r3"] {
+            store.create_run(new_run(id, &input, None)).await.unwrap();
+        }
+        store
+            .request_cancel("r2", "duplicate ticket")
+            .await
+            .unwrap();
+        let mut claimed = store
+            .claim_due_runs("w1", Duration::from_millis(300), 10, &[])
+            .await
+            .unwrap();
+        claimed.sort_by(|a, b| a.id.cmp(&b.id));
+        let seen: Vec<(&str, Option<&str>, usize)> = claimed
+            .iter()
+            .map(|c| {
+                (
+                    c.id.as_str(),
+                    c.cancel_requested.as_deref(),
+                    c.history.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("r1", None, 1),
+                ("r2", Some("duplicate ticket"), 1),
+                ("r3", None, 1)
+            ],
+            "each claimed run comes with its history and any cancel asked before the claim"
+        );
+
+        // w1 renews r1 and r3 (still driving them) but not r2, and w2's
+        // renewal of r1 changes nothing: it does not hold that lease.
+        let ids = ["r1".to_string(), "r3".to_string()];
+        store
+            .renew_leases("w1", Duration::from_secs(30), &ids)
+            .await
+            .unwrap();
+        store
+            .renew_leases("w2", Duration::from_millis(1), &ids[..1])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            store
+                .claim_due("w2", Duration::from_secs(30), 10, &[])
+                .await
+                .unwrap(),
+            vec!["r2".to_string()],
+            "only the run left out of the renewal is taken over"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn workflow_versions_are_immutable_and_kv_is_per_plugin() {
     on_every_backend("versions", |store| async move {
         store

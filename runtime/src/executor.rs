@@ -103,6 +103,10 @@ pub struct StoreJournal {
     /// Approvals this drive has already made decidable: opening is
     /// idempotent but a write, and the drive asks before every plan.
     opened: std::collections::HashSet<String>,
+    /// The answer to the drive's first cancel check when the caller read
+    /// it already (with the claim, or none for a run it just created):
+    /// one query per run saved. Later checks ask the store.
+    cancel_known: Option<Option<String>>,
 }
 
 impl StoreJournal {
@@ -112,7 +116,15 @@ impl StoreJournal {
             store,
             owner,
             opened: Default::default(),
+            cancel_known: None,
         }
+    }
+
+    /// Answers the first cancel check with `reason`, read moments ago by
+    /// the caller, instead of asking the store.
+    pub fn knowing_cancel(mut self, reason: Option<String>) -> StoreJournal {
+        self.cancel_known = Some(reason);
+        self
     }
 }
 
@@ -130,6 +142,9 @@ impl Journal for StoreJournal {
     }
 
     async fn cancel_requested(&mut self, run_id: &str) -> Result<Option<String>, String> {
+        if let Some(known) = self.cancel_known.take() {
+            return Ok(known);
+        }
         self.store
             .cancel_requested(run_id)
             .await

@@ -156,7 +156,10 @@ async fn drive_adopted(shared: Arc<Shared>, workflow: Arc<Workflow>, mut run: Li
     let id = run.state.id.clone();
     let inner = shared.clone();
     let task = tokio::spawn(async move {
-        let mut journal = StoreJournal::new(inner.store.clone(), Some(inner.options.owner.clone()));
+        // Created a moment ago: a cancel sent since is seen by the drive's
+        // first write, before any step starts.
+        let mut journal = StoreJournal::new(inner.store.clone(), Some(inner.options.owner.clone()))
+            .knowing_cancel(None);
         inner
             .executor
             .drive(&workflow, &mut run, &mut journal, true)
@@ -272,9 +275,10 @@ async fn heartbeat(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
             _ = tokio::time::sleep(shared.options.lease / 3) => {}
             _ = stopped.changed() => return,
         }
+        let ids: Vec<String> = shared.active.lock().unwrap().iter().cloned().collect();
         if let Err(e) = shared
             .store
-            .renew_leases(&shared.options.owner, shared.options.lease)
+            .renew_leases(&shared.options.owner, shared.options.lease, &ids)
             .await
         {
             tracing::error!("renewing leases failed: {e}");
@@ -323,7 +327,8 @@ async fn drive(shared: &Shared, row: ClaimedRun) -> Result<DriveEnd, String> {
     let state = RunState::new(&row.id, &row.workflow, row.version, row.created_at);
     let mut run = LiveRun::resume(state, row.history);
     let owner = shared.options.owner.clone();
-    let mut journal = StoreJournal::new(store.clone(), Some(owner.clone()));
+    let mut journal =
+        StoreJournal::new(store.clone(), Some(owner.clone())).knowing_cancel(row.cancel_requested);
     let workflow = match shared.catalog.version(&row.workflow, row.version).await {
         Ok(Some(w)) => w,
         // The database may be back soon: try again later.

@@ -83,6 +83,9 @@ pub struct ClaimedRun {
     pub version: u32,
     pub created_at: DateTime<Utc>,
     pub history: Vec<Recorded>,
+    /// A cancel requested before the claim, read by the claim itself so
+    /// the drive need not ask the database again before it starts.
+    pub cancel_requested: Option<String>,
 }
 
 /// A run as stored: the columns callers list and filter on.
@@ -176,6 +179,22 @@ fn numbered(from: usize, count: usize) -> String {
         .join(", ")
 }
 
+/// Binds `ids` and then NULLs up to the next power of two: an `IN` list
+/// of [`numbered`] placeholders padded so, whatever the count, the
+/// statement is one of a few and stays prepared (a NULL matches nothing).
+fn bind_padded<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    ids: &[String],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for id in ids {
+        query = query.bind(id.clone());
+    }
+    for _ in ids.len()..ids.len().next_power_of_two() {
+        query = query.bind(None::<String>);
+    }
+    query
+}
+
 /// A claim statement with its parameters: $1 owner, $2 lease end, $3 now,
 /// $4 how many, then the tag sets.
 fn claim_query(
@@ -204,6 +223,7 @@ fn claimed_run(r: &sqlx::any::AnyRow) -> Result<ClaimedRun, StoreError> {
         version: r.try_get::<i64, _>("version")? as u32,
         created_at: to_time(r.try_get("created_at")?),
         history: Vec::new(),
+        cancel_requested: r.try_get("cancel_requested")?,
     })
 }
 
@@ -717,19 +737,25 @@ impl Store {
         }
         // Padded with NULLs to a power of two, so the statement is one of a
         // few and stays prepared.
-        let padded = claimed.len().next_power_of_two();
-        let sql = format!(
-            "SELECT run_id, seq, at, body FROM run_events WHERE run_id IN ({}) ORDER BY run_id, seq",
-            numbered(1, padded)
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for run in &claimed {
-            query = query.bind(run.id.clone());
-        }
-        for _ in claimed.len()..padded {
-            query = query.bind(None::<String>);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
+        let ids = numbered(1, claimed.len().next_power_of_two());
+        let sql = match self.backend {
+            Backend::Sqlite => format!(
+                "SELECT run_id, seq, at, body FROM run_events WHERE run_id IN ({ids}) ORDER BY run_id, seq"
+            ),
+            // One index lookup per run, whatever the statistics say: with
+            // none yet (a young table) PostgreSQL scanned every event for
+            // an `IN` list.
+            Backend::Postgres => format!(
+                "SELECT e.run_id, e.seq, e.at, e.body FROM (VALUES ({})) AS c(id) \
+                 CROSS JOIN LATERAL (SELECT run_id, seq, at, body FROM run_events \
+                 WHERE run_id = c.id ORDER BY seq) e",
+                ids.replace(", ", "), (")
+            ),
+        };
+        let ids: Vec<String> = claimed.iter().map(|c| c.id.clone()).collect();
+        let rows = bind_padded(sqlx::query(sqlx::AssertSqlSafe(sql)), &ids)
+            .fetch_all(&self.pool)
+            .await?;
         let index: std::collections::HashMap<String, usize> = claimed
             .iter()
             .enumerate()
@@ -764,10 +790,24 @@ impl Store {
         let subsets = tag_subsets(tags);
         let mut claimed = self.claim_free(owner, lease, limit, &subsets).await?;
         let room = limit - claimed.len() as i64;
-        if room > 0 {
+        if room > 0 && self.limited_runs_due().await? {
             claimed.extend(self.claim_limited(owner, lease, room, &subsets).await?);
         }
         Ok(claimed)
+    }
+
+    /// Whether any run of a workflow with a concurrency limit is due: one
+    /// probe of a mostly empty index, which spares the usual claim the
+    /// limited claim's locked transaction.
+    async fn limited_runs_due(&self) -> Result<bool, StoreError> {
+        let due: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM runs WHERE concurrency_limit IS NOT NULL AND wake_at IS NOT NULL \
+             AND wake_at <= $1 ORDER BY wake_at LIMIT 1",
+        )
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(due.is_some())
     }
 
     async fn claim_free(
@@ -787,7 +827,7 @@ impl Store {
                SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
                AND (lease_until IS NULL OR lease_until < $3) AND concurrency_limit IS NULL \
                AND required_tags IN ({}) ORDER BY wake_at LIMIT $4{lock}) \
-             RETURNING id, workflow, version, created_at",
+             RETURNING id, workflow, version, created_at, cancel_requested",
             numbered(5, tag_sets.len())
         );
         let rows = claim_query(sql, owner, now, lease, limit, tag_sets)
@@ -819,7 +859,7 @@ impl Store {
                    AND c.wake_at <= $3 AND (c.lease_until IS NULL OR c.lease_until < $3) \
                    AND c.required_tags IN ({})) ranked \
                WHERE rn + busy <= cap ORDER BY rn LIMIT $4) \
-             RETURNING id, workflow, version, created_at",
+             RETURNING id, workflow, version, created_at, cancel_requested",
             numbered(5, tag_sets.len())
         );
         let mut tx = self.pool.begin().await?;
@@ -835,15 +875,35 @@ impl Store {
         rows.iter().map(claimed_run).collect()
     }
 
-    /// Extends the leases `owner` holds on `ids`.
-    pub async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<(), StoreError> {
-        // Every run this owner holds, in one statement: finished runs have
-        // dropped their lease and parked ones were released.
-        sqlx::query("UPDATE runs SET lease_until = $2 WHERE lease_owner = $1")
-            .bind(owner)
-            .bind(now_ms() + lease.as_millis() as i64)
-            .execute(&self.pool)
-            .await?;
+    /// Extends the leases `owner` holds on `ids` (the runs it drives).
+    /// Looked up by primary key, so a renewal costs the runs in flight, not
+    /// a scan of the whole history, and holds no lock on other rows.
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        lease: Duration,
+        ids: &[String],
+    ) -> Result<(), StoreError> {
+        let until = now_ms() + lease.as_millis() as i64;
+        for chunk in ids.chunks(512) {
+            let ids = numbered(3, chunk.len().next_power_of_two());
+            let sql = match self.backend {
+                Backend::Sqlite => format!(
+                    "UPDATE runs SET lease_until = $1 WHERE lease_owner = $2 AND id IN ({ids})"
+                ),
+                // A row the writer holds is being written by this worker
+                // right now: skipped, it is renewed next time, and the two
+                // never wait on each other (waiting could deadlock them).
+                Backend::Postgres => format!(
+                    "UPDATE runs SET lease_until = $1 WHERE id IN (SELECT id FROM runs \
+                     WHERE lease_owner = $2 AND id IN ({ids}) FOR UPDATE SKIP LOCKED)"
+                ),
+            };
+            let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(until)
+                .bind(owner.to_string());
+            bind_padded(query, chunk).execute(&self.pool).await?;
+        }
         Ok(())
     }
 
