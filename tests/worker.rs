@@ -55,3 +55,110 @@ async fn a_backlog_is_worked_off_as_slots_free_up_not_one_batch_per_poll() {
     }
     worker.stop();
 }
+
+/// Records the kinds of events each persist wrote, in order.
+#[derive(Default)]
+struct CountingJournal {
+    writes: Vec<Vec<String>>,
+}
+
+impl steward::executor::Journal for CountingJournal {
+    async fn persist(
+        &mut self,
+        _: &steward::run::RunState,
+        events: &[steward::run::Recorded],
+        _: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Option<String>, String> {
+        self.writes.push(
+            events
+                .iter()
+                .map(|r| {
+                    let debug = format!("{:?}", r.event);
+                    debug
+                        .split([' ', '{', '('])
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect(),
+        );
+        Ok(None)
+    }
+
+    async fn cancel_requested(&mut self, _: &str) -> Result<Option<String>, String> {
+        Ok(None)
+    }
+
+    async fn approval_decisions(
+        &mut self,
+        _: &steward::store::ApprovalRow,
+    ) -> Result<Vec<steward::store::Decision>, String> {
+        Ok(Vec::new())
+    }
+
+    async fn close_approval(&mut self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn close_run_approvals(&mut self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A step whose plugin can change nothing outside its call (transform) is
+/// written once, with its outcome; a step whose plugin can (assign keeps
+/// counters in its key-value store) is durable before it runs, so a crash
+/// re-runs it under the same idempotency key.
+#[tokio::test]
+async fn a_contained_step_is_written_with_its_outcome_others_before_they_run() {
+    use std::sync::Arc;
+    use steward::executor::{Executor, LiveRun};
+    use steward::run::{Event, Recorded, RunState};
+
+    let set = steward::plugins::load_plugins(
+        &steward::config::Config::default(),
+        Arc::new(steward::engine::MemoryKeyValue::default()),
+        false,
+    )
+    .unwrap();
+    assert!(set.engine.is_contained("transform"));
+    assert!(!set.engine.is_contained("assign"));
+    assert!(!set.engine.is_contained("no-such-plugin"));
+    let executor = Executor::new(set.engine.clone(), json!({}));
+    const ASSIGN: &str =
+        "name: pick\nsteps:\n  - id: a\n    uses: assign\n    with: { group: oncall }\n";
+    for (yaml, first_write) in [
+        (ONE, vec!["StepStarted", "StepSucceeded", "RunSucceeded"]),
+        (ASSIGN, vec!["StepStarted"]),
+    ] {
+        let workflow = steward::workflow::load_str(yaml, "w.yaml", &set.names()).unwrap();
+        let now = chrono::Utc::now();
+        let input = json!({"n": 1});
+        let started = Recorded {
+            seq: 1,
+            at: now,
+            event: Event::RunStarted {
+                input: input.clone(),
+            },
+        };
+        let mut run = LiveRun::resume(RunState::new("r1", &workflow.name, 1, now), vec![started]);
+        let mut journal = CountingJournal::default();
+        executor
+            .drive(&workflow, &mut run, &mut journal, true)
+            .await
+            .unwrap();
+        assert!(run.state.status.is_terminal(), "{yaml}: {:?}", run.state);
+        assert_eq!(
+            journal.writes[0], first_write,
+            "{yaml}: {:?}",
+            journal.writes
+        );
+        let expected_writes = if first_write.len() == 1 { 2 } else { 1 };
+        assert_eq!(
+            journal.writes.len(),
+            expected_writes,
+            "{yaml}: {:?}",
+            journal.writes
+        );
+    }
+}

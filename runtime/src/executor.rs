@@ -23,7 +23,7 @@ use crate::run::{
     outcome_event, plan,
 };
 use crate::store::{ApprovalRow, Decision, Store};
-use crate::workflow::Workflow;
+use crate::workflow::{StepKind, Workflow};
 
 /// Runs longer idle than this are handed back to the store (parked) instead
 /// of holding a task and a lease.
@@ -432,8 +432,12 @@ impl Executor {
                     }
                 }
             }
-            // Durable before any side effect starts and before waiting.
-            if let Some(reason) = run.flush(journal, Some(now)).await?
+            // Durable before any side effect starts and before waiting,
+            // unless all that runs is contained steps: their starts are
+            // written with their outcomes (a crash re-runs them, which
+            // nobody can tell apart from one run), one write saved per step.
+            if !self.only_contained_steps_run(workflow, &run.state)
+                && let Some(reason) = run.flush(journal, Some(now)).await?
                 && !run.state.status.is_terminal()
             {
                 return run.cancel(journal, &mut calls, reason).await;
@@ -508,6 +512,24 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// True while the run is unfinished and every step in flight is a
+    /// plugin step whose plugin [`Engine::is_contained`].
+    fn only_contained_steps_run(&self, workflow: &Workflow, state: &RunState) -> bool {
+        let mut running = state
+            .steps
+            .iter()
+            .filter(|(_, record)| matches!(record.state, StepState::Running { .. }))
+            .peekable();
+        !state.status.is_terminal()
+            && running.peek().is_some()
+            && running.all(|(id, _)| {
+                matches!(
+                    workflow.step(id).map(|s| &s.kind),
+                    Some(StepKind::Plugin { uses, .. }) if self.engine.is_contained(uses)
+                )
+            })
     }
 
     fn spawn_call(

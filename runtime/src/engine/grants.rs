@@ -300,6 +300,13 @@ impl Grants {
         self.secrets.contains(name)
     }
 
+    /// Whether a call can change anything outside itself: an origin it
+    /// may call or a key-value store it may write. Secrets, settings and
+    /// logs only flow in, or into the step's own result.
+    pub fn reaches_outside(&self) -> bool {
+        !self.allowed_hosts.is_empty() || self.key_value
+    }
+
     pub fn wants_http(&self) -> bool {
         !self.requested_hosts.is_empty()
     }

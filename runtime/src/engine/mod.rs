@@ -292,6 +292,15 @@ impl Engine {
         Ok(plugin)
     }
 
+    /// Whether calls of `name` are contained: the plugin is loaded and was
+    /// granted nothing that reaches outside the call, so running it twice
+    /// (after a crash) is indistinguishable from running it once, and its
+    /// start need not be made durable before it runs.
+    pub fn is_contained(&self, name: &str) -> bool {
+        self.plugin(name)
+            .is_some_and(|p| !p.host.grants.reaches_outside())
+    }
+
     pub fn plugin(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
         self.inner.plugins.read().unwrap().get(name).cloned()
     }
