@@ -179,6 +179,14 @@ fn numbered(from: usize, count: usize) -> String {
         .join(", ")
 }
 
+/// `($from), ($from+1), ...`: `count` one-column VALUES rows.
+fn numbered_rows(from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|n| format!("(${n})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Binds `ids` and then NULLs up to the next power of two: an `IN` list
 /// of [`numbered`] placeholders padded so, whatever the count, the
 /// statement is one of a few and stays prepared (a NULL matches nothing).
@@ -737,19 +745,20 @@ impl Store {
         }
         // Padded with NULLs to a power of two, so the statement is one of a
         // few and stays prepared.
-        let ids = numbered(1, claimed.len().next_power_of_two());
+        let padded = claimed.len().next_power_of_two();
         let sql = match self.backend {
             Backend::Sqlite => format!(
-                "SELECT run_id, seq, at, body FROM run_events WHERE run_id IN ({ids}) ORDER BY run_id, seq"
+                "SELECT run_id, seq, at, body FROM run_events WHERE run_id IN ({}) ORDER BY run_id, seq",
+                numbered(1, padded)
             ),
             // One index lookup per run, whatever the statistics say: with
             // none yet (a young table) PostgreSQL scanned every event for
             // an `IN` list.
             Backend::Postgres => format!(
-                "SELECT e.run_id, e.seq, e.at, e.body FROM (VALUES ({})) AS c(id) \
+                "SELECT e.run_id, e.seq, e.at, e.body FROM (VALUES {}) AS c(id) \
                  CROSS JOIN LATERAL (SELECT run_id, seq, at, body FROM run_events \
                  WHERE run_id = c.id ORDER BY seq) e",
-                ids.replace(", ", "), (")
+                numbered_rows(1, padded)
             ),
         };
         let ids: Vec<String> = claimed.iter().map(|c| c.id.clone()).collect();
