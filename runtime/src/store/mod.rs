@@ -205,6 +205,23 @@ fn bind_padded<'q>(
 
 /// A claim statement with its parameters: $1 owner, $2 lease end, $3 now,
 /// $4 how many, then the tag sets.
+/// The claim of runs free of a concurrency limit, for `tag_sets` sets of
+/// required tags; parameters as [`claim_query`] binds them.
+fn claim_free_sql(backend: Backend, tag_sets: usize) -> String {
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    format!(
+        "UPDATE runs SET lease_owner = $1, lease_until = $2 WHERE id IN (\
+           SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
+           AND (lease_until IS NULL OR lease_until < $3) AND concurrency_limit IS NULL \
+           AND required_tags IN ({}) ORDER BY wake_at LIMIT $4{lock}) \
+         RETURNING id, workflow, version, created_at, cancel_requested",
+        numbered(5, tag_sets)
+    )
+}
+
 fn claim_query(
     sql: String,
     owner: &str,
@@ -258,6 +275,10 @@ pub fn tag_subsets(tags: &[String]) -> Vec<String> {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// The statements every run goes through (the writer's, claims,
+    /// renewals): on PostgreSQL, connections that plan them once, for index
+    /// access (see [`connect_pool`]); on SQLite, `pool` itself.
+    hot: AnyPool,
     backend: Backend,
     writer: tokio::sync::mpsc::Sender<writer::Write>,
     /// PostgreSQL only: tells other processes about new work.
@@ -270,6 +291,95 @@ pub(crate) fn now_ms() -> i64 {
 
 fn to_time(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// Connections of the hot pool on PostgreSQL: the writer, a claim and a
+/// renewal at a time, and one to spare.
+const HOT_CONNECTIONS: u32 = 4;
+
+/// What every new connection of a pool is set up with.
+#[derive(Clone)]
+enum Session {
+    Sqlite {
+        sync: &'static str,
+    },
+    Postgres {
+        schema: Option<String>,
+        /// Plan once, for index access only (the hot pool).
+        hot: bool,
+    },
+}
+
+/// Opens a pool whose connections are set up per `session`.
+///
+/// PostgreSQL plans a prepared statement anew at each execution while its
+/// plan may depend on the parameters (and always under
+/// `force_custom_plan`, which the general pool uses: a report's best plan
+/// depends on its time range). For the hot statements, small batches by key
+/// that index access always serves best, that planning was a quarter of
+/// the database's CPU under load. Their pool plans each statement once per
+/// connection (`force_generic_plan`) with sequential scans, hash and merge
+/// joins priced out: a plan made while a table was small (a hash join over
+/// a sequential scan of `runs`) would otherwise outlive its growth, since a
+/// fresh table is analyzed only a minute or so late.
+async fn connect_pool(
+    connect: AnyConnectOptions,
+    max: u32,
+    session: Session,
+) -> Result<AnyPool, StoreError> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(max)
+        // A connection in steady use is alive: checking each one before
+        // it is handed out (sqlx's default) costs a round trip per
+        // query. Only one idle for a while (the database may have
+        // restarted meanwhile) is pinged first.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > Duration::from_secs(5) {
+                    use sqlx::Connection as _;
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .after_connect(move |conn, _meta| {
+            let session = session.clone();
+            Box::pin(async move {
+                use sqlx::Executor as _;
+                match session {
+                    Session::Sqlite { sync } => {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA synchronous = {sync}")))
+                            .await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Session::Postgres { schema, hot } => {
+                        if hot {
+                            conn.execute(
+                                "SET plan_cache_mode = force_generic_plan; \
+                                 SET enable_seqscan = off; SET enable_hashjoin = off; \
+                                 SET enable_mergejoin = off",
+                            )
+                            .await?;
+                        } else {
+                            conn.execute("SET plan_cache_mode = force_custom_plan")
+                                .await?;
+                        }
+                        if let Some(schema) = schema {
+                            conn.execute(sqlx::AssertSqlSafe(format!(
+                                "SET search_path TO {}",
+                                quote_ident(&schema)
+                            )))
+                            .await?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect_with(connect)
+        .await?)
 }
 
 impl Store {
@@ -313,67 +423,37 @@ impl Store {
             SqliteSync::Full => "FULL",
             SqliteSync::Normal => "NORMAL",
         };
-        let schema = options.schema.clone();
-        let pool = AnyPoolOptions::new()
-            .max_connections(options.max_connections.unwrap_or(match backend {
-                Backend::Sqlite => 4,
-                Backend::Postgres => 10,
-            }))
-            // A connection in steady use is alive: checking each one before
-            // it is handed out (sqlx's default) costs a round trip per
-            // query. Only one idle for a while (the database may have
-            // restarted meanwhile) is pinged first.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for > Duration::from_secs(5) {
-                        use sqlx::Connection as _;
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .after_connect(move |conn, _meta| {
-                let schema = schema.clone();
-                Box::pin(async move {
-                    use sqlx::Executor as _;
-                    match backend {
-                        Backend::Sqlite => {
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute(sqlx::AssertSqlSafe(format!(
-                                "PRAGMA synchronous = {sync}"
-                            )))
-                            .await?;
-                            conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        }
-                        Backend::Postgres => {
-                            // Statements stay prepared (see store::writer),
-                            // and a generic plan made while a table was small
-                            // (a hash join over a sequential scan of runs)
-                            // would outlive its growth: plan each execution.
-                            conn.execute("SET plan_cache_mode = force_custom_plan")
-                                .await?;
-                            if let Some(schema) = schema {
-                                conn.execute(sqlx::AssertSqlSafe(format!(
-                                    "SET search_path TO {}",
-                                    quote_ident(&schema)
-                                )))
-                                .await?;
-                            }
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(connect)
-            .await?;
+        let max = options.max_connections.unwrap_or(match backend {
+            Backend::Sqlite => 4,
+            Backend::Postgres => 10,
+        });
+        let session = match backend {
+            Backend::Sqlite => Session::Sqlite { sync },
+            Backend::Postgres => Session::Postgres {
+                schema: options.schema.clone(),
+                hot: false,
+            },
+        };
+        let pool = connect_pool(connect.clone(), max, session.clone()).await?;
+        let hot = match session {
+            Session::Postgres { schema, .. } => {
+                connect_pool(
+                    connect,
+                    HOT_CONNECTIONS,
+                    Session::Postgres { schema, hot: true },
+                )
+                .await?
+            }
+            Session::Sqlite { .. } => pool.clone(),
+        };
         migrate::migrate(&pool, backend).await?;
-        let writer = writer::spawn(pool.clone(), backend);
+        let writer = writer::spawn(hot.clone(), backend);
         let announcer = (backend == Backend::Postgres).then(|| {
             announce::Announcer::spawn(pool.clone(), url.clone(), options.schema.as_deref())
         });
         Ok(Store {
             pool,
+            hot,
             backend,
             writer,
             announcer,
@@ -763,7 +843,7 @@ impl Store {
         };
         let ids: Vec<String> = claimed.iter().map(|c| c.id.clone()).collect();
         let rows = bind_padded(sqlx::query(sqlx::AssertSqlSafe(sql)), &ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.hot)
             .await?;
         let index: std::collections::HashMap<String, usize> = claimed
             .iter()
@@ -814,7 +894,7 @@ impl Store {
              AND wake_at <= $1 ORDER BY wake_at LIMIT 1",
         )
         .bind(now_ms())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.hot)
         .await?;
         Ok(due.is_some())
     }
@@ -826,21 +906,9 @@ impl Store {
         limit: i64,
         tag_sets: &[String],
     ) -> Result<Vec<ClaimedRun>, StoreError> {
-        let now = now_ms();
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "UPDATE runs SET lease_owner = $1, lease_until = $2 WHERE id IN (\
-               SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
-               AND (lease_until IS NULL OR lease_until < $3) AND concurrency_limit IS NULL \
-               AND required_tags IN ({}) ORDER BY wake_at LIMIT $4{lock}) \
-             RETURNING id, workflow, version, created_at, cancel_requested",
-            numbered(5, tag_sets.len())
-        );
-        let rows = claim_query(sql, owner, now, lease, limit, tag_sets)
-            .fetch_all(&self.pool)
+        let sql = claim_free_sql(self.backend, tag_sets.len());
+        let rows = claim_query(sql, owner, now_ms(), lease, limit, tag_sets)
+            .fetch_all(&self.hot)
             .await?;
         rows.iter().map(claimed_run).collect()
     }
@@ -871,7 +939,7 @@ impl Store {
              RETURNING id, workflow, version, created_at, cancel_requested",
             numbered(5, tag_sets.len())
         );
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.hot.begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock(7310001)")
                 .execute(&mut *tx)
@@ -911,7 +979,7 @@ impl Store {
             let query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(until)
                 .bind(owner.to_string());
-            bind_padded(query, chunk).execute(&self.pool).await?;
+            bind_padded(query, chunk).execute(&self.hot).await?;
         }
         Ok(())
     }
@@ -1180,4 +1248,111 @@ impl crate::engine::KeyValue for StoreKeyValue {
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan `pool`'s session makes for `sql`, a statement with
+    /// parameters of `types`, given `args` (SQL literals).
+    async fn plan(pool: &AnyPool, sql: &str, types: &[&str], args: &[&str]) -> String {
+        use sqlx::Executor as _;
+        let mut conn = pool.acquire().await.unwrap();
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "PREPARE probe ({}) AS {sql}",
+            types.join(", ")
+        )))
+        .await
+        .unwrap();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN EXECUTE probe ({})",
+            args.join(", ")
+        )))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        conn.execute("DEALLOCATE probe").await.unwrap();
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// A young table (a few rows, no statistics yet) is where PostgreSQL
+    /// plans a scan of `runs` (the general pool's plan for the append is a
+    /// hash join over a sequential scan here); the hot pool's plans, made
+    /// once and kept while the table grows, must read it by index all the
+    /// same.
+    #[tokio::test]
+    async fn on_postgresql_the_hot_statements_read_runs_by_index_on_a_young_table() {
+        let Some(url) = std::env::var("STEWARD_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("skipped: STEWARD_TEST_DATABASE_URL is not set");
+            return;
+        };
+        let schema = format!("unit_hot_plans_{}", std::process::id());
+        let options = StoreOptions {
+            schema: Some(schema.clone()),
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&url, options).await.unwrap();
+        let input = serde_json::json!({});
+        for id in ["r1", "r2", "r3"] {
+            let new = NewRun {
+                id,
+                workflow: "demo",
+                version: 1,
+                input: &input,
+                idempotency_key: None,
+                lease: None,
+                placement: Placement::default(),
+            };
+            store.create_run(new).await.unwrap();
+        }
+
+        let claim = claim_free_sql(Backend::Postgres, 1);
+        let claim_types = ["text", "bigint", "bigint", "bigint", "text"];
+        let claim_args = ["'w1'", "2", "1", "64", "''"];
+        let rows = 64;
+        let append = writer::append_sql(Backend::Postgres, rows);
+        let append_types: Vec<&str> = (0..rows)
+            .flat_map(|_| {
+                [
+                    "text", "text", "text", "text", "bigint", "bigint", "bigint", "bigint",
+                ]
+                .into_iter()
+                .chain(["text", "text", "bigint", "bigint"])
+            })
+            .collect();
+        let append_args: Vec<&str> = (0..rows)
+            .flat_map(|r| {
+                let id = if r < 3 { "'r1'" } else { "NULL" };
+                [id, "'running'", "NULL", "NULL", "1", "NULL", "NULL", "0"]
+                    .into_iter()
+                    .chain(["NULL", "NULL", "NULL", "NULL"])
+            })
+            .collect();
+
+        for (what, sql, types, args) in [
+            ("claim", &claim, &claim_types[..], &claim_args[..]),
+            ("append", &append, &append_types[..], &append_args[..]),
+        ] {
+            let hot = plan(&store.hot, sql, types, args).await;
+            assert!(
+                !hot.contains("Seq Scan on runs") && !hot.contains("Hash Join"),
+                "the hot pool's {what} plan scans runs:\n{hot}"
+            );
+            assert!(hot.contains("Index"), "{what}:\n{hot}");
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA {} CASCADE",
+            quote_ident(&schema)
+        )))
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    }
 }

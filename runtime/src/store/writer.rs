@@ -134,6 +134,14 @@ const APPEND_ROWS: usize = 64;
 const EVENT_ROWS: usize = 256;
 const CANCEL_ROWS: usize = 512;
 
+/// The columns of an append's VALUES row, in [`append_sql`]'s order.
+const APPEND_COLS: [Col; 12] = {
+    use Col::{Int, Text};
+    [
+        Text, Text, Text, Text, Int, Int, Int, Int, Text, Text, Int, Int,
+    ]
+};
+
 /// Commits a batch with a handful of statements, whatever its size: one
 /// INSERT of new runs, one UPDATE of all runs, one INSERT of all events and,
 /// on SQLite, one SELECT of pending cancels. On SQLite no statement returns
@@ -205,35 +213,7 @@ async fn commit(
     let mut all_applied = true;
     let mut cancels = std::collections::HashMap::new();
     for chunk in appends.chunks(APPEND_ROWS) {
-        const COLS: [Col; 12] = [
-            Text, Text, Text, Text, Int, Int, Int, Int, Text, Text, Int, Int,
-        ];
-        // VALUES columns are column1..column12 in both SQLite and
-        // PostgreSQL. A run whose lease another worker holds is not updated
-        // (and gets no events below): the caller learns it lost the run.
-        // A finished run gives up its lease here, saving the worker a
-        // write, and records its SLA outcome (column10..12) for reports.
-        let sql = format!(
-            "UPDATE runs SET status = v.column2, output = v.column3, error = v.column4, updated_at = v.column5, \
-             finished_at = v.column6, \
-             wake_at = CASE WHEN v.column8 = 1 THEN NULL \
-               WHEN runs.cancel_requested IS NOT NULL OR runs.attention = 1 THEN v.column5 ELSE v.column7 END, \
-             attention = CASE WHEN v.column7 IS NULL OR v.column7 > v.column5 THEN 0 ELSE runs.attention END, \
-             lease_owner = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_owner END, \
-             lease_until = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_until END, \
-             sla_priority = CASE WHEN v.column10 IS NULL THEN runs.sla_priority ELSE v.column10 END, \
-             sla_target_ms = CASE WHEN v.column10 IS NULL THEN runs.sla_target_ms ELSE v.column11 END, \
-             sla_breached = CASE WHEN v.column10 IS NULL THEN runs.sla_breached ELSE v.column12 END, \
-             sla_resolution_ms = CASE WHEN v.column10 IS NULL THEN runs.sla_resolution_ms \
-               WHEN v.column2 = 'succeeded' THEN v.column6 - runs.created_at END \
-             FROM (VALUES {}) AS v WHERE runs.id = v.column1 \
-             AND (v.column9 IS NULL OR runs.lease_owner = v.column9){}",
-            values(backend, chunk.len(), COLS.len()),
-            match backend {
-                Backend::Postgres => " RETURNING runs.id, runs.cancel_requested",
-                Backend::Sqlite => "",
-            }
-        );
+        let sql = append_sql(backend, chunk.len());
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in chunk {
             let sla = row.sla.as_ref();
@@ -251,7 +231,7 @@ async fn commit(
                 .bind(sla.and_then(|s| s.1))
                 .bind(sla.map(|s| s.2 as i64));
         }
-        let query = pad(query, &COLS, chunk.len());
+        let query = pad(query, &APPEND_COLS, chunk.len());
         let applied = match backend {
             // Rows come back in the statement's one response here.
             Backend::Postgres => {
@@ -333,6 +313,36 @@ async fn commit(
             })
             .collect(),
     ))
+}
+
+/// The UPDATE that applies `rows` appends (padded, see [`values`]): VALUES
+/// columns are column1..column12 in both SQLite and PostgreSQL. A run whose
+/// lease another worker holds is not updated (and gets no events): the
+/// caller learns it lost the run. A finished run gives up its lease here,
+/// saving the worker a write, and records its SLA outcome (column10..12)
+/// for reports.
+pub(super) fn append_sql(backend: Backend, rows: usize) -> String {
+    format!(
+        "UPDATE runs SET status = v.column2, output = v.column3, error = v.column4, updated_at = v.column5, \
+         finished_at = v.column6, \
+         wake_at = CASE WHEN v.column8 = 1 THEN NULL \
+           WHEN runs.cancel_requested IS NOT NULL OR runs.attention = 1 THEN v.column5 ELSE v.column7 END, \
+         attention = CASE WHEN v.column7 IS NULL OR v.column7 > v.column5 THEN 0 ELSE runs.attention END, \
+         lease_owner = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_owner END, \
+         lease_until = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_until END, \
+         sla_priority = CASE WHEN v.column10 IS NULL THEN runs.sla_priority ELSE v.column10 END, \
+         sla_target_ms = CASE WHEN v.column10 IS NULL THEN runs.sla_target_ms ELSE v.column11 END, \
+         sla_breached = CASE WHEN v.column10 IS NULL THEN runs.sla_breached ELSE v.column12 END, \
+         sla_resolution_ms = CASE WHEN v.column10 IS NULL THEN runs.sla_resolution_ms \
+           WHEN v.column2 = 'succeeded' THEN v.column6 - runs.created_at END \
+         FROM (VALUES {}) AS v WHERE runs.id = v.column1 \
+         AND (v.column9 IS NULL OR runs.lease_owner = v.column9){}",
+        values(backend, rows, APPEND_COLS.len()),
+        match backend {
+            Backend::Postgres => " RETURNING runs.id, runs.cancel_requested",
+            Backend::Sqlite => "",
+        }
+    )
 }
 
 /// A column's type, for binding the NULLs of a padding row.
