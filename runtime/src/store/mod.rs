@@ -293,6 +293,66 @@ fn to_time(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
+/// One of several events written together, packed in one `run_events`
+/// row's body (see [`event_rows`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PackedEvent<E> {
+    seq: u64,
+    at: i64,
+    event: E,
+}
+
+/// The `run_events` rows of one write. The events of a write (a step's
+/// start, its outcome and the run's, say) share one row, its `seq` and `at`
+/// the first event's and its body a JSON array of [`PackedEvent`]s: one
+/// heap tuple and one index entry per write, not per event, which is most
+/// of what a short run costs the database. A single event keeps the plain
+/// form (its body is the event, a JSON object), as every row did before.
+fn event_rows(events: &[Recorded]) -> Vec<writer::EventRow> {
+    let body = match events {
+        [] => return Vec::new(),
+        [one] => serde_json::to_string(&one.event),
+        several => serde_json::to_string(
+            &several
+                .iter()
+                .map(|e| PackedEvent {
+                    seq: e.seq,
+                    at: e.at.timestamp_millis(),
+                    event: &e.event,
+                })
+                .collect::<Vec<_>>(),
+        ),
+    };
+    vec![writer::EventRow {
+        seq: events[0].seq as i64,
+        at: events[0].at.timestamp_millis(),
+        body: body.expect("events serialise"),
+    }]
+}
+
+/// The events of one `run_events` row (`seq`, `at`, `body`): one, or the
+/// several of one write.
+fn row_events(row: &sqlx::any::AnyRow) -> Result<Vec<Recorded>, StoreError> {
+    let body: String = row.try_get("body")?;
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("a run event: {e}"));
+    if body.starts_with('[') {
+        let packed: Vec<PackedEvent<Event>> = serde_json::from_str(&body).map_err(corrupt)?;
+        return Ok(packed
+            .into_iter()
+            .map(|p| Recorded {
+                seq: p.seq,
+                at: to_time(p.at),
+                event: p.event,
+            })
+            .collect());
+    }
+    Ok(vec![Recorded {
+        seq: row.try_get::<i64, _>("seq")? as u64,
+        at: to_time(row.try_get("at")?),
+        event: serde_json::from_str(&body).map_err(corrupt)?,
+    }])
+}
+
 /// Connections of the hot pool on PostgreSQL: the writer, a claim and a
 /// renewal at a time, and one to spare.
 const HOT_CONNECTIONS: u32 = 4;
@@ -686,17 +746,11 @@ impl Store {
                 .bind(run_id)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.into_iter()
-            .map(|r| {
-                let body: String = r.try_get("body")?;
-                Ok(Recorded {
-                    seq: r.try_get::<i64, _>("seq")? as u64,
-                    at: to_time(r.try_get("at")?),
-                    event: serde_json::from_str(&body)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                })
-            })
-            .collect()
+        let mut history = Vec::with_capacity(rows.len());
+        for r in rows {
+            history.extend(row_events(&r)?);
+        }
+        Ok(history)
     }
 
     /// Appends events and updates the run's columns from `state`, in one
@@ -717,14 +771,7 @@ impl Store {
         let terminal = state.status.is_terminal();
         let row = writer::AppendRow {
             id: state.id.clone(),
-            events: events
-                .iter()
-                .map(|e| writer::EventRow {
-                    seq: e.seq as i64,
-                    at: e.at.timestamp_millis(),
-                    body: serde_json::to_string(&e.event).expect("events serialise"),
-                })
-                .collect(),
+            events: event_rows(events),
             status: state.status.as_str(),
             output: state.output.as_ref().map(|o| o.to_string()),
             error: state
@@ -852,15 +899,8 @@ impl Store {
             .collect();
         for r in rows {
             let run_id: String = r.try_get("run_id")?;
-            let body: String = r.try_get("body")?;
-            let recorded = Recorded {
-                seq: r.try_get::<i64, _>("seq")? as u64,
-                at: to_time(r.try_get("at")?),
-                event: serde_json::from_str(&body)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            };
             if let Some(&i) = index.get(&run_id) {
-                claimed[i].history.push(recorded);
+                claimed[i].history.extend(row_events(&r)?);
             }
         }
         Ok(claimed)
@@ -1277,6 +1317,75 @@ mod tests {
             .map(|r| r.try_get::<String, _>(0).unwrap())
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The events of one write share a `run_events` row; every reader
+    /// gets them back one by one, in order, beside rows of a single event.
+    #[tokio::test]
+    async fn the_events_of_one_write_share_a_row_and_read_back_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/steward.db", dir.path().display());
+        let store = Store::open(&url, StoreOptions::default()).await.unwrap();
+        let input = serde_json::json!({"ticket": "INC0001"});
+        let new = NewRun {
+            id: "r1",
+            workflow: "demo",
+            version: 1,
+            input: &input,
+            idempotency_key: None,
+            lease: None,
+            placement: Placement::default(),
+        };
+        store.create_run(new).await.unwrap();
+        let mut state = RunState::new("r1", "demo", 1, Utc::now());
+        let step = |seq, event| Recorded::now(seq, event);
+        let together = vec![
+            step(
+                2,
+                Event::StepStarted {
+                    step: "a".into(),
+                    attempt: 1,
+                    input: input.clone(),
+                },
+            ),
+            step(
+                3,
+                Event::StepSucceeded {
+                    step: "a".into(),
+                    attempt: 1,
+                    output: serde_json::json!([1, 2]),
+                },
+            ),
+        ];
+        let alone = vec![step(4, Event::StepSkipped { step: "b".into() })];
+        for write in [&together, &alone] {
+            for e in write.iter() {
+                state.apply(e);
+            }
+            // Due at once, so the claim below takes it.
+            store
+                .append(&state, write, Some(Utc::now()), None)
+                .await
+                .unwrap();
+        }
+
+        let history = store.events("r1").await.unwrap();
+        let seqs: Vec<u64> = history.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert_eq!(history[1..], [together.clone(), alone.clone()].concat()[..]);
+        let claimed = store
+            .claim_due_runs("w1", Duration::from_secs(30), 10, &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            claimed[0].history, history,
+            "a claim reads the same history"
+        );
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM run_events")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 3, "one row per write: the start, the pair, the skip");
     }
 
     /// A young table (a few rows, no statistics yet) is where PostgreSQL
