@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::http_server::TestServer;
-use common::server::{Server, json_of};
+use common::server::Server;
 use serde_json::{Value, json};
 
 /// A folder with a workflow and a steward.toml for `database`.
@@ -176,18 +176,6 @@ fn sqlite_setup() -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
     (scratch, dir, config)
 }
 
-fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
-    let result = server
-        .request("POST", path)
-        .set("content-type", "application/json")
-        .send_string(&body.to_string());
-    match result {
-        Ok(r) => (r.status(), json_of(r)),
-        Err(ureq::Error::Status(code, r)) => (code, json_of(r)),
-        Err(e) => panic!("{e}"),
-    }
-}
-
 #[test]
 fn cancel_interrupts_a_waiting_run_and_a_finished_run_is_a_conflict() {
     let (_scratch, _dir, config) = sqlite_setup();
@@ -196,10 +184,10 @@ fn cancel_interrupts_a_waiting_run_and_a_finished_run_is_a_conflict() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(server.run(&id)["status"], "waiting");
 
-    let (status, body) = post(
-        &server,
+    let (status, body) = server.send_json(
+        "POST",
         &format!("/v1/runs/{id}/cancel"),
-        json!({"reason": "duplicate request"}),
+        &json!({"reason": "duplicate request"}),
     );
     assert_eq!(status, 202, "{body}");
     let runs = server.wait_until_finished(std::slice::from_ref(&id), Duration::from_secs(10));
@@ -210,10 +198,10 @@ fn cancel_interrupts_a_waiting_run_and_a_finished_run_is_a_conflict() {
         "no step ran after the cancel"
     );
 
-    let (status, body) = post(&server, &format!("/v1/runs/{id}/cancel"), json!({}));
+    let (status, body) = server.send_json("POST", &format!("/v1/runs/{id}/cancel"), &json!({}));
     assert_eq!(status, 409);
     assert_eq!(body["type"], "https://steward.dev/problems/run-finished");
-    let (status, _) = post(&server, "/v1/runs/no-such-run/cancel", json!({}));
+    let (status, _) = server.send_json("POST", "/v1/runs/no-such-run/cancel", &json!({}));
     assert_eq!(status, 404);
     server.kill();
 }

@@ -495,8 +495,17 @@ fn p1_incident_escalates_on_its_sla_and_the_weekly_review_reports_it() {
     );
     // All 8 half-hourly updates (the last one comes with the breach).
     sim.wait_for_chat("stakeholders", 1 + 8, Duration::from_secs(5));
-    let breached = server.run(&run);
-    assert_eq!(breached["status"], "waiting");
+    // The last update was sent from inside its step: the run is waiting
+    // again once that step's result is committed, a moment later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let breached = loop {
+        let run = server.run(&run);
+        if run["status"] == "waiting" || Instant::now() > deadline {
+            break run;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(breached["status"], "waiting", "{breached:#}");
     assert_eq!(breached["sla"]["breached"], true, "{breached:#}");
     let updates = sim.chat("stakeholders").len();
     assert_eq!(
