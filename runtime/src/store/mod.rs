@@ -1294,6 +1294,19 @@ fn quote_ident(name: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A new run of version 1 of workflow `demo`, unleased and keyless.
+    fn demo_run<'a>(id: &'a str, input: &'a Value) -> NewRun<'a> {
+        NewRun {
+            id,
+            workflow: "demo",
+            version: 1,
+            input,
+            idempotency_key: None,
+            lease: None,
+            placement: Placement::default(),
+        }
+    }
+
     /// The plan `pool`'s session makes for `sql`, a statement with
     /// parameters of `types`, given `args` (SQL literals).
     async fn plan(pool: &AnyPool, sql: &str, types: &[&str], args: &[&str]) -> String {
@@ -1327,16 +1340,7 @@ mod tests {
         let url = format!("sqlite://{}/steward.db", dir.path().display());
         let store = Store::open(&url, StoreOptions::default()).await.unwrap();
         let input = serde_json::json!({"ticket": "INC0001"});
-        let new = NewRun {
-            id: "r1",
-            workflow: "demo",
-            version: 1,
-            input: &input,
-            idempotency_key: None,
-            lease: None,
-            placement: Placement::default(),
-        };
-        store.create_run(new).await.unwrap();
+        store.create_run(demo_run("r1", &input)).await.unwrap();
         let mut state = RunState::new("r1", "demo", 1, Utc::now());
         let step = |seq, event| Recorded::now(seq, event);
         let together = vec![
@@ -1410,16 +1414,7 @@ mod tests {
         let store = Store::open(&url, options).await.unwrap();
         let input = serde_json::json!({});
         for id in ["r1", "r2", "r3"] {
-            let new = NewRun {
-                id,
-                workflow: "demo",
-                version: 1,
-                input: &input,
-                idempotency_key: None,
-                lease: None,
-                placement: Placement::default(),
-            };
-            store.create_run(new).await.unwrap();
+            store.create_run(demo_run(id, &input)).await.unwrap();
         }
 
         let claim = claim_free_sql(Backend::Postgres, 1);
