@@ -656,17 +656,22 @@ impl Store {
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.submit(writer::Write::Create(row, reply)).await?;
-        if !answer.await.map_err(|_| StoreError::WriterGone)?? {
+        let taken = || StoreError::Corrupt(format!("run {} exists already", new.id));
+        let created = match answer.await.map_err(|_| StoreError::WriterGone)? {
+            // A keyless run's INSERT has no conflict clause (see writer).
+            Err(StoreError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
+                return Err(taken());
+            }
+            other => other?,
+        };
+        if !created {
             // Lost a race on the idempotency key: the winner's run is the answer.
             if let Some(key) = new.idempotency_key
                 && let Some(existing) = self.run_by_key(new.workflow, key).await?
             {
                 return Ok((existing, false));
             }
-            return Err(StoreError::Corrupt(format!(
-                "run {} exists already",
-                new.id
-            )));
+            return Err(taken());
         }
         if new.lease.is_none() {
             self.announce();

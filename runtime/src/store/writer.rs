@@ -176,15 +176,27 @@ async fn commit(
     // statement that locks several: two such transactions cannot deadlock.
     appends.sort_unstable_by(|a, b| a.id.cmp(&b.id));
 
+    // A run with an idempotency key may lose a race for it: its INSERT
+    // skips a taken key (`ON CONFLICT DO NOTHING`, told by the row count).
+    // A keyless run has a fresh id nothing else holds, and a plain INSERT
+    // spares PostgreSQL the speculative insertion (a probe of every unique
+    // index and a confirmation record per row); were its id taken after
+    // all, the batch fails and is retried write by write like any other.
+    let (keyed, keyless): (Vec<&CreateRow>, Vec<&CreateRow>) = creates
+        .iter()
+        .partition(|row| row.idempotency_key.is_some());
     let mut all_created = true;
-    for chunk in creates.chunks(CREATE_ROWS) {
+    for (chunk, conflict) in keyless.chunks(CREATE_ROWS).map(|c| (c, "")).chain(
+        keyed
+            .chunks(CREATE_ROWS)
+            .map(|c| (c, " ON CONFLICT DO NOTHING")),
+    ) {
         const COLS: [Col; 10] = [Text, Text, Int, Text, Text, Int, Text, Int, Text, Int];
         let sql = format!(
             "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at, \
              lease_owner, lease_until, required_tags, concurrency_limit) \
              SELECT column1, column2, column3, 'pending', column4, column5, column6, column6, column6, \
-             column7, column8, column9, column10 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL \
-             ON CONFLICT DO NOTHING",
+             column7, column8, column9, column10 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL{conflict}",
             values(backend, chunk.len(), COLS.len())
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
