@@ -24,7 +24,7 @@ use crate::run::{Event, Recorded, RunState, Status, StepError};
 pub use approvals::{ApprovalRow, Decided, Decision, Delegation};
 
 /// Which database a store talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
     Sqlite,
     Postgres,

@@ -4,7 +4,10 @@
 //! or in which one write did not apply, is retried one write per
 //! transaction, so one bad write cannot fail its neighbours.
 
-use sqlx::{AnyPool, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Row};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Backend, StoreError};
@@ -75,19 +78,41 @@ pub fn spawn(pool: AnyPool, backend: Backend) -> mpsc::Sender<Write> {
 
 async fn run(pool: AnyPool, backend: Backend, mut queue: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.recv().await {
+    // The connection is kept from one batch to the next while writes keep
+    // coming: sqlx pings a connection each time it goes back to the pool, a
+    // round trip per batch otherwise. It goes back when the queue runs dry
+    // (so the pool can close) and after any error (the pool then tests it).
+    let mut held: Option<PoolConnection<Any>> = None;
+    loop {
+        let first = match queue.try_recv() {
+            Ok(write) => write,
+            Err(_) => {
+                held = None;
+                match queue.recv().await {
+                    Some(write) => write,
+                    None => return,
+                }
+            }
+        };
         batch.push(first);
         // The writers answered by the last commit are mostly runnable, not
-        // yet queued: one turn of the scheduler lets them join this batch
-        // instead of making a small one of their own.
-        tokio::task::yield_now().await;
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(write) => batch.push(write),
-                Err(_) => break,
+        // yet queued: turns of the scheduler let them join this batch
+        // instead of making small ones of their own, for as long as each
+        // turn brings more (at once, when nothing else is coming).
+        loop {
+            tokio::task::yield_now().await;
+            let before = batch.len();
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(write) => batch.push(write),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() == before || batch.len() == MAX_BATCH {
+                break;
             }
         }
-        match commit(&pool, backend, &batch).await {
+        match commit(&pool, &mut held, backend, &batch).await {
             Ok(Some(results)) => {
                 for (write, done) in batch.drain(..).zip(results) {
                     reply(write, Ok(done));
@@ -96,7 +121,7 @@ async fn run(pool: AnyPool, backend: Backend, mut queue: mpsc::Receiver<Write>) 
             Ok(None) | Err(_) => {
                 // Find the culprit: each write alone, in its own transaction.
                 for write in batch.drain(..) {
-                    let result = commit(&pool, backend, std::slice::from_ref(&write))
+                    let result = commit(&pool, &mut held, backend, std::slice::from_ref(&write))
                         .await
                         .map(|r| r.expect("a write alone is always answered").remove(0));
                     reply(write, result);
@@ -152,12 +177,29 @@ const APPEND_COLS: [Col; 12] = {
 /// says which.
 async fn commit(
     pool: &AnyPool,
+    held: &mut Option<PoolConnection<Any>>,
+    backend: Backend,
+    batch: &[Write],
+) -> Result<Option<Vec<Done>>, StoreError> {
+    let conn = match held {
+        Some(conn) => conn,
+        None => held.insert(pool.acquire().await?),
+    };
+    let result = commit_on(conn, backend, batch).await;
+    if result.is_err() {
+        *held = None;
+    }
+    result
+}
+
+async fn commit_on(
+    conn: &mut AnyConnection,
     backend: Backend,
     batch: &[Write],
 ) -> Result<Option<Vec<Done>>, StoreError> {
     use Col::{Int, Text};
     let alone = batch.len() == 1;
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let creates: Vec<&CreateRow> = batch
         .iter()
         .filter_map(|w| match w {
@@ -192,14 +234,21 @@ async fn commit(
             .map(|c| (c, " ON CONFLICT DO NOTHING")),
     ) {
         const COLS: [Col; 10] = [Text, Text, Int, Text, Text, Int, Text, Int, Text, Int];
-        let sql = format!(
-            "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at, \
-             lease_owner, lease_until, required_tags, concurrency_limit) \
-             SELECT column1, column2, column3, 'pending', column4, column5, column6, column6, column6, \
-             column7, column8, column9, column10 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL{conflict}",
-            values(backend, chunk.len(), COLS.len())
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let kind = if conflict.is_empty() {
+            "create"
+        } else {
+            "create-keyed"
+        };
+        let sql = statement(kind, backend, chunk.len(), |rows| {
+            format!(
+                "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at, \
+                 lease_owner, lease_until, required_tags, concurrency_limit) \
+                 SELECT column1, column2, column3, 'pending', column4, column5, column6, column6, column6, \
+                 column7, column8, column9, column10 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL{conflict}",
+                values(backend, rows, COLS.len())
+            )
+        });
+        let mut query = sqlx::query(sql);
         for row in chunk {
             query = query
                 .bind(&row.id)
@@ -223,10 +272,12 @@ async fn commit(
     }
 
     let mut all_applied = true;
-    let mut cancels = std::collections::HashMap::new();
+    let mut cancels = HashMap::new();
     for chunk in appends.chunks(APPEND_ROWS) {
-        let sql = append_sql(backend, chunk.len());
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let sql = statement("append", backend, chunk.len(), |rows| {
+            append_sql(backend, rows)
+        });
+        let mut query = sqlx::query(sql);
         for row in chunk {
             let sla = row.sla.as_ref();
             query = query
@@ -282,12 +333,14 @@ async fn commit(
     }
     for chunk in events.chunks(EVENT_ROWS) {
         const COLS: [Col; 4] = [Text, Int, Int, Text];
-        let sql = format!(
-            "INSERT INTO run_events (run_id, seq, at, body) \
-             SELECT column1, column2, column3, column4 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL",
-            values(backend, chunk.len(), COLS.len())
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let sql = statement("events", backend, chunk.len(), |rows| {
+            format!(
+                "INSERT INTO run_events (run_id, seq, at, body) \
+                 SELECT column1, column2, column3, column4 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL",
+                values(backend, rows, COLS.len())
+            )
+        });
+        let mut query = sqlx::query(sql);
         for (run, seq, at, body) in chunk {
             query = query.bind(*run).bind(*seq).bind(*at).bind(*body);
         }
@@ -298,11 +351,13 @@ async fn commit(
     // primary key (PostgreSQL's UPDATE returned them).
     if all_applied && backend == Backend::Sqlite {
         for chunk in appends.chunks(CANCEL_ROWS) {
-            let sql = format!(
-                "SELECT id, cancel_requested FROM runs WHERE cancel_requested IS NOT NULL AND id IN {}",
-                values(backend, 1, chunk.len().next_power_of_two())
-            );
-            let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql));
+            let sql = statement("cancels", backend, chunk.len(), |rows| {
+                format!(
+                    "SELECT id, cancel_requested FROM runs WHERE cancel_requested IS NOT NULL AND id IN {}",
+                    values(backend, 1, rows)
+                )
+            });
+            let mut query = sqlx::query_as::<_, (String, String)>(sql);
             for row in chunk {
                 query = query.bind(&row.id);
             }
@@ -355,6 +410,26 @@ pub(super) fn append_sql(backend: Backend, rows: usize) -> String {
             Backend::Sqlite => "",
         }
     )
+}
+
+/// The text of a batch statement of `kind` for `rows` rows, padded to the
+/// next power of two as [`values`] pads them: built once per process, not
+/// per batch (a statement of 64 rows is kilobytes of placeholders, built
+/// on the writer's one serial path).
+fn statement(
+    kind: &'static str,
+    backend: Backend,
+    rows: usize,
+    build: impl FnOnce(usize) -> String,
+) -> sqlx::AssertSqlSafe<Arc<str>> {
+    type Texts = HashMap<(&'static str, Backend, usize), Arc<str>>;
+    static TEXTS: LazyLock<Mutex<Texts>> = LazyLock::new(Default::default);
+    let rows = rows.next_power_of_two();
+    let mut texts = TEXTS.lock().unwrap();
+    let text = texts
+        .entry((kind, backend, rows))
+        .or_insert_with(|| build(rows).into());
+    sqlx::AssertSqlSafe(text.clone())
 }
 
 /// A column's type, for binding the NULLs of a padding row.
