@@ -656,14 +656,7 @@ impl Store {
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.submit(writer::Write::Create(row, reply)).await?;
-        let taken = || StoreError::Corrupt(format!("run {} exists already", new.id));
-        let created = match answer.await.map_err(|_| StoreError::WriterGone)? {
-            // A keyless run's INSERT has no conflict clause (see writer).
-            Err(StoreError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
-                return Err(taken());
-            }
-            other => other?,
-        };
+        let created = answer.await.map_err(|_| StoreError::WriterGone)??;
         if !created {
             // Lost a race on the idempotency key: the winner's run is the answer.
             if let Some(key) = new.idempotency_key
@@ -671,7 +664,10 @@ impl Store {
             {
                 return Ok((existing, false));
             }
-            return Err(taken());
+            return Err(StoreError::Corrupt(format!(
+                "run {} exists already",
+                new.id
+            )));
         }
         if new.lease.is_none() {
             self.announce();
@@ -1427,15 +1423,7 @@ mod tests {
         let claim_args = ["'w1'", "2", "1", "64", "''"];
         let rows = 64;
         let append = writer::append_sql(Backend::Postgres, rows);
-        let append_types: Vec<&str> = (0..rows)
-            .flat_map(|_| {
-                [
-                    "text", "text", "text", "text", "bigint", "bigint", "bigint", "bigint",
-                ]
-                .into_iter()
-                .chain(["text", "text", "bigint", "bigint"])
-            })
-            .collect();
+        let append_types: Vec<&str> = (0..rows).flat_map(|_| writer::append_types()).collect();
         let append_args: Vec<&str> = (0..rows)
             .flat_map(|r| {
                 let id = if r < 3 { "'r1'" } else { "NULL" };

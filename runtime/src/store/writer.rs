@@ -124,6 +124,15 @@ async fn run(pool: AnyPool, backend: Backend, mut queue: mpsc::Receiver<Write>) 
                     let result = commit(&pool, &mut held, backend, std::slice::from_ref(&write))
                         .await
                         .map(|r| r.expect("a write alone is always answered").remove(0));
+                    let result = match (&write, result) {
+                        // A keyless run's INSERT has no conflict clause: an
+                        // id taken after all fails it, which means "not created".
+                        (
+                            Write::Create(..),
+                            Err(StoreError::Database(sqlx::Error::Database(e))),
+                        ) if e.is_unique_violation() => Ok(Done::Created(false)),
+                        (_, result) => result,
+                    };
                     reply(write, result);
                 }
             }
@@ -430,6 +439,16 @@ fn statement(
         .entry((kind, backend, rows))
         .or_insert_with(|| build(rows).into());
     sqlx::AssertSqlSafe(text.clone())
+}
+
+/// PostgreSQL's names for an append row's parameter types, in order, for
+/// preparing the append by hand (the hot-plan test in `store`).
+#[cfg(test)]
+pub(super) fn append_types() -> impl Iterator<Item = &'static str> {
+    APPEND_COLS.iter().map(|col| match col {
+        Col::Text => "text",
+        Col::Int => "bigint",
+    })
 }
 
 /// A column's type, for binding the NULLs of a padding row.
