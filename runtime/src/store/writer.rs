@@ -176,14 +176,9 @@ const APPEND_COLS: [Col; 12] = {
     ]
 };
 
-/// Commits a batch with a handful of statements, whatever its size: one
-/// INSERT of new runs, one UPDATE of all runs, one INSERT of all events and,
-/// on SQLite, one SELECT of pending cancels. On SQLite no statement returns
-/// a row per write (each returned row is a hand-off between threads); row
-/// counts tell whether every write applied. When one did not (an id or
-/// idempotency key taken, a lease lost), a batch answers `None` and is
-/// rolled back, and the caller commits each write alone, where the count
-/// says which.
+/// [`commit_on`] the held connection, taking one from the pool first if
+/// none is held; a connection that failed goes back to the pool, which
+/// tests it before lending it again.
 async fn commit(
     pool: &AnyPool,
     held: &mut Option<PoolConnection<Any>>,
@@ -201,6 +196,14 @@ async fn commit(
     result
 }
 
+/// Commits a batch with a handful of statements, whatever its size: one
+/// INSERT of new runs, one UPDATE of all runs, one INSERT of all events and,
+/// on SQLite, one SELECT of pending cancels. On SQLite no statement returns
+/// a row per write (each returned row is a hand-off between threads); row
+/// counts tell whether every write applied. When one did not (an id or
+/// idempotency key taken, a lease lost), a batch answers `None` and is
+/// rolled back, and the caller commits each write alone, where the count
+/// says which.
 async fn commit_on(
     conn: &mut AnyConnection,
     backend: Backend,
