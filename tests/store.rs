@@ -520,6 +520,126 @@ async fn every_write_of_a_mixed_batch_gets_its_own_answer() {
             );
             assert_eq!(store.events(id).await.unwrap().len(), 3, "{id}");
         }
+
+        // The batches that failed were rolled back, not left open on the
+        // writer's connection: the next batch commits.
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..20 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let id = format!("after-{n}");
+                store.create_run(new_run(&id, &json!({}), None)).await
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            assert!(joined.unwrap().unwrap().1);
+        }
+        for n in 0..20 {
+            let id = format!("after-{n}");
+            assert_eq!(store.run(&id).await.unwrap().unwrap().status, "pending");
+        }
+    })
+    .await;
+}
+
+/// Writes that fail without an error (a lease lost, an idempotency key
+/// taken by a neighbour) must not be committed with their batch: its other
+/// writes commit, and these get their own answers.
+#[tokio::test]
+async fn a_write_that_does_not_apply_is_not_committed_with_its_batch() {
+    on_every_backend("not_applied", |store| async move {
+        let input = json!({});
+        for n in 0..20 {
+            store
+                .create_run(new_run(&format!("b{n}"), &input, None))
+                .await
+                .unwrap();
+        }
+        store
+            .claim_due("w1", Duration::from_secs(30), 20, &[])
+            .await
+            .unwrap();
+
+        // Ten rounds, each all at once: appends under the lease, one under
+        // a lease another worker holds, and two new runs racing for one key.
+        for round in 0..10 {
+            let mut tasks = tokio::task::JoinSet::new();
+            for n in 0..20 {
+                let store = store.clone();
+                let owner = if n == round { "w2" } else { "w1" };
+                tasks.spawn(async move {
+                    let id = format!("b{n}");
+                    let mut state = RunState::new(&id, "demo", 1, Utc::now());
+                    let step = Recorded::now(
+                        round as u64 + 2,
+                        Event::StepStarted {
+                            step: format!("s{round}"),
+                            attempt: 1,
+                            input: json!({}),
+                        },
+                    );
+                    state.apply(&step);
+                    let appended = store.append(&state, &[step], None, Some(owner)).await;
+                    (id, appended.map(|_| None))
+                });
+            }
+            for n in 0..2 {
+                let store = store.clone();
+                tasks.spawn(async move {
+                    let id = format!("keyed-{round}-{n}");
+                    let key = format!("key-{round}");
+                    let created = store
+                        .create_run(new_run(&id, &json!({}), Some(&key)))
+                        .await
+                        .map(|(run, created)| Some((run.id, created)));
+                    (id, created)
+                });
+            }
+            let mut winners = Vec::new();
+            while let Some(joined) = tasks.join_next().await {
+                match joined.unwrap() {
+                    (id, Ok(None)) => assert_ne!(id, format!("b{round}"), "a lost lease applied"),
+                    (id, Err(StoreError::LeaseLost(lost))) => {
+                        assert_eq!(id, format!("b{round}"));
+                        assert_eq!(lost, id);
+                    }
+                    (_, Ok(Some(run))) => winners.push(run),
+                    (id, other) => panic!("{id}: {other:?}"),
+                }
+            }
+            winners.sort();
+            assert_eq!(winners.len(), 2);
+            assert_eq!(winners[0].0, winners[1].0, "one run per key: {winners:?}");
+            assert_eq!(
+                (winners[0].1, winners[1].1),
+                (false, true),
+                "one of the two created it: {winners:?}"
+            );
+            let loser = if winners[0].0.ends_with("-0") { 1 } else { 0 };
+            assert!(
+                store
+                    .run(&format!("keyed-{round}-{loser}"))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            assert!(
+                store
+                    .events(&format!("keyed-{round}-{loser}"))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        for n in 0..20 {
+            // Ten rounds, one of them under another's lease (none for b10..).
+            let expected = if n < 10 { 1 + 9 } else { 1 + 10 };
+            assert_eq!(
+                store.events(&format!("b{n}")).await.unwrap().len(),
+                expected,
+                "b{n}"
+            );
+        }
     })
     .await;
 }

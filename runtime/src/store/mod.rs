@@ -413,6 +413,7 @@ async fn connect_pool(
                         conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA synchronous = {sync}")))
                             .await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute(writer::SQLITE_SESSION).await?;
                     }
                     Session::Postgres { schema, hot } => {
                         if hot {

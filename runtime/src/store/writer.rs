@@ -4,8 +4,9 @@
 //! or in which one write did not apply, is retried one write per
 //! transaction, so one bad write cannot fail its neighbours.
 
+use futures_util::TryStreamExt as _;
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Either, Executor as _, Row};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -161,12 +162,11 @@ fn reply(write: Write, result: Result<Done, StoreError>) {
     }
 }
 
-/// Rows per multi-row statement of each kind, powers of two well under
-/// every bind-parameter limit.
-const CREATE_ROWS: usize = 64;
-const APPEND_ROWS: usize = 64;
-const EVENT_ROWS: usize = 256;
-const CANCEL_ROWS: usize = 512;
+/// The columns of a new run's VALUES row, in [`Kind::sql`]'s order.
+const CREATE_COLS: [Col; 10] = {
+    use Col::{Int, Text};
+    [Text, Text, Int, Text, Text, Int, Text, Int, Text, Int]
+};
 
 /// The columns of an append's VALUES row, in [`append_sql`]'s order.
 const APPEND_COLS: [Col; 12] = {
@@ -175,6 +175,192 @@ const APPEND_COLS: [Col; 12] = {
         Text, Text, Text, Text, Int, Int, Int, Int, Text, Text, Int, Int,
     ]
 };
+
+/// The columns of an event's VALUES row.
+const EVENT_COLS: [Col; 4] = [Col::Text, Col::Int, Col::Int, Col::Text];
+
+/// Set up on each SQLite connection: a view whose insert fails unless
+/// `expected` equals `actual`, the check that ends a one-query batch early
+/// (SQLite has no conditional statement outside triggers). `ABORT` leaves
+/// the transaction open, for the writer's `ROLLBACK`.
+pub(super) const SQLITE_SESSION: &str = "\
+    CREATE TEMP VIEW IF NOT EXISTS steward_batch_check (expected, actual) AS SELECT 0, 0 WHERE 0;\
+    CREATE TEMP TRIGGER IF NOT EXISTS steward_batch_check INSTEAD OF INSERT ON steward_batch_check \
+    WHEN NEW.expected IS NOT NEW.actual \
+    BEGIN SELECT RAISE(ABORT, 'a write of the batch did not apply'); END";
+
+/// Follows a statement of a one-query batch: its row count (`changes()`)
+/// must be the rows bound after it.
+const BATCH_CHECK: &str = "INSERT INTO temp.steward_batch_check VALUES (?, changes())";
+
+/// A batch statement's kind. Each builds its own text and knows its row,
+/// so a cached text always matches the rows bound to it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    /// New runs without an idempotency key.
+    Create,
+    /// New runs with one, which another run may hold already.
+    CreateKeyed,
+    /// New events of runs and their columns after them.
+    Append,
+    /// Every event row of the batch.
+    Events,
+    /// Pending cancel requests of the appended runs (SQLite: PostgreSQL's
+    /// UPDATE returns them).
+    Cancels,
+}
+
+impl Kind {
+    /// Rows per statement at most: powers of two well under every
+    /// bind-parameter limit.
+    fn max_rows(self) -> usize {
+        match self {
+            Kind::Create | Kind::CreateKeyed | Kind::Append => 64,
+            Kind::Events => 256,
+            Kind::Cancels => 512,
+        }
+    }
+
+    /// The parameters of one row, for binding the NULLs of padding rows.
+    fn cols(self) -> &'static [Col] {
+        match self {
+            Kind::Create | Kind::CreateKeyed => &CREATE_COLS,
+            Kind::Append => &APPEND_COLS,
+            Kind::Events => &EVENT_COLS,
+            Kind::Cancels => &[Col::Text],
+        }
+    }
+
+    /// The statement for `rows` rows, `rows` a power of two (see [`values`]).
+    ///
+    /// A run with an idempotency key may lose a race for it: its INSERT
+    /// skips a taken key (`ON CONFLICT DO NOTHING`, told by the row count).
+    /// A keyless run has a fresh id nothing else holds, and a plain INSERT
+    /// spares PostgreSQL the speculative insertion (a probe of every unique
+    /// index and a confirmation record per row); were its id taken after
+    /// all, the batch fails and is retried write by write like any other.
+    fn sql(self, backend: Backend, rows: usize) -> String {
+        match self {
+            Kind::Create | Kind::CreateKeyed => format!(
+                "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at, \
+                 lease_owner, lease_until, required_tags, concurrency_limit) \
+                 SELECT column1, column2, column3, 'pending', column4, column5, column6, column6, column6, \
+                 column7, column8, column9, column10 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL{}",
+                values(backend, rows, CREATE_COLS.len()),
+                if self == Kind::CreateKeyed {
+                    " ON CONFLICT DO NOTHING"
+                } else {
+                    ""
+                }
+            ),
+            Kind::Append => append_sql(backend, rows),
+            Kind::Events => format!(
+                "INSERT INTO run_events (run_id, seq, at, body) \
+                 SELECT column1, column2, column3, column4 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL",
+                values(backend, rows, EVENT_COLS.len())
+            ),
+            Kind::Cancels => format!(
+                "SELECT id, cancel_requested FROM runs WHERE cancel_requested IS NOT NULL AND id IN {}",
+                values(backend, 1, rows)
+            ),
+        }
+    }
+
+    /// Whether the statement's row count must equal its rows for the batch
+    /// to stand (the events' INSERT either writes every row or fails).
+    fn counted(self) -> bool {
+        matches!(self, Kind::Create | Kind::CreateKeyed | Kind::Append)
+    }
+}
+
+/// The rows one batch statement writes or looks up.
+enum Rows<'a> {
+    Creates(&'a [&'a CreateRow]),
+    Appends(&'a [&'a AppendRow]),
+    Events(&'a [(&'a str, i64, i64, &'a str)]),
+    Ids(&'a [&'a AppendRow]),
+}
+
+/// One statement of a batch: its kind and its rows.
+struct Part<'a> {
+    kind: Kind,
+    rows: Rows<'a>,
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+impl<'a> Part<'a> {
+    /// Splits `rows` into statements of `kind` of at most its rows each.
+    fn chunks<T>(
+        kind: Kind,
+        rows: &'a [T],
+        wrap: fn(&'a [T]) -> Rows<'a>,
+    ) -> impl Iterator<Item = Part<'a>> {
+        rows.chunks(kind.max_rows()).map(move |chunk| Part {
+            kind,
+            rows: wrap(chunk),
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self.rows {
+            Rows::Creates(rows) => rows.len(),
+            Rows::Appends(rows) | Rows::Ids(rows) => rows.len(),
+            Rows::Events(rows) => rows.len(),
+        }
+    }
+
+    /// Binds this statement's parameters after those already in `query`,
+    /// padding rows included.
+    fn bind(&self, mut query: AnyQuery<'a>) -> AnyQuery<'a> {
+        match self.rows {
+            Rows::Creates(rows) => {
+                for row in rows {
+                    query = query
+                        .bind(&row.id)
+                        .bind(&row.workflow)
+                        .bind(row.version)
+                        .bind(&row.input)
+                        .bind(&row.idempotency_key)
+                        .bind(row.now)
+                        .bind(row.lease.as_ref().map(|l| l.0.as_str()))
+                        .bind(row.lease.as_ref().map(|l| l.1))
+                        .bind(&row.placement.tags)
+                        .bind(row.placement.concurrency.map(i64::from));
+                }
+            }
+            Rows::Appends(rows) => {
+                for row in rows {
+                    let sla = row.sla.as_ref();
+                    query = query
+                        .bind(&row.id)
+                        .bind(row.status)
+                        .bind(&row.output)
+                        .bind(&row.error)
+                        .bind(row.now)
+                        .bind(row.finished_at)
+                        .bind(row.wake_at)
+                        .bind(row.terminal as i64)
+                        .bind(&row.owner)
+                        .bind(sla.map(|s| s.0.as_str()))
+                        .bind(sla.and_then(|s| s.1))
+                        .bind(sla.map(|s| s.2 as i64));
+                }
+            }
+            Rows::Events(rows) => {
+                for (run, seq, at, body) in rows {
+                    query = query.bind(*run).bind(*seq).bind(*at).bind(*body);
+                }
+            }
+            Rows::Ids(rows) => {
+                for row in rows {
+                    query = query.bind(&row.id);
+                }
+            }
+        }
+        pad(query, self.kind.cols(), self.len())
+    }
+}
 
 /// [`commit_on`] the held connection, taking one from the pool first if
 /// none is held; a connection that failed goes back to the pool, which
@@ -199,26 +385,25 @@ async fn commit(
 /// Commits a batch with a handful of statements, whatever its size: one
 /// INSERT of new runs, one UPDATE of all runs, one INSERT of all events and,
 /// on SQLite, one SELECT of pending cancels. On SQLite no statement returns
-/// a row per write (each returned row is a hand-off between threads); row
-/// counts tell whether every write applied. When one did not (an id or
-/// idempotency key taken, a lease lost), a batch answers `None` and is
-/// rolled back, and the caller commits each write alone, where the count
-/// says which.
+/// a row per write (each returned row is a hand-off between threads), and a
+/// batch of several writes sends all its statements as one query (each
+/// query is a round trip to the connection's thread); row counts tell
+/// whether every write applied. When one did not (an id or idempotency key
+/// taken, a lease lost), a batch answers `None` and is rolled back, and the
+/// caller commits each write alone, where the count says which.
 async fn commit_on(
     conn: &mut AnyConnection,
     backend: Backend,
     batch: &[Write],
 ) -> Result<Option<Vec<Done>>, StoreError> {
-    use Col::{Int, Text};
     let alone = batch.len() == 1;
-    let mut tx = conn.begin().await?;
-    let creates: Vec<&CreateRow> = batch
+    let (keyed, keyless): (Vec<&CreateRow>, Vec<&CreateRow>) = batch
         .iter()
         .filter_map(|w| match w {
             Write::Create(row, _) => Some(row),
             Write::Append(..) => None,
         })
-        .collect();
+        .partition(|row| row.idempotency_key.is_some());
     let mut appends: Vec<&AppendRow> = batch
         .iter()
         .filter_map(|w| match w {
@@ -229,87 +414,40 @@ async fn commit_on(
     // Rows locked in one order (by id, as an `IN` list locks them) by every
     // statement that locks several: two such transactions cannot deadlock.
     appends.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-
-    // A run with an idempotency key may lose a race for it: its INSERT
-    // skips a taken key (`ON CONFLICT DO NOTHING`, told by the row count).
-    // A keyless run has a fresh id nothing else holds, and a plain INSERT
-    // spares PostgreSQL the speculative insertion (a probe of every unique
-    // index and a confirmation record per row); were its id taken after
-    // all, the batch fails and is retried write by write like any other.
-    let (keyed, keyless): (Vec<&CreateRow>, Vec<&CreateRow>) = creates
-        .iter()
-        .partition(|row| row.idempotency_key.is_some());
-    let mut all_created = true;
-    for (chunk, conflict) in keyless.chunks(CREATE_ROWS).map(|c| (c, "")).chain(
-        keyed
-            .chunks(CREATE_ROWS)
-            .map(|c| (c, " ON CONFLICT DO NOTHING")),
-    ) {
-        const COLS: [Col; 10] = [Text, Text, Int, Text, Text, Int, Text, Int, Text, Int];
-        let kind = if conflict.is_empty() {
-            "create"
-        } else {
-            "create-keyed"
-        };
-        let sql = statement(kind, backend, chunk.len(), |rows| {
-            format!(
-                "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at, \
-                 lease_owner, lease_until, required_tags, concurrency_limit) \
-                 SELECT column1, column2, column3, 'pending', column4, column5, column6, column6, column6, \
-                 column7, column8, column9, column10 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL{conflict}",
-                values(backend, rows, COLS.len())
-            )
-        });
-        let mut query = sqlx::query(sql);
-        for row in chunk {
-            query = query
-                .bind(&row.id)
-                .bind(&row.workflow)
-                .bind(row.version)
-                .bind(&row.input)
-                .bind(&row.idempotency_key)
-                .bind(row.now)
-                .bind(row.lease.as_ref().map(|l| l.0.clone()))
-                .bind(row.lease.as_ref().map(|l| l.1))
-                .bind(&row.placement.tags)
-                .bind(row.placement.concurrency.map(i64::from));
-        }
-        let query = pad(query, &COLS, chunk.len());
-        if query.execute(&mut *tx).await?.rows_affected() != chunk.len() as u64 {
-            if !alone {
-                return Ok(None);
+    let writes: Vec<Part> = Part::chunks(Kind::Create, &keyless, Rows::Creates)
+        .chain(Part::chunks(Kind::CreateKeyed, &keyed, Rows::Creates))
+        .chain(Part::chunks(Kind::Append, &appends, Rows::Appends))
+        .collect();
+    let events = |created: bool, applied: bool| {
+        let mut events: Vec<(&str, i64, i64, &str)> = Vec::new();
+        if created {
+            for row in keyless.iter().chain(&keyed) {
+                events.push((&row.id, 1, row.now, &row.first_event));
             }
-            all_created = false;
         }
+        if applied {
+            for row in &appends {
+                events.extend(
+                    row.events
+                        .iter()
+                        .map(|e| (row.id.as_str(), e.seq, e.at, e.body.as_str())),
+                );
+            }
+        }
+        events
+    };
+    if backend == Backend::Sqlite && !alone {
+        return commit_in_one_query(conn, batch, writes, &appends, &events(true, true)).await;
     }
-
-    let mut all_applied = true;
+    let mut tx = conn.begin().await?;
     let mut cancels = HashMap::new();
-    for chunk in appends.chunks(APPEND_ROWS) {
-        let sql = statement("append", backend, chunk.len(), |rows| {
-            append_sql(backend, rows)
-        });
-        let mut query = sqlx::query(sql);
-        for row in chunk {
-            let sla = row.sla.as_ref();
-            query = query
-                .bind(&row.id)
-                .bind(row.status)
-                .bind(&row.output)
-                .bind(&row.error)
-                .bind(row.now)
-                .bind(row.finished_at)
-                .bind(row.wake_at)
-                .bind(row.terminal as i64)
-                .bind(&row.owner)
-                .bind(sla.map(|s| s.0.clone()))
-                .bind(sla.and_then(|s| s.1))
-                .bind(sla.map(|s| s.2 as i64));
-        }
-        let query = pad(query, &APPEND_COLS, chunk.len());
-        let applied = match backend {
+    let (mut all_created, mut all_applied) = (true, true);
+    for part in &writes {
+        let sql = statement(backend, &[(part.kind, part.len())], false);
+        let query = part.bind(sqlx::query(sql));
+        let applied = match (backend, part.kind) {
             // Rows come back in the statement's one response here.
-            Backend::Postgres => {
+            (Backend::Postgres, Kind::Append) => {
                 let rows = query.fetch_all(&mut *tx).await?;
                 for row in &rows {
                     if let Some(reason) = row.try_get::<Option<String>, _>(1)? {
@@ -318,80 +456,101 @@ async fn commit_on(
                 }
                 rows.len() as u64
             }
-            Backend::Sqlite => query.execute(&mut *tx).await?.rows_affected(),
+            _ => query.execute(&mut *tx).await?.rows_affected(),
         };
-        if applied != chunk.len() as u64 {
+        if applied != part.len() as u64 {
             if !alone {
                 return Ok(None);
             }
-            all_applied = false;
+            match part.kind {
+                Kind::Append => all_applied = false,
+                _ => all_created = false,
+            }
         }
     }
-
-    let mut events: Vec<(&str, i64, i64, &str)> = Vec::new();
-    if all_created {
-        for row in &creates {
-            events.push((&row.id, 1, row.now, &row.first_event));
-        }
+    let events = events(all_created, all_applied);
+    for part in Part::chunks(Kind::Events, &events, Rows::Events) {
+        let sql = statement(backend, &[(part.kind, part.len())], false);
+        part.bind(sqlx::query(sql)).execute(&mut *tx).await?;
     }
-    if all_applied {
-        for row in &appends {
-            events.extend(
-                row.events
-                    .iter()
-                    .map(|e| (row.id.as_str(), e.seq, e.at, e.body.as_str())),
-            );
-        }
-    }
-    for chunk in events.chunks(EVENT_ROWS) {
-        const COLS: [Col; 4] = [Text, Int, Int, Text];
-        let sql = statement("events", backend, chunk.len(), |rows| {
-            format!(
-                "INSERT INTO run_events (run_id, seq, at, body) \
-                 SELECT column1, column2, column3, column4 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL",
-                values(backend, rows, COLS.len())
-            )
-        });
-        let mut query = sqlx::query(sql);
-        for (run, seq, at, body) in chunk {
-            query = query.bind(*run).bind(*seq).bind(*at).bind(*body);
-        }
-        pad(query, &COLS, chunk.len()).execute(&mut *tx).await?;
-    }
-
     // Cancel requests are rare: on SQLite, one lookup for the batch, by
     // primary key (PostgreSQL's UPDATE returned them).
     if all_applied && backend == Backend::Sqlite {
-        for chunk in appends.chunks(CANCEL_ROWS) {
-            let sql = statement("cancels", backend, chunk.len(), |rows| {
-                format!(
-                    "SELECT id, cancel_requested FROM runs WHERE cancel_requested IS NOT NULL AND id IN {}",
-                    values(backend, 1, rows)
-                )
-            });
-            let mut query = sqlx::query_as::<_, (String, String)>(sql);
-            for row in chunk {
-                query = query.bind(&row.id);
+        for part in Part::chunks(Kind::Cancels, &appends, Rows::Ids) {
+            let sql = statement(backend, &[(part.kind, part.len())], false);
+            let rows = part.bind(sqlx::query(sql)).fetch_all(&mut *tx).await?;
+            for row in &rows {
+                cancels.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
             }
-            for _ in chunk.len()..chunk.len().next_power_of_two() {
-                query = query.bind(None::<String>);
-            }
-            cancels.extend(query.fetch_all(&mut *tx).await?);
         }
     }
 
     tx.commit().await?;
+    Ok(Some(answers(batch, all_created, all_applied, cancels)))
+}
 
-    Ok(Some(
-        batch
-            .iter()
-            .map(|w| match w {
-                Write::Create(..) => Done::Created(all_created),
-                Write::Append(row, _) if all_applied => Done::Appended(cancels.remove(&row.id)),
-                Write::Append(row, _) => Done::LeaseLost(row.id.clone()),
-            })
-            .collect(),
-    ))
+/// Each write's answer, from what its batch learnt.
+fn answers(
+    batch: &[Write],
+    all_created: bool,
+    all_applied: bool,
+    mut cancels: HashMap<String, String>,
+) -> Vec<Done> {
+    batch
+        .iter()
+        .map(|w| match w {
+            Write::Create(..) => Done::Created(all_created),
+            Write::Append(row, _) if all_applied => Done::Appended(cancels.remove(&row.id)),
+            Write::Append(row, _) => Done::LeaseLost(row.id.clone()),
+        })
+        .collect()
+}
+
+/// Commits a batch of several writes on SQLite in one query, `BEGIN` to
+/// `COMMIT`: each query is a round trip to the connection's thread, which
+/// sleeps between them, and waking it costs more than most statements. A
+/// statement whose row count says one of its writes did not apply is
+/// followed by a check (see [`SQLITE_SESSION`]) that fails the query before
+/// `COMMIT`; after any failure the transaction is rolled back and the batch
+/// answers `None`, so the caller commits each write alone and learns which.
+async fn commit_in_one_query(
+    conn: &mut AnyConnection,
+    batch: &[Write],
+    writes: Vec<Part<'_>>,
+    appends: &[&AppendRow],
+    events: &[(&str, i64, i64, &str)],
+) -> Result<Option<Vec<Done>>, StoreError> {
+    let parts: Vec<Part> = writes
+        .into_iter()
+        .chain(Part::chunks(Kind::Events, events, Rows::Events))
+        .chain(Part::chunks(Kind::Cancels, appends, Rows::Ids))
+        .collect();
+    let shape: Vec<(Kind, usize)> = parts.iter().map(|p| (p.kind, p.len())).collect();
+    let mut query = sqlx::query(statement(Backend::Sqlite, &shape, true));
+    for part in &parts {
+        query = part.bind(query);
+        if part.kind.counted() {
+            query = query.bind(part.len() as i64);
+        }
+    }
+    let mut cancels = HashMap::new();
+    let outcome: Result<(), sqlx::Error> = async {
+        let mut results = conn.fetch_many(query);
+        while let Some(result) = results.try_next().await? {
+            if let Either::Right(row) = result {
+                cancels.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if outcome.is_err() {
+        // The failed statement is undone but its transaction stays open
+        // (unless SQLite ended it, when this fails harmlessly).
+        conn.execute("ROLLBACK").await.ok();
+        return Ok(None);
+    }
+    Ok(Some(answers(batch, true, true, cancels)))
 }
 
 /// The UPDATE that applies `rows` appends (padded, see [`values`]): VALUES
@@ -424,23 +583,41 @@ pub(super) fn append_sql(backend: Backend, rows: usize) -> String {
     )
 }
 
-/// The text of a batch statement of `kind` for `rows` rows, padded to the
-/// next power of two as [`values`] pads them: built once per process, not
-/// per batch (a statement of 64 rows is kilobytes of placeholders, built
-/// on the writer's one serial path).
+/// The text of a query of one or more batch statements, each `(kind,
+/// rows)` padded to the next power of two as [`values`] pads them: built
+/// once per process, not per batch (a statement of 64 rows is kilobytes of
+/// placeholders, built on the writer's one serial path). As a
+/// `transaction`, they make one SQLite query, `BEGIN` to `COMMIT`, with a
+/// [`BATCH_CHECK`] after each statement whose row count matters; SQLite
+/// runs them in turn, binding `?`s across them in order.
 fn statement(
-    kind: &'static str,
     backend: Backend,
-    rows: usize,
-    build: impl FnOnce(usize) -> String,
+    parts: &[(Kind, usize)],
+    transaction: bool,
 ) -> sqlx::AssertSqlSafe<Arc<str>> {
-    type Texts = HashMap<(&'static str, Backend, usize), Arc<str>>;
+    type Texts = HashMap<(Backend, bool, Vec<(Kind, usize)>), Arc<str>>;
     static TEXTS: LazyLock<Mutex<Texts>> = LazyLock::new(Default::default);
-    let rows = rows.next_power_of_two();
+    let key: Vec<(Kind, usize)> = parts
+        .iter()
+        .map(|&(kind, rows)| (kind, rows.next_power_of_two()))
+        .collect();
     let mut texts = TEXTS.lock().unwrap();
     let text = texts
-        .entry((kind, backend, rows))
-        .or_insert_with(|| build(rows).into());
+        .entry((backend, transaction, key))
+        .or_insert_with_key(|(_, _, key)| {
+            let mut statements = Vec::new();
+            for &(kind, rows) in key {
+                statements.push(kind.sql(backend, rows));
+                if transaction && kind.counted() {
+                    statements.push(BATCH_CHECK.to_string());
+                }
+            }
+            if transaction {
+                statements.insert(0, "BEGIN".to_string());
+                statements.push("COMMIT".to_string());
+            }
+            statements.join(";\n").into()
+        });
     sqlx::AssertSqlSafe(text.clone())
 }
 
