@@ -193,9 +193,9 @@ pub(super) const SQLITE_SESSION: &str = "\
 /// must be the rows bound after it.
 const BATCH_CHECK: &str = "INSERT INTO temp.steward_batch_check VALUES (?, changes())";
 
-/// A batch statement's kind. Each builds its own text and knows its row,
-/// so a cached text always matches the rows bound to it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// A batch statement's kind. Each builds its own text and knows its row's
+/// columns, so a cached text always matches the rows bound to it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kind {
     /// New runs without an idempotency key.
     Create,
@@ -595,16 +595,15 @@ fn statement(
     parts: &[(Kind, usize)],
     transaction: bool,
 ) -> sqlx::AssertSqlSafe<Arc<str>> {
-    type Texts = HashMap<(Backend, bool, Vec<(Kind, usize)>), Arc<str>>;
-    static TEXTS: LazyLock<Mutex<Texts>> = LazyLock::new(Default::default);
+    static TEXTS: LazyLock<Mutex<Texts>> = LazyLock::new(|| Mutex::new(Texts::new(MAX_TEXTS)));
     let key: Vec<(Kind, usize)> = parts
         .iter()
         .map(|&(kind, rows)| (kind, rows.next_power_of_two()))
         .collect();
-    let mut texts = TEXTS.lock().unwrap();
-    let text = texts
-        .entry((backend, transaction, key))
-        .or_insert_with_key(|(_, _, key)| {
+    let text = TEXTS
+        .lock()
+        .unwrap()
+        .get_or_build((backend, transaction, key), |(_, _, key)| {
             let mut statements = Vec::new();
             for &(kind, rows) in key {
                 statements.push(kind.sql(backend, rows));
@@ -616,9 +615,45 @@ fn statement(
                 statements.insert(0, "BEGIN".to_string());
                 statements.push("COMMIT".to_string());
             }
-            statements.join(";\n").into()
+            statements.join(";\n")
         });
-    sqlx::AssertSqlSafe(text.clone())
+    sqlx::AssertSqlSafe(text)
+}
+
+/// Statement texts kept at most. A one-query batch's text depends on the
+/// mix of its writes, so a long-running server under varied load meets
+/// ever more shapes, each tens of kilobytes; past this many, a new shape's
+/// text is built each time it is met (a few microseconds per kilobyte).
+const MAX_TEXTS: usize = 1024;
+
+/// A batch's shape: backend, whether one transaction, each statement's
+/// kind and padded rows.
+type Shape = (Backend, bool, Vec<(Kind, usize)>);
+
+/// Statement texts by shape, at most `limit` of them.
+struct Texts {
+    texts: HashMap<Shape, Arc<str>>,
+    limit: usize,
+}
+
+impl Texts {
+    fn new(limit: usize) -> Texts {
+        Texts {
+            texts: HashMap::new(),
+            limit,
+        }
+    }
+
+    fn get_or_build(&mut self, shape: Shape, build: impl FnOnce(&Shape) -> String) -> Arc<str> {
+        if let Some(text) = self.texts.get(&shape) {
+            return text.clone();
+        }
+        let text: Arc<str> = build(&shape).into();
+        if self.texts.len() < self.limit {
+            self.texts.insert(shape, text.clone());
+        }
+        text
+    }
 }
 
 /// PostgreSQL's names for an append row's parameter types, in order, for
@@ -681,4 +716,21 @@ fn pad<'q>(
         }
     }
     query
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_texts_are_kept_up_to_their_limit_and_built_past_it() {
+        let mut texts = Texts::new(2);
+        let shape = |rows| (Backend::Sqlite, true, vec![(Kind::Create, rows)]);
+        for rows in [1, 2, 4, 1] {
+            let text = texts.get_or_build(shape(rows), |(_, _, key)| format!("{key:?}"));
+            assert_eq!(&*text, format!("{:?}", shape(rows).2));
+        }
+        assert_eq!(texts.texts.len(), 2);
+        assert!(!texts.texts.contains_key(&shape(4)));
+    }
 }
