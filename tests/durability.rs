@@ -49,16 +49,21 @@ fn setup(database_lines: &str, side_effect_url: &str) -> (tempfile::TempDir, Pat
     (dir, config)
 }
 
-fn kill_and_recover(database_lines: impl Fn(&Path) -> String) {
-    // The side effect answers slowly, so kills land while calls are in flight.
-    let effects = TestServer::start(|_, _| {
+/// A side-effect server that answers slowly, so kills and dropped
+/// connections land while calls are in flight.
+fn slow_effects() -> TestServer {
+    TestServer::start(|_, _| {
         std::thread::sleep(Duration::from_millis(300));
         (
             200,
             vec![("content-type".into(), "application/json".into())],
             b"{\"done\":true}".to_vec(),
         )
-    });
+    })
+}
+
+fn kill_and_recover(database_lines: impl Fn(&Path) -> String) {
+    let effects = slow_effects();
     let url = effects.url("/effect");
     let scratch = tempfile::tempdir().unwrap();
     let (_dir, config) = setup(&database_lines(scratch.path()), &url);
@@ -76,11 +81,17 @@ fn kill_and_recover(database_lines: impl Fn(&Path) -> String) {
 
     let server = Server::start(&config);
     let runs = server.wait_until_finished(&ids, Duration::from_secs(90));
-    for run in &runs {
+    assert_succeeded_with_one_key_each(&runs, &ids, &effects);
+    server.kill();
+}
+
+/// Every run succeeded, called out, and every call of a run (repeated
+/// after a crash or a lost connection) carried the run's one key.
+fn assert_succeeded_with_one_key_each(runs: &[Value], ids: &[String], effects: &TestServer) {
+    for run in runs {
         assert_eq!(run["status"], "succeeded", "{run:#}");
         assert_eq!(run["output"], json!({"status": 200}));
     }
-
     let mut keys_by_run: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for request in effects.received() {
         let run = request.path.split("run=").nth(1).unwrap().to_string();
@@ -91,11 +102,11 @@ fn kill_and_recover(database_lines: impl Fn(&Path) -> String) {
     }
     let repeated = keys_by_run.values().filter(|k| k.len() > 1).count();
     eprintln!(
-        "{} side effects for {} runs; {repeated} runs repeated a call after a kill",
+        "{} side effects for {} runs; {repeated} runs repeated a call",
         effects.received().len(),
         ids.len()
     );
-    for id in &ids {
+    for id in ids {
         let keys = keys_by_run
             .get(id)
             .unwrap_or_else(|| panic!("run {id} never called out"));
@@ -105,7 +116,6 @@ fn kill_and_recover(database_lines: impl Fn(&Path) -> String) {
             "run {id} used keys {keys:?}"
         );
     }
-    server.kill();
 }
 
 #[test]
@@ -123,6 +133,81 @@ fn runs_survive_repeated_sigkill_on_postgres() {
     };
     let schema = common::unique_schema("kill");
     kill_and_recover(|_| format!("database = {url:?}\ndatabase_schema = {schema:?}"));
+}
+
+/// PostgreSQL drops every connection of a running server, twice, while
+/// runs are in flight (as a database restart or a failover does): the
+/// server reconnects by itself, every run it accepted succeeds with each
+/// side effect under its one key, and the requests that came right after
+/// a drop were answered.
+#[test]
+fn runs_survive_dropped_database_connections_on_postgres() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!(
+            "runs_survive_dropped_database_connections_on_postgres: skipped: STEWARD_TEST_DATABASE_URL is not set"
+        );
+        return;
+    };
+    let schema = common::unique_schema("dropped");
+    // The server's connections carry the schema's name, for finding them.
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let database = format!("{url}{separator}application_name={schema}");
+    let effects = slow_effects();
+    let (_dir, config) = setup(
+        &format!("database = {database:?}\ndatabase_schema = {schema:?}"),
+        &effects.url("/effect"),
+    );
+    let server = Server::start(&config);
+    let mut ids = Vec::new();
+    let mut refused = Vec::new();
+    for round in 0..2 {
+        for n in 0..20 {
+            ids.push(server.start_run("durable", json!({ "n": round * 100 + n })));
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        let dropped = drop_connections(&url, &schema);
+        assert!(dropped > 0, "no connection of the server was found");
+        for n in 20..30 {
+            let (status, body) = server.send_json(
+                "POST",
+                "/v1/workflows/durable/runs",
+                &json!({ "input": { "n": round * 100 + n } }),
+            );
+            match status {
+                201 => ids.push(body["id"].as_str().unwrap().to_string()),
+                _ => refused.push((status, body)),
+            }
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "refused: {refused:?}\nserver log:\n{}",
+        server.log()
+    );
+    let runs = server.wait_until_finished(&ids, Duration::from_secs(90));
+    assert_succeeded_with_one_key_each(&runs, &ids, &effects);
+    server.kill();
+}
+
+/// Ends every PostgreSQL session named `application` (what a database
+/// restart does to a client's connections); answers how many.
+fn drop_connections(url: &str, application: &str) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let ended: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(application)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        ended.len()
+    })
 }
 
 #[test]

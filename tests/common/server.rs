@@ -116,6 +116,11 @@ impl Server {
         server
     }
 
+    /// What the server logged so far (its stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// A request carrying the admin token.
     pub fn request(&self, method: &str, path: &str) -> ureq::Request {
         ureq::request(method, &self.url(path))

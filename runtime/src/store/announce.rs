@@ -69,17 +69,33 @@ impl Announcer {
 }
 
 /// Wakes `wake` whenever another process announces work, reconnecting
-/// after errors, for as long as the process runs.
+/// after errors, for as long as the process runs. The listening connection
+/// is the first to learn that the database dropped its connections (it is
+/// always reading): that is recorded (see `health`), so the pools test
+/// their idle connections before handing them out.
 pub(super) fn listen(url: String, channel: String, wake: Arc<Notify>) {
     tokio::spawn(async move {
         loop {
             match sqlx::postgres::PgListener::connect(&url).await {
                 Ok(mut listener) => match listener.listen(&channel).await {
-                    Ok(()) => {
-                        while listener.recv().await.is_ok() {
-                            wake.notify_one();
+                    Ok(()) => loop {
+                        match listener.try_recv().await {
+                            Ok(Some(_)) => wake.notify_one(),
+                            // Lost and connected again: announcements made
+                            // meanwhile were missed, so look now.
+                            Ok(None) => {
+                                super::health::shared().lost();
+                                wake.notify_one();
+                            }
+                            Err(e) => {
+                                super::health::shared().check(&e);
+                                tracing::warn!(
+                                    "listening for new work failed (polling meanwhile): {e}"
+                                );
+                                break;
+                            }
                         }
-                    }
+                    },
                     Err(e) => tracing::warn!("LISTEN {channel} failed: {e}"),
                 },
                 Err(e) => tracing::warn!("listening for new work failed (polling meanwhile): {e}"),

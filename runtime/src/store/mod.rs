@@ -8,6 +8,7 @@
 mod announce;
 mod approvals;
 mod groups;
+mod health;
 mod migrate;
 mod schedules;
 mod writer;
@@ -72,7 +73,31 @@ pub enum StoreError {
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (a connection lost, none
+    /// to be had in time) rather than refused something: worth a retry.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => {
+                health::is_connection_loss(e)
+                    || matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Every database error passes here: one that says a connection died is
+/// recorded, so connections idle since are tested before their next use
+/// (see `health`).
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> StoreError {
+        health::shared().check(&error);
+        StoreError::Database(error)
+    }
 }
 
 /// A run this worker just claimed, with its history, ready to drive.
@@ -392,11 +417,15 @@ async fn connect_pool(
         // A connection in steady use is alive: checking each one before
         // it is handed out (sqlx's default) costs a round trip per
         // query. Only one idle for a while (the database may have
-        // restarted meanwhile) is pinged first.
+        // restarted meanwhile) or idle when another connection was seen
+        // lost is pinged first; a dead one is dropped, and the pool hands
+        // out another.
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
-                if meta.idle_for > Duration::from_secs(5) {
+                if meta.idle_for > Duration::from_secs(5)
+                    || health::shared().idle_across_loss(meta.idle_for)
+                {
                     use sqlx::Connection as _;
                     conn.ping().await?;
                 }

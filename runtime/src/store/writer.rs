@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Backend, StoreError};
+use super::{Backend, StoreError, health};
 
 /// Writes committed together at most.
 const MAX_BATCH: usize = 512;
@@ -83,7 +83,7 @@ async fn run(pool: AnyPool, backend: Backend, mut queue: mpsc::Receiver<Write>) 
     // coming: sqlx pings a connection each time it goes back to the pool, a
     // round trip per batch otherwise. It goes back when the queue runs dry
     // (so the pool can close) and after any error (the pool then tests it).
-    let mut held: Option<PoolConnection<Any>> = None;
+    let mut held: Option<Held> = None;
     loop {
         let first = match queue.try_recv() {
             Ok(write) => write,
@@ -113,7 +113,14 @@ async fn run(pool: AnyPool, backend: Backend, mut queue: mpsc::Receiver<Write>) 
                 break;
             }
         }
-        match commit(&pool, &mut held, backend, &batch).await {
+        let mut outcome = commit(&pool, &mut held, backend, &batch).await;
+        if matches!(&outcome, Err(StoreError::Database(e)) if health::is_connection_loss(e)) {
+            // The connection died under the batch, which says nothing of
+            // its writes: once more, on another connection (the pool tests
+            // those idle since), before looking for a culprit.
+            outcome = commit(&pool, &mut held, backend, &batch).await;
+        }
+        match outcome {
             Ok(Some(results)) => {
                 for (write, done) in batch.drain(..).zip(results) {
                     reply(write, Ok(done));
@@ -362,22 +369,41 @@ impl<'a> Part<'a> {
     }
 }
 
+/// The writer's connection and when it last answered.
+struct Held {
+    conn: PoolConnection<Any>,
+    since: std::time::Instant,
+}
+
 /// [`commit_on`] the held connection, taking one from the pool first if
-/// none is held; a connection that failed goes back to the pool, which
-/// tests it before lending it again.
+/// none is held (or if connections were seen lost since it was taken); a
+/// connection that failed goes back to the pool, which tests it before
+/// lending it again.
 async fn commit(
     pool: &AnyPool,
-    held: &mut Option<PoolConnection<Any>>,
+    held: &mut Option<Held>,
     backend: Backend,
     batch: &[Write],
 ) -> Result<Option<Vec<Done>>, StoreError> {
+    if held
+        .as_ref()
+        .is_some_and(|h| health::shared().lost_since(h.since))
+    {
+        *held = None;
+    }
     let conn = match held {
-        Some(conn) => conn,
-        None => held.insert(pool.acquire().await?),
+        Some(held) => &mut held.conn,
+        None => {
+            let conn = pool.acquire().await?;
+            let since = std::time::Instant::now();
+            &mut held.insert(Held { conn, since }).conn
+        }
     };
     let result = commit_on(conn, backend, batch).await;
-    if result.is_err() {
-        *held = None;
+    match (&result, held.as_mut()) {
+        // Alive as of now, whatever was lost before.
+        (Ok(_), Some(held)) => held.since = std::time::Instant::now(),
+        _ => *held = None,
     }
     result
 }
@@ -544,11 +570,15 @@ async fn commit_in_one_query(
         Ok(())
     }
     .await;
-    if outcome.is_err() {
-        // The failed statement is undone but its transaction stays open
-        // (unless SQLite ended it, when this fails harmlessly).
-        conn.execute("ROLLBACK").await.ok();
-        return Ok(None);
+    match outcome {
+        Err(e) if health::is_connection_loss(&e) => return Err(e.into()),
+        Err(_) => {
+            // The failed statement is undone but its transaction stays
+            // open (unless SQLite ended it, when this fails harmlessly).
+            conn.execute("ROLLBACK").await.ok();
+            return Ok(None);
+        }
+        Ok(()) => {}
     }
     Ok(Some(answers(batch, true, true, cancels)))
 }

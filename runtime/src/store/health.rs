@@ -1,0 +1,104 @@
+//! Lost database connections: when PostgreSQL restarts or fails over, every
+//! connection in the pools dies at once, but each finds out only at its
+//! next query, which then fails. Pinging every connection before use would
+//! cost a round trip per query, so connections are pinged only when they
+//! sat idle across a loss seen anywhere in the process (a query failing
+//! for want of its connection, or the `LISTEN` connection dropping): after
+//! a restart, one query fails instead of one per pooled connection.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+/// When connections were last seen lost, for every store of the process
+/// (each store's pools reach the same database servers, usually one).
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    /// Milliseconds since [`START`] plus one; 0 for never.
+    lost_at: AtomicU64,
+}
+
+/// The clock `Health` counts from.
+static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// The process's one record (see [`Health`]).
+pub(crate) fn shared() -> Arc<Health> {
+    static SHARED: LazyLock<Arc<Health>> = LazyLock::new(Arc::default);
+    SHARED.clone()
+}
+
+impl Health {
+    /// Records a loss now.
+    pub fn lost(&self) {
+        self.lost_at
+            .store(millis(Instant::now()) + 1, Ordering::Release);
+    }
+
+    /// Records a loss when `error` says a connection died (see
+    /// [`is_connection_loss`]); answers whether it did.
+    pub fn check(&self, error: &sqlx::Error) -> bool {
+        let lost = is_connection_loss(error);
+        if lost {
+            self.lost();
+        }
+        lost
+    }
+
+    /// Whether a connection idle for `idle_for` was idle when the last loss
+    /// was seen, and so may be dead.
+    pub fn idle_across_loss(&self, idle_for: Duration) -> bool {
+        let lost_at = self.lost_at.load(Ordering::Acquire);
+        lost_at != 0 && millis(Instant::now().checked_sub(idle_for).unwrap_or(*START)) < lost_at
+    }
+
+    /// Whether a loss was seen after `since` (a connection held since then
+    /// may be dead).
+    pub fn lost_since(&self, since: Instant) -> bool {
+        self.lost_at.load(Ordering::Acquire) > millis(since)
+    }
+}
+
+fn millis(at: Instant) -> u64 {
+    at.saturating_duration_since(*START).as_millis() as u64
+}
+
+/// Whether `error` means the connection is gone rather than the query
+/// wrong: an I/O error, or PostgreSQL ending the session (class 57P:
+/// administrator or crash shutdown; class 08: connection exceptions).
+pub(crate) fn is_connection_loss(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_idle_across_a_loss_are_suspect_and_later_ones_are_not() {
+        let health = Health::default();
+        assert!(!health.idle_across_loss(Duration::from_secs(3600)));
+        let held_since = Instant::now();
+        std::thread::sleep(Duration::from_millis(5));
+        health.lost();
+        assert!(health.lost_since(held_since));
+        // Idle since before the loss: suspect. Used after it: not.
+        assert!(health.idle_across_loss(Duration::from_millis(50)));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!health.idle_across_loss(Duration::ZERO));
+        assert!(!health.lost_since(Instant::now()));
+    }
+
+    #[test]
+    fn only_errors_of_the_connection_count_as_a_loss() {
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(is_connection_loss(&io));
+        assert!(!is_connection_loss(&sqlx::Error::RowNotFound));
+        assert!(!is_connection_loss(&sqlx::Error::PoolTimedOut));
+    }
+}
