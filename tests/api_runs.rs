@@ -183,6 +183,58 @@ fn bad_requests_get_problem_details() {
         panic!("expected 404")
     };
     assert_eq!(json_of(response)["status"], json!(404));
+
+    // A route asked with a method it does not take: a problem too, with
+    // the methods it takes.
+    let wrong = server
+        .request("DELETE", "/v1/workflows/ticket-triage/runs")
+        .call()
+        .unwrap_err();
+    let ureq::Error::Status(405, response) = wrong else {
+        panic!("expected 405, got {wrong:?}")
+    };
+    assert_eq!(response.header("allow"), Some("POST"));
+    assert_eq!(response.content_type(), "application/problem+json");
+    assert_eq!(
+        json_of(response)["type"],
+        "https://steward.dev/problems/method-not-allowed"
+    );
+    server.kill();
+}
+
+/// A workflow without required input starts from a bare POST (no body, no
+/// Content-Type), as `curl -X POST` sends it; a token is taken whatever
+/// the case of its `Bearer` scheme.
+#[test]
+fn a_run_starts_without_a_body_and_the_bearer_scheme_is_any_case() {
+    let (_dir, server) = server();
+    let bare = server
+        .request("POST", "/v1/workflows/weekly-sla-review/runs")
+        .call()
+        .unwrap();
+    assert_eq!(bare.status(), 201);
+    let id = json_of(bare)["id"].as_str().unwrap().to_string();
+    assert_eq!(server.run(&id)["input"], json!({}));
+
+    let url = server.url("/v1/runs?limit=1");
+    for scheme in ["bearer", "BEARER"] {
+        let response = ureq::get(&url)
+            .set(
+                "authorization",
+                &format!("{scheme} {}", common::server::ADMIN_TOKEN),
+            )
+            .call()
+            .unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+    let refused = ureq::get(&url)
+        .set(
+            "authorization",
+            &format!("Basic {}", common::server::ADMIN_TOKEN),
+        )
+        .call()
+        .unwrap_err();
+    assert!(matches!(refused, ureq::Error::Status(401, _)));
     server.kill();
 }
 
@@ -365,6 +417,40 @@ fn the_cli_lists_and_shows_runs_of_a_server() {
     let list = cli(&["runs", "list", "--workflow", "ticket-triage"]);
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(text.contains(&id) && text.contains("succeeded"), "{text}");
+    // Filters are sent encoded: `#` is part of the name, not the start of
+    // a fragment that would cut the filter to `ticket-triage`.
+    let odd = cli(&["runs", "list", "--workflow", "ticket-triage#x"]);
+    assert!(odd.status.success());
+    assert_eq!(String::from_utf8_lossy(&odd.stdout).trim(), "no runs");
+    // A full page ends with the cursor of the next, which lists the rest.
+    send(&server, "/v1/workflows/ticket-triage/runs", TICKET, None);
+    let first = cli(&[
+        "runs",
+        "list",
+        "--workflow",
+        "ticket-triage",
+        "--limit",
+        "1",
+    ]);
+    let first = String::from_utf8_lossy(&first.stdout).to_string();
+    let cursor = first
+        .split("--cursor ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no cursor in {first}"));
+    let second = cli(&[
+        "runs",
+        "list",
+        "--workflow",
+        "ticket-triage",
+        "--limit",
+        "1",
+        "--cursor",
+        cursor,
+    ]);
+    let second = String::from_utf8_lossy(&second.stdout).to_string();
+    assert!(second.contains(&id), "{first}\n{second}");
+    assert!(!first.contains(&id), "{first}");
     let show = cli(&["runs", "show", &id]);
     let shown: Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(shown["output"]["priority"], "P1");

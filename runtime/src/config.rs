@@ -1,6 +1,6 @@
 //! `steward.toml`: the operator's configuration, parsed once at start and
-//! handed down. Every key has a default; `STEWARD_*` variables override the
-//! top-level ones (`STEWARD_LISTEN`, `STEWARD_DATABASE`, `STEWARD_DATA_DIR`).
+//! handed down. Every key has a default; `STEWARD_*` variables override
+//! `listen`, `database`, `database_schema` and `data_dir`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: String,
-    pub database: String,
+    /// Unset: a SQLite database in `data_dir` (see [`Config::database`]).
+    pub database: Option<String>,
     /// PostgreSQL only: the schema to keep Steward's tables in.
     pub database_schema: Option<String>,
     /// SQLite only: `full` (default, survives power loss) or `normal`.
@@ -120,7 +121,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:8080".into(),
-            database: "sqlite://steward-data/steward.db".into(),
+            database: None,
             database_schema: None,
             sqlite_synchronous: "full".into(),
             data_dir: "steward-data".into(),
@@ -279,6 +280,16 @@ impl Config {
         Ok(config)
     }
 
+    /// The database URL: `database` when set, else `steward.db` in
+    /// `data_dir`, so moving the data folder moves everything the server
+    /// keeps (the database, the admin token, the component cache).
+    pub fn database(&self) -> String {
+        match &self.database {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}/steward.db", self.data_dir.display()),
+        }
+    }
+
     /// Parses configuration text; errors read `FILE:LINE:COL: message`.
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -292,7 +303,7 @@ impl Config {
             self.listen = v;
         }
         if let Some(v) = get("STEWARD_DATABASE") {
-            self.database = v;
+            self.database = Some(v);
         }
         if let Some(v) = get("STEWARD_ADMIN_TOKEN").filter(|v| !v.is_empty()) {
             self.admin_token = Some(v);
@@ -420,7 +431,7 @@ mod tests {
     fn empty_file_gives_the_documented_defaults() {
         let c = Config::parse("", "steward.toml").unwrap();
         assert_eq!(c.listen, "127.0.0.1:8080");
-        assert_eq!(c.database, "sqlite://steward-data/steward.db");
+        assert_eq!(c.database(), "sqlite://steward-data/steward.db");
         assert_eq!(c.limits.memory_mib, 64);
     }
 
@@ -474,7 +485,23 @@ secret = { env = "SNOW_HOOK_SECRET" }
     fn environment_overrides_keys() {
         let mut c = Config::default();
         c.apply_env(|k| (k == "STEWARD_DATABASE").then(|| "postgres://x/y".to_string()));
-        assert_eq!(c.database, "postgres://x/y");
+        assert_eq!(c.database(), "postgres://x/y");
+    }
+
+    #[test]
+    fn the_default_database_lives_in_the_data_dir() {
+        let c = Config::parse("data_dir = \"/var/lib/steward\"\n", "steward.toml").unwrap();
+        assert_eq!(c.database(), "sqlite:///var/lib/steward/steward.db");
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "STEWARD_DATA_DIR").then(|| "elsewhere".to_string()));
+        assert_eq!(c.database(), "sqlite://elsewhere/steward.db");
+        // An explicit database stays where it is said to be.
+        let c = Config::parse(
+            "data_dir = \"/var/lib/steward\"\ndatabase = \"sqlite://db/s.db\"\n",
+            "steward.toml",
+        )
+        .unwrap();
+        assert_eq!(c.database(), "sqlite://db/s.db");
     }
 
     #[test]

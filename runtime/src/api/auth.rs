@@ -85,8 +85,10 @@ pub async fn require_scope(
     let Some(secret) = header
         .to_str()
         .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|h| h.split_once(' '))
+        // Auth schemes are case-insensitive (RFC 9110, 11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, secret)| secret.trim())
     else {
         return unauthorized("the Authorization header must read: Bearer TOKEN");
     };

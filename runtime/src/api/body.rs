@@ -30,6 +30,28 @@ impl<T: DeserializeOwned + Example> FromRequest<Arc<AppState>> for JsonBody<T> {
     }
 }
 
+/// A JSON body of type `T` that may be left out: no body (or only
+/// whitespace) is `T::default()`. A body sent with a Content-Type must be
+/// JSON; one sent without is read as JSON (`curl -d` and the like).
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + Example + Default> FromRequest<Arc<AppState>> for OptionalJsonBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, app: &Arc<AppState>) -> Result<Self, Problem> {
+        let typed = request.headers().contains_key(header::CONTENT_TYPE);
+        let checked = require_json(&request);
+        let bytes = read_body(request, app).await?;
+        if bytes.trim_ascii().is_empty() {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        if typed {
+            checked?;
+        }
+        parse_json(&bytes, app.limits.max_json_depth, T::EXAMPLE).map(OptionalJsonBody)
+    }
+}
+
 /// 415 unless the request says it sends JSON (`application/json` or a
 /// `+json` type).
 pub fn require_json(request: &Request) -> Result<(), Problem> {

@@ -55,6 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     router
         .fallback(|| async { Problem::not_found("this route") })
+        .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.max_body_bytes,
         ))
@@ -75,5 +76,6 @@ pub fn health_router(state: Arc<AppState>) -> Router {
         .fallback(|| async {
             Problem::not_found("this route (a worker serves only /healthz and /metrics)")
         })
+        .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .with_state(state)
 }

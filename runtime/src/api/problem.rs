@@ -16,6 +16,8 @@ pub struct Problem {
     pub detail: String,
     /// Extra members, e.g. a list of validation errors.
     pub extra: Option<(&'static str, Value)>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
@@ -31,6 +33,7 @@ impl Problem {
             title,
             detail: detail.into(),
             extra: None,
+            retry_after: None,
         }
     }
 
@@ -68,6 +71,17 @@ impl Problem {
         )
     }
 
+    /// A route asked with a method it does not take (axum adds the `Allow`
+    /// header listing the ones it does).
+    pub fn method_not_allowed() -> Problem {
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            "this route does not take that method; the Allow header lists the ones it takes",
+        )
+    }
+
     /// A failure of ours: logged with its cause, answered without it.
     pub fn internal(cause: impl std::fmt::Display) -> Problem {
         tracing::error!("internal error: {cause}");
@@ -82,6 +96,17 @@ impl Problem {
 
 impl From<crate::store::StoreError> for Problem {
     fn from(e: crate::store::StoreError) -> Problem {
+        if e.is_unavailable() {
+            tracing::warn!("database unavailable: {e}");
+            let mut problem = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database-unavailable",
+                "Database unavailable",
+                "the database cannot be reached right now; retry shortly (a retry with the same Idempotency-Key cannot start a second run)",
+            );
+            problem.retry_after = Some(1);
+            return problem;
+        }
         Problem::internal(e)
     }
 }
@@ -97,11 +122,39 @@ impl IntoResponse for Problem {
         if let Some((key, value)) = self.extra {
             body[key] = value;
         }
-        (
+        let mut response = (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn an_unreachable_database_is_503_with_retry_after_and_other_failures_500() {
+        let lost = StoreError::from(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        let response = Problem::from(lost).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let busy = Problem::from(StoreError::from(sqlx::Error::PoolTimedOut)).into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+        let corrupt = Problem::from(StoreError::Corrupt("x".into())).into_response();
+        assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!corrupt.headers().contains_key(header::RETRY_AFTER));
     }
 }

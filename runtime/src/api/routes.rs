@@ -164,9 +164,13 @@ impl Route {
     /// The problem statuses this route can answer: 401 and 403 when it
     /// needs a token, 400 for bad query parameters, 400/413/415/422 for a
     /// JSON body, 404 for an unknown `{id}` (but not on `PUT`, which
-    /// creates), and the route's own.
+    /// creates), 503 while the database cannot be reached (every `/v1`
+    /// route reads or writes it), and the route's own.
     pub fn problem_statuses(&self) -> Vec<u16> {
         let mut out = self.errors.clone();
+        if self.path.starts_with("/v1/") {
+            out.push(503);
+        }
         if self.scope.is_some() {
             out.extend([401, 403]);
         }
@@ -250,7 +254,7 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .scope("admin")
             .summary("Create a scoped token; the secret is in this answer only")
             .body("application/json", json!({"type": "object", "required": ["scopes"], "properties": {"name": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string", "enum": ["runs:write", "runs:read", "approvals:decide", "admin"]}}}, "additionalProperties": false}))
-            .ok_empty(201, "Created"),
+            .ok(201, "Created: `token` is the secret, shown only here", "application/json", json!({"type": "object", "required": ["id", "name", "scopes", "token"], "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string"}}, "token": {"type": "string"}}})),
         Route::delete("/v1/tokens/{id}", tokens::revoke)
             .scope("admin")
             .summary("Revoke a token")

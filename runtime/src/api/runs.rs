@@ -4,17 +4,17 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::body::{Example, JsonBody, parse_json, read_body, require_json};
+use super::body::{Example, OptionalJsonBody};
 use super::{AppState, Problem};
 use crate::run::{RunState, Status};
 use crate::store::{CancelRequest, RunRow};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StartRun {
     #[serde(default)]
@@ -22,7 +22,7 @@ pub struct StartRun {
 }
 
 impl Example for StartRun {
-    const EXAMPLE: &'static str = r#"{"input": {...}}"#;
+    const EXAMPLE: &'static str = r#"{"input": {...}} or no body"#;
 }
 
 /// `POST /v1/workflows/{name}/runs`: 201 with the new run; with an
@@ -31,7 +31,7 @@ pub async fn start(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<StartRun>,
+    OptionalJsonBody(body): OptionalJsonBody<StartRun>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let input = body.input.unwrap_or_else(|| json!({}));
     let key = match headers.get("idempotency-key") {
@@ -232,19 +232,8 @@ impl Example for CancelRun {
 pub async fn cancel(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
-    request: Request,
+    OptionalJsonBody(body): OptionalJsonBody<CancelRun>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    let typed = request.headers().contains_key(header::CONTENT_TYPE);
-    let checked = require_json(&request);
-    let bytes = read_body(request, &app).await?;
-    let body: CancelRun = if bytes.trim_ascii().is_empty() {
-        CancelRun::default()
-    } else {
-        if typed {
-            checked?;
-        }
-        parse_json(&bytes, app.limits.max_json_depth, CancelRun::EXAMPLE)?
-    };
     let reason = body
         .reason
         .unwrap_or_else(|| "cancelled through the API".to_string());

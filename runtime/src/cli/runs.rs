@@ -16,6 +16,9 @@ pub enum RunsCommand {
         status: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// The page after an earlier one (the `--cursor` it printed last).
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// One run with its steps, as JSON.
     Show { id: String },
@@ -32,15 +35,26 @@ pub fn dispatch(
             workflow,
             status,
             limit,
+            cursor,
         } => {
-            let mut url = format!("{server}/v1/runs?limit={limit}");
-            if let Some(w) = workflow {
-                url.push_str(&format!("&workflow={w}"));
+            let mut url = url::Url::parse(&format!("{server}/v1/runs"))
+                .with_context(|| format!("the server address {server:?} is not a URL"))?;
+            {
+                // Encoded, so a value with `&`, `#` or spaces stays one value.
+                let mut query = url.query_pairs_mut();
+                query.append_pair("limit", &limit.to_string());
+                let filters = [
+                    ("workflow", workflow),
+                    ("status", status),
+                    ("cursor", cursor),
+                ];
+                for (key, value) in filters {
+                    if let Some(value) = value {
+                        query.append_pair(key, &value);
+                    }
+                }
             }
-            if let Some(s) = status {
-                url.push_str(&format!("&status={s}"));
-            }
-            let body = get(&url, token)?;
+            let body = get(url.as_str(), token)?;
             let items = body["items"].as_array().cloned().unwrap_or_default();
             if items.is_empty() {
                 println!("no runs");
@@ -54,6 +68,9 @@ pub fn dispatch(
                     run["version"],
                     run["created_at"].as_str().unwrap_or("")
                 );
+            }
+            if let Some(next) = body["next_cursor"].as_str() {
+                println!("more: steward runs list --cursor {next} (with the same filters)");
             }
         }
         RunsCommand::Show { id } => {

@@ -38,8 +38,8 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
     let calendars = config.calendars()?;
     // Checked before opening: opening SQLite drops the leases of a
     // previous process, which would be the running server's.
-    let postgres =
-        config.database.starts_with("postgres://") || config.database.starts_with("postgresql://");
+    let database = config.database();
+    let postgres = database.starts_with("postgres://") || database.starts_with("postgresql://");
     if role != Role::Both && !postgres {
         bail!(
             "`steward worker` and `steward serve --no-worker` need PostgreSQL (database = \"postgres://...\"): \
@@ -240,9 +240,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         schema: config.database_schema.clone(),
         max_connections: None,
     };
-    let store = Store::open(&config.database, options)
+    let database = config.database();
+    let store = Store::open(&database, options)
         .await
-        .with_context(|| format!("cannot open the database {}", redact(&config.database)))?;
+        .with_context(|| format!("cannot open the database {}", redact(&database)))?;
     if store.backend() == steward::store::Backend::Sqlite {
         // SQLite has one server process: leases left by a killed one are stale.
         store.release_all_leases().await?;
