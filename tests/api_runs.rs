@@ -184,6 +184,17 @@ fn bad_requests_get_problem_details() {
     };
     assert_eq!(json_of(response)["status"], json!(404));
 
+    // A path parameter that is not UTF-8 once decoded.
+    let garbled = server.request("GET", "/v1/runs/%FF").call().unwrap_err();
+    let ureq::Error::Status(400, response) = garbled else {
+        panic!("expected 400, got {garbled:?}")
+    };
+    assert_eq!(response.content_type(), "application/problem+json");
+    assert_eq!(
+        json_of(response)["type"],
+        "https://steward.dev/problems/invalid-path"
+    );
+
     // A route asked with a method it does not take: a problem too, with
     // the methods it takes.
     let wrong = server
@@ -541,6 +552,42 @@ fn tokens_and_scopes_guard_the_api() {
         .0,
         403,
         "no self-promotion"
+    );
+
+    // An approver's token (approvals:decide only) reads what there is to
+    // decide, and nothing else.
+    let (_, approver, _) = call(
+        server.request("POST", "/v1/tokens"),
+        Some(json!({"name": "chat-bot", "scopes": ["approvals:decide"]})),
+    );
+    let approver = approver["token"].as_str().unwrap().to_string();
+    let as_approver = |path: &str| {
+        ureq::get(&server.url(path)).set("Authorization", &format!("Bearer {approver}"))
+    };
+    assert_eq!(
+        call(as_approver("/v1/approvals?approver=dana"), None).0,
+        200
+    );
+    assert_eq!(call(as_approver("/v1/delegations"), None).0, 200);
+    let (status, body, _) = call(as_approver("/v1/runs"), None);
+    assert_eq!(status, 403, "{body}");
+    // A route needing either scope names both to a token with neither.
+    let (_, writer, _) = call(
+        server.request("POST", "/v1/tokens"),
+        Some(json!({"scopes": ["runs:write"]})),
+    );
+    let writer = writer["token"].as_str().unwrap().to_string();
+    let (status, body, _) = call(
+        ureq::get(&server.url("/v1/approvals")).set("Authorization", &format!("Bearer {writer}")),
+        None,
+    );
+    assert_eq!(status, 403);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("lacks the runs:read or approvals:decide scope"),
+        "{body}"
     );
 
     let (status, body, _) = call(

@@ -17,8 +17,12 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whether this token may use a route needing `scope`: one scope, or
+    /// alternatives separated by `|`; `admin` may use every route.
     pub fn allows(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| s == scope || s == "admin")
+        scope
+            .split('|')
+            .any(|one| self.scopes.iter().any(|s| s == one || s == "admin"))
     }
 }
 
@@ -116,6 +120,14 @@ mod tests {
         };
         assert!(admin.allows("runs:write") && admin.allows("approvals:decide"));
         assert!(reader.allows("runs:read") && !reader.allows("runs:write"));
+        // Alternatives: either scope will do.
+        let approver = Principal {
+            token_id: "p".into(),
+            scopes: vec!["approvals:decide".into()],
+        };
+        assert!(approver.allows("runs:read|approvals:decide"));
+        assert!(reader.allows("runs:read|approvals:decide"));
+        assert!(!approver.allows("runs:read|runs:write"));
     }
 
     #[test]

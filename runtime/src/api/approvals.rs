@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::{Example, JsonBody};
+use super::path::PathParam;
 use super::{AppState, Problem};
 use crate::store::{ApprovalRow, Decided, Decision};
 
@@ -69,7 +70,7 @@ pub async fn list(
 
 pub async fn show(
     State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Json<Value>, Problem> {
     let row = app
         .store
@@ -100,7 +101,7 @@ impl Example for DecisionBody {
 /// approval is closed.
 pub async fn decide(
     State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
     JsonBody(body): JsonBody<DecisionBody>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     if body.decision != "approve" && body.decision != "reject" {
@@ -243,7 +244,7 @@ pub async fn delegations(State(app): State<Arc<AppState>>) -> Result<Json<Value>
 /// `DELETE /v1/delegations/{id}`.
 pub async fn revoke_delegation(
     State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, Problem> {
     if app.store.revoke_delegation(&id).await? {
         Ok(StatusCode::NO_CONTENT)

@@ -98,7 +98,10 @@ pub async fn require_scope(
             StatusCode::FORBIDDEN,
             "forbidden",
             "Missing scope",
-            format!("this token lacks the {} scope", scope.unwrap_or_default()),
+            format!(
+                "this token lacks the {} scope",
+                scope.unwrap_or_default().replace('|', " or ")
+            ),
         )
         .into_response(),
         Ok(None) => unauthorized("the token is unknown or revoked"),
@@ -147,7 +150,11 @@ mod tests {
                 "/v1/delegations/{id}",
                 Needs::Scope("approvals:decide"),
             ),
-            (Method::GET, "/v1/delegations", Needs::Scope("runs:read")),
+            (
+                Method::GET,
+                "/v1/delegations",
+                Needs::Scope("runs:read|approvals:decide"),
+            ),
             (Method::POST, "/v1/schedules", Needs::Scope("runs:write")),
             (
                 Method::PATCH,

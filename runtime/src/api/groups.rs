@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::{Example, JsonBody};
+use super::path::PathParam;
 use super::{AppState, Problem};
 use crate::groups::GroupSource;
 
@@ -40,7 +41,7 @@ pub async fn list(State(app): State<Arc<AppState>>) -> Json<Value> {
 
 pub async fn show(
     State(app): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<Json<Value>, Problem> {
     app.groups.refresh(&app.store).await?;
     match (app.groups.members(&name), app.groups.source(&name)) {
@@ -80,7 +81,7 @@ fn valid_name(name: &str) -> bool {
 /// `PUT /v1/groups/{name}` (admin): 201 new, 200 replaced.
 pub async fn set(
     State(app): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<GroupBody>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     if !valid_name(&name) {
@@ -121,7 +122,7 @@ pub async fn set(
 /// `DELETE /v1/groups/{name}` (admin): 204.
 pub async fn delete(
     State(app): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<StatusCode, Problem> {
     if app.groups.source(&name) == Some(GroupSource::Config) {
         return Err(configured(&name));

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::body::{parse_json, read_body, require_json};
+use super::path::PathParam;
 use super::runs::{start_run, summary};
 use super::{AppState, Problem};
 use crate::hooks::{SIGNATURE_HEADER, SignatureError};
@@ -19,7 +20,7 @@ use crate::metrics;
 /// a delivery already accepted (its run is named).
 pub async fn deliver(
     State(app): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
     request: Request,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let hook = app

@@ -7,6 +7,7 @@ mod groups;
 mod hooks;
 mod metrics;
 mod openapi;
+mod path;
 mod plugins;
 mod problem;
 mod reports;

@@ -25,7 +25,10 @@ fn build() -> Value {
         let mut operation = json!({ "summary": route.summary });
         match route.scope {
             Some(scope) => {
-                operation["description"] = json!(format!("Needs a token with the `{scope}` scope."))
+                operation["description"] = json!(format!(
+                    "Needs a token with the `{}` scope.",
+                    scope.replace('|', "` or `")
+                ))
             }
             None => operation["security"] = json!([]),
         }

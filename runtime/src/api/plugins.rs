@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use super::path::PathParam;
 use super::{AppState, Problem};
 use crate::engine::{LoadedPlugin, digest};
 use crate::plugins::{UPLOADED, load_uploaded};
@@ -41,7 +42,7 @@ pub async fn list(State(app): State<Arc<AppState>>) -> Json<Value> {
 
 pub async fn show(
     State(app): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<Json<Value>, Problem> {
     let plugin = app
         .engine
@@ -67,7 +68,7 @@ fn bad_upload(detail: String) -> Problem {
 /// built-in or configured plugin's name.
 pub async fn upload(
     State(app): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let mut multipart = multipart.map_err(|e| {

@@ -162,7 +162,7 @@ impl Route {
     }
 
     /// The problem statuses this route can answer: 401 and 403 when it
-    /// needs a token, 400 for bad query parameters, 400/413/415/422 for a
+    /// needs a token, 400 for bad path or query parameters, 400/413/415/422 for a
     /// JSON body, 404 for an unknown `{id}` (but not on `PUT`, which
     /// creates), 503 while the database cannot be reached (every `/v1`
     /// route reads or writes it), and the route's own.
@@ -184,8 +184,12 @@ impl Route {
         {
             out.extend([400, 413, 415, 422]);
         }
-        if self.path.contains('{') && self.method != Method::PUT {
-            out.push(404);
+        if self.path.contains('{') {
+            // A parameter that is not UTF-8 once decoded.
+            out.push(400);
+            if self.method != Method::PUT {
+                out.push(404);
+            }
         }
         out.sort_unstable();
         out.dedup();
@@ -203,6 +207,11 @@ async fn openapi() -> impl axum::response::IntoResponse {
         super::openapi::document(),
     )
 }
+
+/// Approvals and delegations are read by whoever reads runs and by
+/// approvers, whose tokens may hold only `approvals:decide` (a chat bot
+/// listing what its people have to decide). `|` separates alternatives.
+const READ_APPROVALS: &str = "runs:read|approvals:decide";
 
 /// The API, route by route.
 pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
@@ -298,14 +307,14 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .ok(201, "Uploaded", "application/json", json!({"$ref": "#/components/schemas/Plugin"}))
             .errors(&[400, 404, 409, 413, 415, 422]),
         Route::get("/v1/approvals", approvals::list)
-            .scope("runs:read")
+            .scope(READ_APPROVALS)
             .summary("Pending approvals, oldest first; approver=NAME keeps those NAME may decide")
             .query("status", json!({"type": "string", "enum": ["pending"]}))
             .query("approver", json!({"type": "string"}))
             .query("limit", json!({"type": "integer", "minimum": 1, "maximum": 500}))
             .ok(200, "The approvals", "application/json", json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Approval"}}}})),
         Route::get("/v1/approvals/{id}", approvals::show)
-            .scope("runs:read")
+            .scope(READ_APPROVALS)
             .summary("One approval with its decisions")
             .ok(200, "The approval", "application/json", json!({"$ref": "#/components/schemas/Approval"})),
         Route::post("/v1/approvals/{id}", approvals::decide)
@@ -323,7 +332,7 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .query("days", json!({"type": "integer", "minimum": 1, "maximum": 3660}))
             .ok(200, "The report", "application/json", json!({"type": "object", "properties": {"from": {"type": "string"}, "to": {"type": "string"}, "totals": {"type": "object", "properties": {"runs": {"type": "integer"}, "met": {"type": "integer"}, "breached": {"type": "integer"}, "other": {"type": "integer"}, "compliance_percent": {"type": ["number", "null"]}}}, "worst": {"type": "array", "items": {"$ref": "#/components/schemas/SlaReportLine"}}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/SlaReportLine"}}}})),
         Route::get("/v1/delegations", approvals::delegations)
-            .scope("runs:read")
+            .scope(READ_APPROVALS)
             .summary("Delegations not revoked and not over")
             .ok(200, "The delegations", "application/json", json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Delegation"}}}})),
         Route::post("/v1/delegations", approvals::delegate)

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::{Example, OptionalJsonBody};
+use super::path::PathParam;
 use super::{AppState, Problem};
 use crate::run::{RunState, Status};
 use crate::store::{CancelRequest, RunRow};
@@ -29,7 +30,7 @@ impl Example for StartRun {
 /// `Idempotency-Key` already used for this workflow, 200 with that run.
 pub async fn start(
     State(app): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
     headers: HeaderMap,
     OptionalJsonBody(body): OptionalJsonBody<StartRun>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
@@ -110,7 +111,7 @@ pub(super) async fn start_run(
 /// `GET /v1/runs/{id}`: the run with its steps.
 pub async fn show(
     State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Json<Value>, Problem> {
     let row = app
         .store
@@ -196,7 +197,7 @@ fn sla_view(
 /// `GET /v1/runs/{id}/events`: the run's history.
 pub async fn events(
     State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Json<Value>, Problem> {
     if app.store.run(&id).await?.is_none() {
         return Err(Problem::not_found(&format!("run {id}")));
@@ -231,7 +232,7 @@ impl Example for CancelRun {
 /// run already finished.
 pub async fn cancel(
     State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
     OptionalJsonBody(body): OptionalJsonBody<CancelRun>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let reason = body

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::{Example, JsonBody};
+use super::path::PathParam;
 use super::{AppState, Problem};
 use crate::schedule::{
     CatchUp, CronSchedule, InvalidSchedule, Overlap, Schedule, ScheduleSpec, Source, parse_window,
@@ -246,7 +247,7 @@ pub async fn list(
 /// `GET /v1/schedules/{id}`.
 pub async fn show(
     State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Json<Value>, Problem> {
     let schedule = load(&app, &id).await?;
     Ok(Json(detail(&app, &schedule).await?))
@@ -270,7 +271,7 @@ fn from_workflow(s: &Schedule) -> Problem {
 /// fire times that passed while paused are not caught up.
 pub async fn update(
     State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
     JsonBody(fields): JsonBody<ScheduleFields>,
 ) -> Result<Json<Value>, Problem> {
     let mut schedule = load(&app, &id).await?;
@@ -300,7 +301,7 @@ pub async fn update(
 /// `DELETE /v1/schedules/{id}`: 204; runs it started are not touched.
 pub async fn delete(
     State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, Problem> {
     let schedule = load(&app, &id).await?;
     if schedule.source == Source::Workflow {

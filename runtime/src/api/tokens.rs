@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::{Example, JsonBody};
+use super::path::PathParam;
 use super::{AppState, Problem};
 use crate::auth::{issue_token, parse_scopes};
 
@@ -50,7 +51,7 @@ pub async fn create(
 /// 204 when revoked, 404 when there is no live token with this id.
 pub async fn revoke(
     State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, Problem> {
     if app.store.revoke_token(&id).await? {
         Ok(StatusCode::NO_CONTENT)

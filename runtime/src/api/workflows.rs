@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use serde_json::{Value, json};
 
 use super::body::read_body;
+use super::path::PathParam;
 use super::{AppState, Problem};
 use crate::catalog::CatalogError;
 use crate::store::StoreError;
@@ -27,7 +28,7 @@ pub async fn list(State(app): State<Arc<AppState>>) -> Json<Value> {
 /// The latest version with its YAML, and every deployed version.
 pub async fn show(
     State(app): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<Json<Value>, Problem> {
     let workflow = app
         .catalog
@@ -61,7 +62,7 @@ const YAML_TYPES: [&str; 5] = [
 /// the version is deployed with other content.
 pub async fn deploy(
     State(app): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
     request: Request,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let content_type = request
