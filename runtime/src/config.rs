@@ -161,7 +161,47 @@ pub struct PluginSettings {
     pub extra: toml::Table,
 }
 
+/// The keys of `[plugins.NAME]` Steward reads itself; any other key is a
+/// setting handed to the plugin.
+const PLUGIN_KEYS: [&str; 7] = [
+    "path",
+    "allowed_hosts",
+    "secrets",
+    "key_value",
+    "memory_mib",
+    "cpu_ms",
+    "timeout_ms",
+];
+
 impl PluginSettings {
+    /// Plugin settings whose names look like a misspelt grant or limit
+    /// (`allowed-hosts`, `allowedHosts`, `timeout`): such a key is handed to
+    /// the plugin as a setting and grants nothing, which shows only when a
+    /// call is denied. Each with the key it looks like.
+    pub fn likely_typos(&self) -> Vec<(String, &'static str)> {
+        let squash = |key: &str| -> String {
+            key.chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .map(|c| c.to_ascii_lowercase())
+                .collect()
+        };
+        self.extra
+            .keys()
+            .filter_map(|key| {
+                let squashed = squash(key);
+                PLUGIN_KEYS
+                    .iter()
+                    .find(|known| {
+                        let known = squash(known);
+                        squashed == known
+                            || squashed.trim_end_matches('s') == known.trim_end_matches('s')
+                            || (squashed.len() >= 4 && known.starts_with(&squashed))
+                    })
+                    .map(|known| (key.clone(), *known))
+            })
+            .collect()
+    }
+
     /// The plugin-specific settings as the `config` interface hands them
     /// out: one JSON document per top-level key.
     pub fn settings_json(&self) -> BTreeMap<String, String> {
@@ -486,6 +526,26 @@ secret = { env = "SNOW_HOOK_SECRET" }
         let mut c = Config::default();
         c.apply_env(|k| (k == "STEWARD_DATABASE").then(|| "postgres://x/y".to_string()));
         assert_eq!(c.database(), "postgres://x/y");
+    }
+
+    #[test]
+    fn misspelt_grants_are_told_apart_from_plugin_settings() {
+        let c = Config::parse(
+            "[plugins.notify]\nallowed-hosts = [\"https://x\"]\nallowedHost = []\ntimeout = 5\n\
+             channels = { ops = \"https://chat\" }\nallowed_hosts = []\n",
+            "steward.toml",
+        )
+        .unwrap();
+        let mut typos = c.plugin("notify").likely_typos();
+        typos.sort();
+        assert_eq!(
+            typos,
+            [
+                ("allowed-hosts".to_string(), "allowed_hosts"),
+                ("allowedHost".to_string(), "allowed_hosts"),
+                ("timeout".to_string(), "timeout_ms"),
+            ]
+        );
     }
 
     #[test]

@@ -114,6 +114,14 @@ pub fn load_plugins(
             unconfigured.push(name);
         }
     }
+    for (name, settings) in &config.plugins {
+        for (key, known) in settings.likely_typos() {
+            warnings.push(format!(
+                "[plugins.{name}] {key} is not a grant or limit but a setting handed to the plugin: \
+                 did you mean {known}?"
+            ));
+        }
+    }
     if !unconfigured.is_empty() {
         notes.push(format!(
             "built-in plugins without a [plugins.NAME] section: {}; their outbound HTTP and secrets \
