@@ -212,3 +212,66 @@ fn a_malformed_steward_toml_is_reported_with_file_and_line() {
     );
     assert!(stderr.contains("invalid type"), "{stderr}");
 }
+
+/// A database that refuses connections fails the start at once, saying
+/// so, rather than after the pool's 30 s of retries with "timed out".
+#[test]
+fn an_unreachable_database_fails_the_start_at_once_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("steward.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database = \"postgres://postgres@127.0.0.1:{}/x\"\ndata_dir = {:?}\nworkflows = []\n",
+            common::server::free_port(),
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(common::steward_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot open the database"), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A few hundred bytes of nested YAML aliases would expand to gigabytes:
+/// refused at the alias that goes over, with its line.
+#[test]
+fn a_yaml_alias_bomb_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bomb = String::from("name: lol\nsteps: []\na: &a [x, x, x, x, x, x, x, x, x]\n");
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    for pair in names.windows(2) {
+        let alias = format!("*{}", pair[0]);
+        bomb.push_str(&format!(
+            "{}: &{} [{}]\n",
+            pair[1],
+            pair[1],
+            [alias.as_str(); 9].join(", ")
+        ));
+    }
+    let file = dir.path().join("lol.yaml");
+    std::fs::write(&file, bomb).unwrap();
+    let out = Command::new(common::steward_bin())
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("{}:7:", file.display())) && stderr.contains("aliases"),
+        "{stderr}"
+    );
+}

@@ -382,6 +382,9 @@ fn row_events(row: &sqlx::any::AnyRow) -> Result<Vec<Recorded>, StoreError> {
 /// renewal at a time, and one to spare.
 const HOT_CONNECTIONS: u32 = 4;
 
+/// How long opening a store waits for PostgreSQL to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What every new connection of a pool is set up with.
 #[derive(Clone)]
 enum Session {
@@ -496,6 +499,27 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
         let connect: AnyConnectOptions = url.parse()?;
+        if backend == Backend::Postgres {
+            // A pool retries a refused connection until its acquire
+            // timeout (30 s) and then says only that it timed out: one
+            // attempt first, so an unreachable server fails the start at
+            // once, with its reason.
+            use sqlx::ConnectOptions as _;
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect.connect()).await {
+                Ok(Ok(conn)) => {
+                    use sqlx::Connection as _;
+                    conn.close().await.ok();
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    return Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                    ))
+                    .into());
+                }
+            }
+        }
         if let (Backend::Postgres, Some(schema)) = (backend, &options.schema) {
             let pool = AnyPoolOptions::new()
                 .max_connections(1)

@@ -121,15 +121,49 @@ enum Frame {
     ),
 }
 
+/// Values aliases may add beyond the file's own: an alias repeats what its
+/// anchor holds, so a few hundred bytes of nested aliases ("billion
+/// laughs") would otherwise expand to gigabytes. Real workflows repeat a
+/// retry policy or a `with` block, far below this.
+const ALIAS_BUDGET: usize = 50_000;
+
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
     root: Option<Node>,
     anchors: HashMap<usize, Node>,
+    /// Values under each anchor, aliases expanded.
+    anchor_sizes: HashMap<usize, usize>,
+    /// Values written in the file, and values aliases added.
+    written: usize,
+    repeated: usize,
+    /// `written + repeated` when each open collection started.
+    starts: Vec<usize>,
     error: Option<YamlError>,
 }
 
 impl Builder {
+    fn values(&self) -> usize {
+        self.written + self.repeated
+    }
+
+    /// Counts a value written in the file; a collection's own count
+    /// starts here.
+    fn written(&mut self, collection: bool) {
+        if collection {
+            self.starts.push(self.values());
+        }
+        self.written += 1;
+    }
+
+    /// Ends a collection: records its size under its anchor.
+    fn ended(&mut self, anchor: usize) {
+        let start = self.starts.pop().unwrap_or(0);
+        if anchor > 0 {
+            self.anchor_sizes.insert(anchor, self.values() - start);
+        }
+    }
+
     fn fail(&mut self, pos: Pos, message: String) {
         if self.error.is_none() {
             self.error = Some(YamlError { pos, message });
@@ -222,19 +256,28 @@ impl MarkedEventReceiver for Builder {
         let pos = position(mark);
         match event {
             Event::Scalar(text, style, anchor, _tag) => {
+                self.written(false);
+                if anchor > 0 {
+                    self.anchor_sizes.insert(anchor, 1);
+                }
                 let node = Node {
                     pos,
                     value: scalar(text, style),
                 };
                 self.push(node, anchor);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(pos, anchor, Vec::new())),
+            Event::SequenceStart(anchor, _) => {
+                self.written(true);
+                self.stack.push(Frame::Seq(pos, anchor, Vec::new()))
+            }
             Event::MappingStart(anchor, _) => {
+                self.written(true);
                 self.stack
                     .push(Frame::Map(pos, anchor, Vec::new(), None, None))
             }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq(pos, anchor, items)) = self.stack.pop() {
+                    self.ended(anchor);
                     self.push(
                         Node {
                             pos,
@@ -246,6 +289,7 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingEnd => {
                 if let Some(Frame::Map(pos, anchor, entries, _, first_key)) = self.stack.pop() {
+                    self.ended(anchor);
                     // A block mapping is where its first key is.
                     let pos = first_key.unwrap_or(pos);
                     self.push(
@@ -257,10 +301,30 @@ impl MarkedEventReceiver for Builder {
                     );
                 }
             }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(node) => self.push(Node { pos, ..node }, 0),
-                None => self.fail(pos, "unknown alias".into()),
-            },
+            Event::Alias(id) => {
+                let size = self.anchor_sizes.get(&id).copied().unwrap_or(0);
+                if self.error.is_some() {
+                    // Nothing more is built once the document failed.
+                } else if self.repeated + size > self.written + ALIAS_BUDGET {
+                    self.fail(
+                        pos,
+                        format!(
+                            "aliases here repeat more than {} values beyond the file's own \
+                             (each alias copies what its anchor holds): write the values out, \
+                             or use fewer nested aliases",
+                            ALIAS_BUDGET
+                        ),
+                    );
+                } else {
+                    match self.anchors.get(&id).cloned() {
+                        Some(node) => {
+                            self.repeated += size;
+                            self.push(Node { pos, ..node }, 0)
+                        }
+                        None => self.fail(pos, "unknown alias".into()),
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -289,6 +353,33 @@ mod tests {
             doc.to_json(),
             serde_json::json!({"a": 3, "b": "3", "c": true, "d": null, "e": 1.5, "f": "text", "g": -2})
         );
+    }
+
+    #[test]
+    fn aliases_expand_within_a_budget_and_a_bomb_is_refused() {
+        let doc = parse("retry: &r { max_attempts: 3, backoff: 1s }\na: *r\nb: *r\n").unwrap();
+        assert_eq!(doc.get("b").unwrap().to_json()["max_attempts"], 3);
+
+        // "Billion laughs": each level repeats the one above nine times.
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+        for pair in names.windows(2) {
+            let alias = format!("*{}", pair[0]);
+            bomb.push_str(&format!(
+                "{}: &{} [{}]\n",
+                pair[1],
+                pair[1],
+                [alias.as_str(); 9].join(", ")
+            ));
+        }
+        let started = std::time::Instant::now();
+        let err = parse(&bomb).unwrap_err();
+        assert!(
+            err.message.contains("aliases here repeat more than"),
+            "{err:?}"
+        );
+        assert!(err.pos.line >= 5, "{err:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
