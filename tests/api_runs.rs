@@ -408,6 +408,17 @@ fn runs_are_listed_with_filters_and_a_cursor() {
     );
     let (status, _) = get("/v1/runs?limit=0");
     assert_eq!(status, 400);
+    // A cursor the server never gave (made up, cut short, empty) is an
+    // error, not a first page or an empty one that looks like the end.
+    let truncated = &cursor[..8];
+    for bad in ["garbage", truncated, ""] {
+        let (status, body) = get(&format!("/v1/runs?limit=2&cursor={bad}"));
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("next_cursor"),
+            "{body}"
+        );
+    }
     server.kill();
 }
 

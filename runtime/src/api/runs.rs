@@ -291,6 +291,15 @@ pub async fn list(
     if !(1..=500).contains(&limit) {
         return Err(Problem::invalid_query("limit is 1 to 500"));
     }
+    // A cursor is the last run of the previous page: anything else would
+    // silently give the first page, or an empty one that looks like the end.
+    if let Some(cursor) = query.cursor.as_deref()
+        && app.store.run(cursor).await?.is_none()
+    {
+        return Err(Problem::invalid_query(format!(
+            "cursor {cursor:?} is not one this server gave: pass the next_cursor of the previous page"
+        )));
+    }
     let rows = app
         .store
         .list_runs(
