@@ -315,3 +315,27 @@ fn a_wait_beyond_the_calendar_fails_the_step_instead_of_the_process() {
         "{stderr}"
     );
 }
+
+/// Input that is not JSON is a usage error (exit 2), as the README says;
+/// a run that waits tells its user until when, instead of sitting silent.
+#[test]
+fn bad_input_json_exits_2_and_a_waiting_run_says_until_when() {
+    let ws = Workspace::new();
+    let workflow = ws.write(
+        "pause.yaml",
+        "name: pause\nsteps:\n  - id: pause\n    wait: 3s\n  - id: done\n    uses: transform\n    with: { ok: true }\noutput: ${{ steps.done.output }}\n",
+    );
+    let config = ws.config("");
+    let bad = ws.run(&workflow, "{bad", &config);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--input is not valid JSON"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    let out = ws.run(&workflow, "{}", &config);
+    assert_eq!(stdout_json(&out)["ok"], true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("waits until"), "{stderr}");
+}

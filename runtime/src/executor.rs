@@ -25,6 +25,10 @@ use crate::run::{
 use crate::store::{ApprovalRow, Decision, Store};
 use crate::workflow::{StepKind, Workflow};
 
+/// The log target of what a foreground run tells its user while it
+/// waits (`steward run` shows it by default).
+pub const PROGRESS: &str = "steward::progress";
+
 /// Runs longer idle than this are handed back to the store (parked) instead
 /// of holding a task and a lease.
 const PARK_AFTER: chrono::Duration = chrono::Duration::seconds(2);
@@ -475,6 +479,20 @@ impl Executor {
             if park && calls.is_empty() && idle_long {
                 run.flush_wake(journal, next.wake_at).await?;
                 return Ok(DriveEnd::Parked);
+            }
+            // In the foreground (`steward run`), a long wait says so.
+            if !park
+                && calls.is_empty()
+                && idle_long
+                && let Some(at) = next.wake_at
+            {
+                tracing::info!(
+                    target: PROGRESS,
+                    "run {} waits until {} (a timer or a retry's backoff; \
+                     `steward serve` keeps runs across restarts)",
+                    run.state.id,
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
             }
             // A durable run looks for cancel requests while it waits.
             let check_at = park.then(|| now + CANCEL_CHECK);

@@ -162,6 +162,7 @@ async fn token_create(scopes: &[String], name: &str, config: &Config) -> anyhow:
 pub fn init_logging(command: &Command) {
     let default = match command {
         Command::Serve { .. } | Command::Worker { .. } | Command::Dev { .. } => "info",
+        Command::Run { .. } => "warn,steward::progress=info",
         _ => "warn",
     };
     let filter = std::env::var("STEWARD_LOG")

@@ -15,7 +15,15 @@ use steward::run::Status;
 use steward::workflow::load_file;
 
 pub async fn run(file: &Path, input: &str, config: &Config) -> anyhow::Result<ExitCode> {
-    let input = read_input(input)?;
+    // Bad input is a usage error (exit 2), like input that fails the
+    // workflow's schema.
+    let input = match read_input(input) {
+        Ok(input) => input,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let set = load_plugins(config, Arc::new(MemoryKeyValue::default()), true)?;
     // Grants matter to operators of a server; here a denial explains itself
     // in the step's error, so the start-up warnings stay quiet.
