@@ -52,6 +52,31 @@ fn cases() -> Vec<Case> {
             expect: &["FILE:6:", "unknown variable secrets"],
         },
         Case {
+            name: "when that is text",
+            yaml: BASE.replace("with: { a: 1 }", "with: { a: 1 }\n    when: yes please"),
+            expect: &["FILE:6:11: steps.first.when: expected one expression", "the text \"yes please\""],
+        },
+        Case {
+            name: "when that is a number",
+            yaml: BASE.replace("with: { a: 1 }", "with: { a: 1 }\n    when: 42"),
+            expect: &["FILE:6:11: steps.first.when:", "found an integer"],
+        },
+        Case {
+            name: "sla paused by a step that does not exist",
+            yaml: "name: demo\nsla:\n  priority: P1\n  resolution: { P1: 4h }\n  pause_while: ghost\nsteps:\n  - id: a\n    uses: transform\n    with: { a: 1 }\n".into(),
+            expect: &["FILE:5:", "sla.pause_while: unknown step ghost"],
+        },
+        Case {
+            name: "unknown field of run",
+            yaml: BASE.replace("steps.first.output.a", "run.nonsense"),
+            expect: &["FILE:6:", "`run.nonsense`: run has no field nonsense; it has id, workflow, version, started_at"],
+        },
+        Case {
+            name: "zero timeout",
+            yaml: BASE.replace("with: { a: 1 }", "with: { a: 1 }\n    timeout: 0s"),
+            expect: &["FILE:6:14: steps.first.timeout: a step cannot finish in no time"],
+        },
+        Case {
             name: "unknown plugin",
             yaml: BASE.replace("uses: transform\n    with: { b", "uses: cmdb-lookupp\n    with: { b"),
             expect: &["FILE:7:11: steps.second.uses: unknown plugin cmdb-lookupp; loaded plugins:", "transform"],

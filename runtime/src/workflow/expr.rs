@@ -13,6 +13,9 @@ use serde_json::Value;
 /// The variables an expression may use.
 pub const ROOTS: [&str; 4] = ["input", "steps", "run", "env"];
 
+/// The fields of `run` (see `run::plan`'s scope).
+pub const RUN_FIELDS: [&str; 4] = ["id", "workflow", "version", "started_at"];
+
 /// A compiled CEL expression and what it refers to.
 #[derive(Debug)]
 pub struct Expression {
@@ -22,6 +25,8 @@ pub struct Expression {
     pub steps: BTreeSet<String>,
     /// Top-level variables used (`input`, `steps`, ...).
     pub roots: BTreeSet<String>,
+    /// Fields read through `run.<field>`.
+    pub run_fields: BTreeSet<String>,
     /// Set when the expression is a plain member chain (`input.ticket`,
     /// `steps.shape.output`), the common case: read straight off the JSON,
     /// since converting the scope to CEL values for it cost more than the
@@ -50,6 +55,7 @@ impl Expression {
             program,
             steps: refs.steps,
             roots: refs.roots,
+            run_fields: refs.run_fields,
             path: plain_path(source.trim()),
         })
     }
@@ -154,6 +160,7 @@ pub struct Scope {
 struct References {
     steps: BTreeSet<String>,
     roots: BTreeSet<String>,
+    run_fields: BTreeSet<String>,
     bad_steps_use: Option<String>,
 }
 
@@ -176,6 +183,12 @@ impl References {
                 {
                     self.roots.insert(root.clone());
                     self.steps.insert(select.field.clone());
+                } else if let Expr::Ident(root) = &select.operand.expr
+                    && root == "run"
+                    && !bound.contains(root)
+                {
+                    self.roots.insert(root.clone());
+                    self.run_fields.insert(select.field.clone());
                 } else {
                     self.walk(&select.operand, bound);
                 }

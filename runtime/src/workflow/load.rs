@@ -243,6 +243,29 @@ impl<'a> Loader<'a> {
         })
     }
 
+    /// A `when`: one expression (`${{ ... }}`), or `true` / `false`. Text
+    /// or a list would fail every run at that step, so it fails the load.
+    fn condition(&mut self, node: &Node, field: &str) -> Option<Template> {
+        let template = self.template(node, field)?;
+        match &template {
+            Template::Expr(_) | Template::Literal(Value::Bool(_)) => Some(template),
+            _ => {
+                self.error(
+                    node.pos,
+                    field,
+                    format!(
+                        "expected one expression such as \"${{{{ input.priority == 'P1' }}}}\" or true/false, found {}",
+                        match node.as_str() {
+                            Some(text) => format!("the text {text:?}"),
+                            None => node.kind().to_string(),
+                        }
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// Checks what a template's expressions refer to.
     fn check_refs(&mut self, template: &Template, pos: Pos, field: &str, rules: &RefRules<'_>) {
         for expression in template.expressions() {
@@ -273,6 +296,21 @@ impl<'a> Loader<'a> {
             {
                 self.error(pos, field, format!("`{}`: {why}", e.source));
             }
+        }
+        for unknown in e
+            .run_fields
+            .iter()
+            .filter(|f| !expr::RUN_FIELDS.contains(&f.as_str()))
+        {
+            self.error(
+                pos,
+                field,
+                format!(
+                    "`{}`: run has no field {unknown}; it has {}",
+                    e.source,
+                    expr::RUN_FIELDS.join(", ")
+                ),
+            );
         }
         if rules.no_steps.is_some() {
             return;
@@ -568,11 +606,22 @@ impl<'a> Loader<'a> {
             }
             _ => StepKind::Wait(self.wait(get("wait").unwrap(), &format!("{field}.wait"))?),
         };
-        let when = get("when").and_then(|n| self.template(n, &format!("{field}.when")));
+        let when = get("when").and_then(|n| self.condition(n, &format!("{field}.when")));
         let retry = get("retry").map_or(Some(RetryPolicy::default()), |n| {
             self.retry(n, &format!("{field}.retry"))
         })?;
-        let timeout = get("timeout").and_then(|n| self.duration(n, &format!("{field}.timeout")));
+        let timeout = get("timeout").and_then(|n| {
+            let timeout = self.duration(n, &format!("{field}.timeout"))?;
+            if timeout.is_zero() {
+                self.error(
+                    n.pos,
+                    &format!("{field}.timeout"),
+                    "a step cannot finish in no time: give it at least 1ms, or leave timeout out",
+                );
+                return None;
+            }
+            Some(timeout)
+        });
         Some(Step {
             id,
             when,
@@ -915,7 +964,17 @@ impl<'a> Loader<'a> {
             }
         };
         let calendar = get("calendar").and_then(|n| self.string(n, "sla.calendar"));
-        let pause_while = get("pause_while").and_then(|n| self.string(n, "sla.pause_while"));
+        let pause_while = get("pause_while").and_then(|n| {
+            let id = self.string(n, "sla.pause_while")?;
+            if !rules_all.known.contains_key(&id) {
+                self.error(
+                    n.pos,
+                    "sla.pause_while",
+                    format!("unknown step {id}: name the step (an approval) during which the clock stops"),
+                );
+            }
+            Some(id)
+        });
         let mut escalations = Vec::new();
         if let Some(list) = get("escalations") {
             if let NodeValue::Seq(items) = &list.value {
