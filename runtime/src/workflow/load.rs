@@ -615,7 +615,7 @@ impl<'a> Loader<'a> {
             if timeout.is_zero() {
                 self.error(
                     n.pos,
-                    &format!("{field}.timeout"),
+                    format!("{field}.timeout"),
                     "a step cannot finish in no time: give it at least 1ms, or leave timeout out",
                 );
                 return None;
