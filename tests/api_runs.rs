@@ -130,11 +130,13 @@ fn bad_requests_get_problem_details() {
     assert_eq!(content_type, "application/problem+json");
     assert_eq!(body["type"], "https://steward.dev/problems/invalid-input");
     let errors = body["errors"].as_array().unwrap();
+    // The schema's place by file name: the server's folders are not the
+    // client's business.
     assert!(
         errors.iter().any(|e| e
             .as_str()
             .unwrap()
-            .contains("ticket-triage.yaml:5:3: input.number: 7 is not of type \"string\"")),
+            .starts_with("ticket-triage.yaml:5:3: input.number: 7 is not of type \"string\"")),
         "{body:#}"
     );
 

@@ -82,7 +82,7 @@ pub(super) async fn start_run(
         .catalog
         .latest(workflow)
         .ok_or_else(|| Problem::not_found(&format!("workflow {workflow}")))?;
-    if let Err(errors) = workflow.check_input(&input) {
+    if let Err(errors) = workflow.check_input_for_client(&input) {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-input",

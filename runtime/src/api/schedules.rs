@@ -112,7 +112,7 @@ async fn apply(
                 ),
             ))
         })?;
-    if let Err(errors) = workflow.check_input(&spec.input) {
+    if let Err(errors) = workflow.check_input_for_client(&spec.input) {
         return Err(invalid(InvalidSchedule::new(
             "input",
             format!(

@@ -267,6 +267,19 @@ impl Workflow {
     /// Checks a start's input against the `input` schema; each error names
     /// the file, the schema's line and the offending field.
     pub fn check_input(&self, input: &Value) -> Result<(), Vec<String>> {
+        self.check_input_as(input, &self.file)
+    }
+
+    /// [`Workflow::check_input`] for API clients: the file by its name
+    /// only, since the server's folders are none of theirs.
+    pub fn check_input_for_client(&self, input: &Value) -> Result<(), Vec<String>> {
+        let name = std::path::Path::new(&self.file)
+            .file_name()
+            .map_or(self.file.as_str(), |n| n.to_str().unwrap_or(&self.file));
+        self.check_input_as(input, name)
+    }
+
+    fn check_input_as(&self, input: &Value, file: &str) -> Result<(), Vec<String>> {
         let Some(schema) = &self.input else {
             return Ok(());
         };
@@ -281,8 +294,8 @@ impl Workflow {
                     format!("input{}", path.replace('/', "."))
                 };
                 format!(
-                    "{}:{}:{}: {field}: {e}",
-                    self.file, schema.pos.line, schema.pos.col
+                    "{file}:{}:{}: {field}: {e}",
+                    schema.pos.line, schema.pos.col
                 )
             })
             .collect();
