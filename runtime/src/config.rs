@@ -237,7 +237,10 @@ fn default_hook_tolerance() -> u64 {
 /// Where a secret's value comes from. Values are resolved at start and never
 /// logged.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table: { env = \"NAME\" }, { file = \"PATH\" } or { value = \"...\" }"
+)]
 pub struct SecretSource {
     pub env: Option<String>,
     pub value: Option<String>,
@@ -292,10 +295,10 @@ impl Default for EngineSettings {
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {reason}")]
     Read {
         path: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("{path}:{message}")]
     Parse { path: String, message: String },
@@ -308,9 +311,9 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut config = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
                     path: path.display().to_string(),
-                    source,
+                    reason,
                 })?;
                 Config::parse(&text, &path.display().to_string())?
             }
@@ -332,10 +335,40 @@ impl Config {
 
     /// Parses configuration text; errors read `FILE:LINE:COL: message`.
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_string(),
             message: describe_toml_error(text, &e),
-        })
+        })?;
+        config
+            .check_limits()
+            .map_err(|message| ConfigError::Parse {
+                path: path.to_string(),
+                message: format!(" {message}"),
+            })?;
+        Ok(config)
+    }
+
+    /// A limit of 0 would fail every call (or the engine's start, with
+    /// wasmtime's words): refused here, naming the key.
+    fn check_limits(&self) -> Result<(), String> {
+        let zero = |table: &str, key: &str, value: Option<u64>| match value {
+            Some(0) => Err(format!(
+                "{table} {key} = 0: a plugin call needs some; raise it or leave it out for the default"
+            )),
+            _ => Ok(()),
+        };
+        let l = &self.limits;
+        zero("[limits]", "memory_mib", Some(l.memory_mib))?;
+        zero("[limits]", "cpu_ms", Some(l.cpu_ms))?;
+        zero("[limits]", "timeout_ms", Some(l.timeout_ms))?;
+        zero("[limits]", "io_mib", Some(l.io_mib))?;
+        for (name, p) in &self.plugins {
+            let table = format!("[plugins.{name}]");
+            zero(&table, "memory_mib", p.memory_mib)?;
+            zero(&table, "cpu_ms", p.cpu_ms)?;
+            zero(&table, "timeout_ms", p.timeout_ms)?;
+        }
+        Ok(())
     }
 
     fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
@@ -526,6 +559,25 @@ secret = { env = "SNOW_HOOK_SECRET" }
         let mut c = Config::default();
         c.apply_env(|k| (k == "STEWARD_DATABASE").then(|| "postgres://x/y".to_string()));
         assert_eq!(c.database(), "postgres://x/y");
+    }
+
+    #[test]
+    fn zero_limits_and_string_secrets_are_refused_naming_the_key() {
+        let err = Config::parse("[limits]\nmemory_mib = 0\n", "s.toml").unwrap_err();
+        assert!(err.to_string().contains("[limits] memory_mib = 0"), "{err}");
+        let err = Config::parse("[plugins.notify]\ntimeout_ms = 0\n", "s.toml").unwrap_err();
+        assert!(
+            err.to_string().contains("[plugins.notify] timeout_ms = 0"),
+            "{err}"
+        );
+        let err = Config::parse(
+            "[hooks.x]\nworkflow = \"w\"\nsecret = \"0123456789abcdef0123\"\n",
+            "s.toml",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("{ env = \"NAME\" }"), "{err}");
+        let err = Config::load(Some(Path::new("/nonexistent/steward.toml"))).unwrap_err();
+        assert_eq!(err.to_string().matches("No such file").count(), 1, "{err}");
     }
 
     #[test]
