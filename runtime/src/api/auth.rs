@@ -105,7 +105,7 @@ pub async fn require_scope(
         )
         .into_response(),
         Ok(None) => unauthorized("the token is unknown or revoked"),
-        Err(e) => Problem::internal(e).into_response(),
+        Err(e) => Problem::from(e).into_response(),
     }
 }
 

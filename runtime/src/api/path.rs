@@ -18,6 +18,10 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathPar
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(PathParam(value)),
+            // A route without the parameters its handler asks for is ours.
+            Err(rejection) if rejection.status().is_server_error() => {
+                Err(Problem::internal(rejection.body_text()))
+            }
             Err(rejection) => Err(Problem::new(
                 StatusCode::BAD_REQUEST,
                 "invalid-path",

@@ -294,7 +294,7 @@ pub async fn list(
     // A cursor is the last run of the previous page: anything else would
     // silently give the first page, or an empty one that looks like the end.
     if let Some(cursor) = query.cursor.as_deref()
-        && app.store.run(cursor).await?.is_none()
+        && !app.store.run_exists(cursor).await?
     {
         return Err(Problem::invalid_query(format!(
             "cursor {cursor:?} is not one this server gave: pass the next_cursor of the previous page"

@@ -323,12 +323,14 @@ impl Scheduler {
             )),
         };
         let workflow = workflow.and_then(|w| {
-            w.check_input(&s.spec.input).map(|()| w).map_err(|errors| {
-                format!(
-                    "the schedule's input does not match the workflow's input schema: {}",
-                    errors.join("; ")
-                )
-            })
+            w.check_input_for_client(&s.spec.input)
+                .map(|()| w)
+                .map_err(|errors| {
+                    format!(
+                        "the schedule's input does not match the workflow's input schema: {}",
+                        errors.join("; ")
+                    )
+                })
         });
         let workflow = match workflow {
             Ok(w) => w,

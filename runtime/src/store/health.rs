@@ -6,8 +6,8 @@
 //! for want of its connection, or the `LISTEN` connection dropping): after
 //! a restart, one query fails instead of one per pooled connection.
 
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 /// When connections were last seen lost, for every store of the process
@@ -22,16 +22,18 @@ pub(crate) struct Health {
 static START: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// The process's one record (see [`Health`]).
-pub(crate) fn shared() -> Arc<Health> {
-    static SHARED: LazyLock<Arc<Health>> = LazyLock::new(Arc::default);
-    SHARED.clone()
+pub(crate) fn shared() -> &'static Health {
+    static SHARED: Health = Health {
+        lost_at: AtomicU64::new(0),
+    };
+    &SHARED
 }
 
 impl Health {
     /// Records a loss now.
     pub fn lost(&self) {
         self.lost_at
-            .store(millis(Instant::now()) + 1, Ordering::Release);
+            .fetch_max(millis(Instant::now()) + 1, Ordering::AcqRel);
     }
 
     /// Records a loss when `error` says a connection died (see
@@ -100,5 +102,6 @@ mod tests {
         assert!(is_connection_loss(&io));
         assert!(!is_connection_loss(&sqlx::Error::RowNotFound));
         assert!(!is_connection_loss(&sqlx::Error::PoolTimedOut));
+        assert!(!is_connection_loss(&sqlx::Error::Protocol("x".into())));
     }
 }

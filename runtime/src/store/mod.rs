@@ -760,6 +760,16 @@ impl Store {
         }
     }
 
+    /// Whether a run with this id exists (a cursor check, without reading
+    /// the run's input and output).
+    pub async fn run_exists(&self, id: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     pub async fn run(&self, id: &str) -> Result<Option<RunRow>, StoreError> {
         let row = sqlx::query(
             "SELECT id, workflow, version, status, input, output, error, created_at, finished_at FROM runs WHERE id = $1",

@@ -115,9 +115,12 @@ async fn run(pool: AnyPool, backend: Backend, mut queue: mpsc::Receiver<Write>) 
         }
         let mut outcome = commit(&pool, &mut held, backend, &batch).await;
         if matches!(&outcome, Err(StoreError::Database(e)) if health::is_connection_loss(e)) {
-            // The connection died under the batch, which says nothing of
-            // its writes: once more, on another connection (the pool tests
-            // those idle since), before looking for a culprit.
+            // The connection died under the batch: no write of it is at
+            // fault. Once more, on another connection (those idle since
+            // are tested before they are lent), before looking for a
+            // culprit. Had the COMMIT itself gone through before the
+            // connection died, the retry meets its own rows and answers
+            // as a duplicate would (unknowable, as for any client).
             outcome = commit(&pool, &mut held, backend, &batch).await;
         }
         match outcome {
@@ -376,9 +379,9 @@ struct Held {
 }
 
 /// [`commit_on`] the held connection, taking one from the pool first if
-/// none is held (or if connections were seen lost since it was taken); a
-/// connection that failed goes back to the pool, which tests it before
-/// lending it again.
+/// none is held (or if connections were seen lost since it last
+/// answered); a connection that failed goes back to the pool (sqlx pings
+/// it there and drops it if dead).
 async fn commit(
     pool: &AnyPool,
     held: &mut Option<Held>,
@@ -570,15 +573,14 @@ async fn commit_in_one_query(
         Ok(())
     }
     .await;
-    match outcome {
-        Err(e) if health::is_connection_loss(&e) => return Err(e.into()),
-        Err(_) => {
-            // The failed statement is undone but its transaction stays
-            // open (unless SQLite ended it, when this fails harmlessly).
-            conn.execute("ROLLBACK").await.ok();
-            return Ok(None);
+    if let Err(e) = outcome {
+        // The failed statement is undone but its transaction stays open
+        // (unless SQLite ended it, when this fails harmlessly).
+        conn.execute("ROLLBACK").await.ok();
+        if health::is_connection_loss(&e) {
+            return Err(e.into());
         }
-        Ok(()) => {}
+        return Ok(None);
     }
     Ok(Some(answers(batch, true, true, cancels)))
 }
