@@ -119,9 +119,9 @@ fn wrong_stale_and_replayed_deliveries_are_refused() {
     let (status, _) = deliver(&server, "intake", TICKET, Some(&tampered));
     assert_eq!(status, 401);
 
-    // Just past the 300 s tolerance, from a fresh clock reading: a second
-    // ticking by before the server checks still leaves it past.
-    for skew in [-302, 302] {
+    // Past the 300 s tolerance, from a fresh clock reading, with room for
+    // a slow machine between signing and the server's check.
+    for skew in [-400, 400] {
         let stale = sign(SECRET, now() + skew, TICKET.as_bytes());
         let (status, body) = deliver(&server, "intake", TICKET, Some(&stale));
         assert_eq!(

@@ -300,3 +300,33 @@ fn a_yaml_alias_bomb_is_refused() {
         "{stderr}"
     );
 }
+
+/// A data_dir without a database once still kept the database in
+/// ./steward-data; now the database follows data_dir. An older one left
+/// there stops the start with where it is and how to keep it, instead of
+/// a silent start on an empty database.
+#[test]
+fn a_database_left_where_older_versions_kept_it_is_not_silently_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("steward-data")).unwrap();
+    std::fs::write(dir.path().join("steward-data/steward.db"), b"").unwrap();
+    let config = dir.path().join("steward.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = {:?}\nworkflows = []\n", dir.path().join("data")),
+    )
+    .unwrap();
+    let out = Command::new(common::steward_bin())
+        .current_dir(dir.path())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("steward-data/steward.db holds one from an older steward"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("data/steward.db").exists());
+}

@@ -193,9 +193,15 @@ impl PluginSettings {
                     .iter()
                     .find(|known| {
                         let known = squash(known);
+                        // The same words (`allowed-hosts`), one `s` more or
+                        // less, or the name without its unit (`timeout`).
+                        let unitless = known
+                            .strip_suffix("ms")
+                            .or_else(|| known.strip_suffix("mib"))
+                            .unwrap_or(&known);
                         squashed == known
                             || squashed.trim_end_matches('s') == known.trim_end_matches('s')
-                            || (squashed.len() >= 4 && known.starts_with(&squashed))
+                            || squashed == unitless
                     })
                     .map(|known| (key.clone(), *known))
             })
@@ -576,8 +582,10 @@ secret = { env = "SNOW_HOOK_SECRET" }
         )
         .unwrap_err();
         assert!(err.to_string().contains("{ env = \"NAME\" }"), "{err}");
+        // As the CLI prints it: the error and its causes.
         let err = Config::load(Some(Path::new("/nonexistent/steward.toml"))).unwrap_err();
-        assert_eq!(err.to_string().matches("No such file").count(), 1, "{err}");
+        let shown = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(shown.matches("No such file").count(), 1, "{shown}");
     }
 
     #[test]

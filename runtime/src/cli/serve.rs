@@ -241,6 +241,23 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         max_connections: None,
     };
     let database = config.database();
+    // Before the database followed data_dir, a data_dir without a database
+    // still kept it at ./steward-data/steward.db: rather than start on an
+    // empty one beside it, say where the old one is.
+    let moved_from = std::path::Path::new("steward-data/steward.db");
+    if config.database.is_none()
+        && config.data_dir != std::path::Path::new("steward-data")
+        && moved_from.exists()
+        && !config.data_dir.join("steward.db").exists()
+    {
+        bail!(
+            "the database is now {} (database defaults to steward.db in data_dir), but {} holds \
+             one from an older steward: move it (with its -wal and -shm files) to data_dir, or set \
+             database = \"sqlite://steward-data/steward.db\" to keep it where it is",
+            config.data_dir.join("steward.db").display(),
+            moved_from.display()
+        );
+    }
     let store = Store::open(&database, options)
         .await
         .with_context(|| format!("cannot open the database {}", redact(&database)))?;

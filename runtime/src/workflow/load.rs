@@ -248,7 +248,8 @@ impl<'a> Loader<'a> {
     fn condition(&mut self, node: &Node, field: &str) -> Option<Template> {
         let template = self.template(node, field)?;
         match &template {
-            Template::Expr(_) | Template::Literal(Value::Bool(_)) => Some(template),
+            // `when: ~` skips the step, as an expression giving null does.
+            Template::Expr(_) | Template::Literal(Value::Bool(_) | Value::Null) => Some(template),
             _ => {
                 self.error(
                     node.pos,
@@ -970,7 +971,7 @@ impl<'a> Loader<'a> {
                 self.error(
                     n.pos,
                     "sla.pause_while",
-                    format!("unknown step {id}: name the step (an approval) during which the clock stops"),
+                    format!("unknown step {id}: name the step during which the clock stops (an approval, say)"),
                 );
             }
             Some(id)

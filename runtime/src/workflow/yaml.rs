@@ -258,7 +258,8 @@ impl MarkedEventReceiver for Builder {
             Event::Scalar(text, style, anchor, _tag) => {
                 self.written(false);
                 if anchor > 0 {
-                    self.anchor_sizes.insert(anchor, 1);
+                    // A long text counts as many values: an alias copies it.
+                    self.anchor_sizes.insert(anchor, 1 + text.len() / 64);
                 }
                 let node = Node {
                     pos,
@@ -380,6 +381,14 @@ mod tests {
         );
         assert!(err.pos.line >= 5, "{err:?}");
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+        // A long text repeated: it counts by its length.
+        let long = "x".repeat(64 * 1024);
+        let mut texts = format!("a: &a {long}\nb: [");
+        texts.push_str(&["*a"; 100].join(", "));
+        texts.push_str("]\n");
+        let err = parse(&texts).unwrap_err();
+        assert!(err.message.contains("aliases here repeat"), "{err:?}");
     }
 
     #[test]
