@@ -893,6 +893,22 @@ impl<'a> Loader<'a> {
         }
     }
 
+    /// A step named by a field (`responded_when`, `pause_while`); an
+    /// unknown one is an error saying what to name (`hint`).
+    fn step_name(
+        &mut self,
+        node: &Node,
+        field: &str,
+        rules_all: &RefRules<'_>,
+        hint: &str,
+    ) -> Option<String> {
+        let id = self.string(node, field)?;
+        if !rules_all.known.contains_key(&id) {
+            self.error(node.pos, field, format!("unknown step {id}: {hint}"));
+        }
+        Some(id)
+    }
+
     fn sla(&mut self, node: &Node, rules_all: &RefRules<'_>) -> Option<Sla> {
         let field = "sla";
         let entries = self.mapping(
@@ -936,15 +952,12 @@ impl<'a> Loader<'a> {
             .map(|n| self.targets(n, "sla.response"))
             .unwrap_or_default();
         let responded_when = get("responded_when").and_then(|n| {
-            let id = self.string(n, "sla.responded_when")?;
-            if !rules_all.known.contains_key(&id) {
-                self.error(
-                    n.pos,
-                    "sla.responded_when",
-                    format!("unknown step {id}: name the step whose end is the response"),
-                );
-            }
-            Some(id)
+            self.step_name(
+                n,
+                "sla.responded_when",
+                rules_all,
+                "name the step whose end is the response",
+            )
         });
         if responded_when.is_some() && response.is_empty() {
             self.error(
@@ -966,15 +979,12 @@ impl<'a> Loader<'a> {
         };
         let calendar = get("calendar").and_then(|n| self.string(n, "sla.calendar"));
         let pause_while = get("pause_while").and_then(|n| {
-            let id = self.string(n, "sla.pause_while")?;
-            if !rules_all.known.contains_key(&id) {
-                self.error(
-                    n.pos,
-                    "sla.pause_while",
-                    format!("unknown step {id}: name the step during which the clock stops (an approval, say)"),
-                );
-            }
-            Some(id)
+            self.step_name(
+                n,
+                "sla.pause_while",
+                rules_all,
+                "name the step during which the clock stops (an approval, say)",
+            )
         });
         let mut escalations = Vec::new();
         if let Some(list) = get("escalations") {
