@@ -102,7 +102,7 @@ impl From<crate::store::StoreError> for Problem {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database-unavailable",
                 "Database unavailable",
-                "the database cannot be reached right now; retry shortly (a retry with the same Idempotency-Key cannot start a second run)",
+                "the database cannot be reached or cannot write right now; retry shortly (a retry with the same Idempotency-Key cannot start a second run)",
             );
             problem.retry_after = Some(1);
             return problem;

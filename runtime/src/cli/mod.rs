@@ -158,6 +158,24 @@ async fn token_create(scopes: &[String], name: &str, config: &Config) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
+/// Stderr for logs, where a failed write is dropped: a full disk or a
+/// file-size limit on the log file must not fail the request that logged
+/// (tracing-subscriber reports write errors with `eprintln!`, which panics
+/// when stderr itself cannot be written).
+struct StderrOrNothing;
+
+impl std::io::Write for StderrOrNothing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 /// Logs go to stderr; `STEWARD_LOG` (or `RUST_LOG`) overrides the level.
 pub fn init_logging(command: &Command) {
     let default = match command {
@@ -170,7 +188,7 @@ pub fn init_logging(command: &Command) {
         .unwrap_or_else(|_| default.to_string());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
+        .with_writer(|| StderrOrNothing)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

@@ -5,6 +5,13 @@
 //! sat idle across a loss seen anywhere in the process (a query failing
 //! for want of its connection, or the `LISTEN` connection dropping): after
 //! a restart, one query fails instead of one per pooled connection.
+//!
+//! A storage failure (the disk full or failing, the database file unable to
+//! grow) counts as a loss too: a COMMIT that failed that way can leave its
+//! connection inside a transaction that neither COMMIT nor ROLLBACK ended,
+//! and such a connection, handed out again, would take later writes into a
+//! transaction that never commits. Connections idle across it are rolled
+//! back before their next use; the writer discards its own outright.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,10 +43,11 @@ impl Health {
             .fetch_max(millis(Instant::now()) + 1, Ordering::AcqRel);
     }
 
-    /// Records a loss when `error` says a connection died (see
-    /// [`is_connection_loss`]); answers whether it did.
+    /// Records a loss when `error` says a connection died or the storage
+    /// failed (see [`is_connection_loss`], [`is_storage_failure`]); answers
+    /// whether it did.
     pub fn check(&self, error: &sqlx::Error) -> bool {
-        let lost = is_connection_loss(error);
+        let lost = is_connection_loss(error) || is_storage_failure(error);
         if lost {
             self.lost();
         }
@@ -75,6 +83,44 @@ pub(crate) fn is_connection_loss(error: &sqlx::Error) -> bool {
             .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
         _ => false,
     }
+}
+
+/// Whether `error` means the database's storage failed rather than the
+/// query was wrong: nothing can be written until the disk recovers, so the
+/// caller is told to come back later (503), not that its request is bad.
+/// SQLite: I/O errors (`SQLITE_IOERR` and its extended codes, e.g. 778 when
+/// the file cannot grow), a full disk, a file that cannot be opened or is
+/// read-only, and a database still locked after the busy timeout.
+/// PostgreSQL: insufficient resources (class 53: disk full, out of memory,
+/// too many connections) and system errors (class 58: I/O).
+pub(crate) fn is_storage_failure(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(e) = error else {
+        return false;
+    };
+    if let Some(e) = e.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        use sqlx::error::DatabaseError as _;
+        const BUSY: i32 = 5;
+        const LOCKED: i32 = 6;
+        const READONLY: i32 = 8;
+        const IOERR: i32 = 10;
+        const FULL: i32 = 13;
+        const CANTOPEN: i32 = 14;
+        let code = e
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .unwrap_or_default();
+        return matches!(
+            code & 0xff,
+            BUSY | LOCKED | READONLY | IOERR | FULL | CANTOPEN
+        );
+    }
+    e.code()
+        .is_some_and(|code| code.starts_with("53") || code.starts_with("58"))
+}
+
+/// [`is_storage_failure`] of a store error.
+pub(crate) fn is_storage_failure_of(error: &super::StoreError) -> bool {
+    matches!(error, super::StoreError::Database(e) if is_storage_failure(e))
 }
 
 #[cfg(test)]

@@ -74,6 +74,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    /// The database could not take a write (its storage failed); nothing
+    /// of the request was committed.
+    #[error("the database cannot write: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -83,8 +87,10 @@ impl StoreError {
         match self {
             StoreError::Database(e) => {
                 health::is_connection_loss(e)
+                    || health::is_storage_failure(e)
                     || matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
             }
+            StoreError::Unavailable(_) => true,
             _ => false,
         }
     }
@@ -426,9 +432,21 @@ async fn connect_pool(
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
-                if meta.idle_for > Duration::from_secs(5)
-                    || health::shared().idle_across_loss(meta.idle_for)
-                {
+                let suspect = health::shared().idle_across_loss(meta.idle_for);
+                if suspect {
+                    // A storage failure may have left it inside a
+                    // transaction (see `health`): end any such one first.
+                    // Outside a transaction this fails (SQLite) or warns
+                    // (PostgreSQL), harmlessly.
+                    use sqlx::Executor as _;
+                    match conn.execute("ROLLBACK").await {
+                        Ok(_) => {}
+                        Err(e) if e.to_string().contains("no transaction is active") => {}
+                        // Still inside it, or unusable: closed instead.
+                        Err(_) => return Ok(false),
+                    }
+                }
+                if suspect || meta.idle_for > Duration::from_secs(5) {
                     use sqlx::Connection as _;
                     conn.ping().await?;
                 }
@@ -1320,34 +1338,50 @@ fn run_row(r: &sqlx::any::AnyRow) -> Result<RunRow, StoreError> {
     })
 }
 
-/// Plugin key-value data in the store, for the engine's `kv` capability
-/// (called from blocking threads).
+/// Plugin key-value data in the store, for the engine's `kv` capability.
 pub struct StoreKeyValue {
     store: Store,
-    runtime: tokio::runtime::Handle,
 }
 
 impl StoreKeyValue {
-    pub fn new(store: Store, runtime: tokio::runtime::Handle) -> StoreKeyValue {
-        StoreKeyValue { store, runtime }
+    pub fn new(store: Store) -> StoreKeyValue {
+        StoreKeyValue { store }
     }
 }
 
 impl crate::engine::KeyValue for StoreKeyValue {
-    fn get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.runtime
-            .block_on(self.store.kv_get(plugin, key))
-            .map_err(|e| e.to_string())
+    fn get<'a>(
+        &'a self,
+        plugin: &'a str,
+        key: &'a str,
+    ) -> crate::engine::KvFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            self.store
+                .kv_get(plugin, key)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
-    fn set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        self.runtime
-            .block_on(self.store.kv_set(plugin, key, value))
-            .map_err(|e| e.to_string())
+    fn set<'a>(
+        &'a self,
+        plugin: &'a str,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> crate::engine::KvFuture<'a, ()> {
+        Box::pin(async move {
+            self.store
+                .kv_set(plugin, key, value)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
-    fn delete(&self, plugin: &str, key: &str) -> Result<(), String> {
-        self.runtime
-            .block_on(self.store.kv_delete(plugin, key))
-            .map_err(|e| e.to_string())
+    fn delete<'a>(&'a self, plugin: &'a str, key: &'a str) -> crate::engine::KvFuture<'a, ()> {
+        Box::pin(async move {
+            self.store
+                .kv_delete(plugin, key)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

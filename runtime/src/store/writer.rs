@@ -129,6 +129,15 @@ async fn run(pool: AnyPool, backend: Backend, mut queue: mpsc::Receiver<Write>) 
                     reply(write, Ok(done));
                 }
             }
+            // The storage failed (a disk full or failing): no write of the
+            // batch is at fault and none would commit alone; each is told
+            // the database is unavailable, so its caller answers 503.
+            Err(e) if health::is_storage_failure_of(&e) => {
+                let reason = e.to_string();
+                for write in batch.drain(..) {
+                    reply(write, Err(StoreError::Unavailable(reason.clone())));
+                }
+            }
             Ok(None) | Err(_) => {
                 // Find the culprit: each write alone, in its own transaction.
                 for write in batch.drain(..) {
@@ -198,6 +207,9 @@ pub(super) const SQLITE_SESSION: &str = "\
     CREATE TEMP TRIGGER IF NOT EXISTS steward_batch_check INSTEAD OF INSERT ON steward_batch_check \
     WHEN NEW.expected IS NOT NEW.actual \
     BEGIN SELECT RAISE(ABORT, 'a write of the batch did not apply'); END";
+
+/// The message of [`SQLITE_SESSION`]'s check when it fails a batch.
+const BATCH_CHECK_FAILED: &str = "a write of the batch did not apply";
 
 /// Follows a statement of a one-query batch: its row count (`changes()`)
 /// must be the rows bound after it.
@@ -380,8 +392,8 @@ struct Held {
 
 /// [`commit_on`] the held connection, taking one from the pool first if
 /// none is held (or if connections were seen lost since it last
-/// answered); a connection that failed goes back to the pool (sqlx pings
-/// it there and drops it if dead).
+/// answered); a connection that failed is kept only when it is outside
+/// any transaction.
 async fn commit(
     pool: &AnyPool,
     held: &mut Option<Held>,
@@ -403,12 +415,37 @@ async fn commit(
         }
     };
     let result = commit_on(conn, backend, batch).await;
-    match (&result, held.as_mut()) {
+    if result.is_ok() {
         // Alive as of now, whatever was lost before.
-        (Ok(_), Some(held)) => held.since = std::time::Instant::now(),
-        _ => *held = None,
+        if let Some(held) = held.as_mut() {
+            held.since = std::time::Instant::now();
+        }
+    } else if let Some(mut failed) = held.take() {
+        // A statement of it failed: if that was the COMMIT (a disk that
+        // cannot grow fails it), the connection may still be inside the
+        // transaction, and handed out again it would take later writes
+        // into one that never commits, answered as if they had. It is
+        // kept only when a ROLLBACK now proves it outside any
+        // transaction; otherwise it is closed, never returned to the
+        // pool. (Closing every such connection would leave none: while
+        // the disk fails, a SQLite file cannot be opened anew either.)
+        if outside_transaction(&mut failed.conn).await {
+            *held = Some(failed);
+        } else {
+            failed.conn.close_on_drop();
+        }
     }
     result
+}
+
+/// Ends whatever transaction `conn` is in; whether it is now outside one.
+/// SQLite answers "no transaction is active" when the failure ended it
+/// already; PostgreSQL only warns.
+async fn outside_transaction(conn: &mut AnyConnection) -> bool {
+    match conn.execute("ROLLBACK").await {
+        Ok(_) => true,
+        Err(e) => e.to_string().contains("no transaction is active"),
+    }
 }
 
 /// Commits a batch with a handful of statements, whatever its size: one
@@ -574,10 +611,15 @@ async fn commit_in_one_query(
     }
     .await;
     if let Err(e) = outcome {
-        // The failed statement is undone but its transaction stays open
-        // (unless SQLite ended it, when this fails harmlessly).
-        conn.execute("ROLLBACK").await.ok();
-        if health::is_connection_loss(&e) {
+        // The failed statement is undone but its transaction stays open,
+        // for this ROLLBACK. Only a write that did not apply (the check's
+        // abort, a taken id) is the batch's own fault, answered `None` so
+        // each write is tried alone; any other failure, or a ROLLBACK that
+        // fails, is an error and the caller closes the connection.
+        let rolled_back = conn.execute("ROLLBACK").await;
+        let did_not_apply = matches!(&e, sqlx::Error::Database(db)
+            if db.is_unique_violation() || db.message().contains(BATCH_CHECK_FAILED));
+        if rolled_back.is_err() || !did_not_apply {
             return Err(e.into());
         }
         return Ok(None);
