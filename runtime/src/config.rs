@@ -266,6 +266,12 @@ pub struct Limits {
     /// Bytes copied through host calls per call (input, output, logs,
     /// key-value, HTTP bodies).
     pub io_mib: u64,
+    /// Log lines kept per call; later ones are dropped and counted.
+    pub log_lines: u64,
+    /// Log text kept per call (each line also costs 64 bytes).
+    pub log_kib: u64,
+    /// Longest error message a plugin may return; longer ones are cut.
+    pub error_bytes: u64,
 }
 
 impl Default for Limits {
@@ -275,6 +281,9 @@ impl Default for Limits {
             cpu_ms: 2_000,
             timeout_ms: 30_000,
             io_mib: 16,
+            log_lines: 1_000,
+            log_kib: 256,
+            error_bytes: 4_096,
         }
     }
 }
@@ -368,6 +377,7 @@ impl Config {
         zero("[limits]", "cpu_ms", Some(l.cpu_ms))?;
         zero("[limits]", "timeout_ms", Some(l.timeout_ms))?;
         zero("[limits]", "io_mib", Some(l.io_mib))?;
+        zero("[limits]", "error_bytes", Some(l.error_bytes))?;
         for (name, p) in &self.plugins {
             let table = format!("[plugins.{name}]");
             zero(&table, "memory_mib", p.memory_mib)?;

@@ -68,6 +68,28 @@ impl Server {
         Server::spawn(config, &["worker", "--listen", "PORT", "--tags", tags], &[])
     }
 
+    /// `steward serve` with SIGXFSZ ignored, so a file-size limit set on it
+    /// later ([`Server::pid`]) fails its writes (`EFBIG`, which SQLite
+    /// reports as a disk I/O error) instead of killing it.
+    pub fn start_ignoring_file_size_signal(config: &Path) -> Server {
+        Server::spawn_with(config, &["serve"], &[], free_port(), |command| {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: only async-signal-safe work between fork and exec;
+            // an ignored signal stays ignored across exec.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    /// The process id, for signals and resource limits.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `steward serve` on a port chosen beforehand, for configurations
     /// that must know the server's own address.
     pub fn start_on(config: &Path, port: u16, env: &[(&str, &str)]) -> Server {
@@ -81,6 +103,16 @@ impl Server {
     }
 
     fn spawn_on(config: &Path, args: &[&str], env: &[(&str, &str)], port: u16) -> Server {
+        Server::spawn_with(config, args, env, port, |_| {})
+    }
+
+    fn spawn_with(
+        config: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        port: u16,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Server {
         let address = format!("127.0.0.1:{port}");
         let args: Vec<&str> = args
             .iter()
@@ -88,7 +120,8 @@ impl Server {
             .collect();
         let log_path = config.with_extension(format!("{port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(super::steward_bin())
+        let mut command = Command::new(super::steward_bin());
+        command
             .args(&args)
             .arg("--config")
             .arg(config)
@@ -96,9 +129,9 @@ impl Server {
             .env("STEWARD_ADMIN_TOKEN", ADMIN_TOKEN)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        adjust(&mut command);
+        let child = command.spawn().unwrap();
         let server = Server {
             child,
             port,

@@ -47,10 +47,7 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
         );
     }
     let store = open_store(config).await?;
-    let kv = Arc::new(StoreKeyValue::new(
-        store.clone(),
-        tokio::runtime::Handle::current(),
-    ));
+    let kv = Arc::new(StoreKeyValue::new(store.clone()));
     let mut set = load_plugins(config, kv, true)?;
     add_uploaded(&mut set, config, &store.uploaded_plugins().await?);
     for warning in &set.warnings {

@@ -1,8 +1,13 @@
 //! The one `bindgen!` of the `steward:plugin` world, shared by the whole host.
 
+// Calls run as futures so a wall-clock timeout can drop one whatever the
+// guest is doing; the key-value capability is asynchronous because its
+// store is (a blocking wait there would need a runtime inside a runtime).
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "fulfilment",
+    imports: { "steward:plugin/kv": async },
+    exports: { default: async },
 });
 
 pub use self::steward::plugin::types::{HostError, HostErrorKind, PluginError, StepContext};

@@ -6,6 +6,7 @@
 //! plugin names, JSON text and [`CallError`]s.
 
 pub mod bindings;
+mod budget;
 mod cache;
 pub mod grants;
 pub mod host;
@@ -19,14 +20,17 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+};
 
 pub use bindings::StepContext;
 use bindings::{Fulfilment, FulfilmentPre};
+use budget::{Budget, Interruption, Meter};
 pub use cache::digest;
 use grants::Grants;
 use host::{CallScope, HostState, HttpClient, PluginHost};
-pub use host::{KeyValue, LogLine, MemoryKeyValue};
+pub use host::{KeyValue, KvFuture, LogBudget, LogLine, MemoryKeyValue};
 use manifest::Manifest;
 
 use crate::config::{Limits, PluginSettings, Secrets};
@@ -198,7 +202,7 @@ impl Engine {
         let setup = |e: wasmtime::Error| EngineError::Setup(e.to_string());
         let wasmtime = wasmtime::Engine::new(&wasmtime_config(&options)).map_err(setup)?;
         let mut linker = Linker::new(&wasmtime);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;
         Fulfilment::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |s| s,
@@ -317,7 +321,10 @@ impl Engine {
     }
 
     /// Runs a call on a blocking thread, at most `max_concurrent_calls` at
-    /// once: callers queue instead of exhausting the instance pool.
+    /// once: callers queue instead of exhausting the instance pool. The
+    /// call is driven on that one thread from start to end, which is what
+    /// its CPU clock measures (see `budget`), and its slot is free again at
+    /// its deadline whatever the guest is doing.
     pub async fn call(&self, request: CallRequest) -> CallOutcome {
         let permit = self
             .inner
@@ -328,8 +335,9 @@ impl Engine {
             .expect("the semaphore is never closed");
         let engine = self.clone();
         let plugin = request.plugin.clone();
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let outcome = engine.call_blocking(&request);
+            let outcome = runtime.block_on(engine.call_here(&request));
             drop(permit);
             outcome
         })
@@ -344,9 +352,27 @@ impl Engine {
         })
     }
 
-    /// Runs one call on this thread: fresh `Store`, fresh instance, limits
-    /// applied, everything dropped at the end.
+    /// Runs one call on this thread, for callers outside any async runtime
+    /// (benchmarks, tools): the same call as [`Engine::call`], driven by a
+    /// runtime of the engine's own.
     pub fn call_blocking(&self, request: &CallRequest) -> CallOutcome {
+        static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> =
+            std::sync::LazyLock::new(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_time()
+                    .build()
+                    .expect("a runtime for blocking plugin calls")
+            });
+        RUNTIME.block_on(self.call_here(request))
+    }
+
+    /// One call, driven by the calling thread: fresh `Store`, fresh
+    /// instance, limits armed, everything dropped at the end. The call is
+    /// raced against its wall-clock timeout, so a guest blocked in WASI or
+    /// in an asynchronous host call is dropped at the deadline; the epoch
+    /// check (see `budget`) stops one that never blocks.
+    async fn call_here(&self, request: &CallRequest) -> CallOutcome {
         let started = Instant::now();
         let Some(plugin) = self.plugin(&request.plugin) else {
             return CallOutcome {
@@ -355,11 +381,19 @@ impl Engine {
                 elapsed: started.elapsed(),
             };
         };
-        let mut store = self.new_store(&plugin, request, started);
-        let result = self.run(&plugin, &mut store, request, started);
+        let budget = Budget::of(plugin.limits, request.timeout);
+        let mut store = self.new_store(&plugin, budget, started);
+        let timed = tokio::time::timeout(budget.wall, self.run(&plugin, &mut store, request));
+        let result = match timed.await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Timeout {
+                plugin: plugin.manifest.name.clone(),
+                limit_ms: budget.wall.as_millis() as u64,
+            }),
+        };
         CallOutcome {
             result,
-            logs: store.data_mut().take_logs(),
+            logs: store.data_mut().take_logs(&plugin.limits),
             elapsed: started.elapsed(),
         }
     }
@@ -367,34 +401,43 @@ impl Engine {
     fn new_store(
         &self,
         plugin: &Arc<LoadedPlugin>,
-        request: &CallRequest,
+        budget: Budget,
         started: Instant,
     ) -> Store<HostState> {
-        let budget = Budget::of(
-            plugin.limits,
-            request.timeout,
-            self.inner.options.epoch_tick,
-        );
+        let limits = plugin.limits;
+        let meter = Meter::start(budget, started, self.inner.options.epoch_tick);
+        let first_ticks = meter.first_ticks();
         let state = HostState::new(CallScope {
             plugin: plugin.host.clone(),
             kv: self.inner.kv.clone(),
             secrets: self.inner.secrets.clone(),
             deadline: started + budget.wall,
-            io_budget: (plugin.limits.io_mib << 20) as usize,
-            memory_limit: (plugin.limits.memory_mib << 20) as usize,
+            io_budget: (limits.io_mib << 20) as usize,
+            memory_limit: (limits.memory_mib << 20) as usize,
+            log_budget: LogBudget::new(limits.log_lines, limits.log_kib << 10),
+            meter,
         });
         let mut store = Store::new(&self.inner.wasmtime, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(budget.ticks);
+        store.set_epoch_deadline(first_ticks);
+        store.epoch_deadline_callback(|mut cx| {
+            let state = cx.data_mut();
+            Ok(match state.meter.check() {
+                Ok(ticks) => UpdateDeadline::Continue(ticks),
+                Err(why) => {
+                    state.interrupted = Some(why);
+                    UpdateDeadline::Interrupt
+                }
+            })
+        });
         store
     }
 
-    fn run(
+    async fn run(
         &self,
         plugin: &LoadedPlugin,
         store: &mut Store<HostState>,
         request: &CallRequest,
-        started: Instant,
     ) -> Result<String, CallError> {
         let name = &plugin.manifest.name;
         store
@@ -404,18 +447,15 @@ impl Engine {
                 plugin: name.clone(),
                 message: e.message,
             })?;
-        let budget = Budget::of(
-            plugin.limits,
-            request.timeout,
-            self.inner.options.epoch_tick,
-        );
-        let outcome = plugin.pre.instantiate(&mut *store).and_then(|instance| {
-            instance.steward_plugin_handler().call_handle(
-                &mut *store,
-                &request.context,
-                &request.input,
-            )
-        });
+        let outcome = match plugin.pre.instantiate_async(&mut *store).await {
+            Ok(instance) => {
+                instance
+                    .steward_plugin_handler()
+                    .call_handle(&mut *store, &request.context, &request.input)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         match outcome {
             Ok(Ok(output)) => {
                 store
@@ -427,69 +467,50 @@ impl Engine {
                     })?;
                 Ok(output)
             }
-            Ok(Err(e)) => Err(CallError::Plugin {
-                plugin: name.clone(),
-                message: e.message,
-                retryable: e.retryable,
-                code: e.code,
-            }),
-            Err(trap) => Err(classify_trap(plugin, store, &trap, &budget, started)),
+            Ok(Err(mut e)) => {
+                host::truncate_marked(&mut e.message, plugin.limits.error_bytes as usize);
+                if let Some(code) = &mut e.code {
+                    host::truncate_marked(code, MAX_ERROR_CODE);
+                }
+                Err(CallError::Plugin {
+                    plugin: name.clone(),
+                    message: e.message,
+                    retryable: e.retryable,
+                    code: e.code,
+                })
+            }
+            Err(trap) => Err(classify_trap(plugin, store, &trap)),
         }
     }
 }
 
-/// The time a call may take, from the plugin's limits and the step's timeout.
-struct Budget {
-    wall: Duration,
-    cpu: Duration,
-    ticks: u64,
-    /// True when the wall-clock timeout is the tighter bound.
-    wall_bound: bool,
-}
-
-impl Budget {
-    fn of(limits: Limits, step_timeout: Option<Duration>, tick: Duration) -> Budget {
-        let mut wall = Duration::from_millis(limits.timeout_ms);
-        if let Some(t) = step_timeout {
-            wall = wall.min(t);
-        }
-        let cpu = Duration::from_millis(limits.cpu_ms);
-        let bound = cpu.min(wall);
-        let ticks = (bound.as_nanos() / tick.as_nanos().max(1)) as u64 + 1;
-        Budget {
-            wall,
-            cpu,
-            ticks,
-            wall_bound: wall < cpu,
-        }
-    }
-}
+/// Longest error code a plugin may return, in bytes: codes are names for
+/// workflows to match on, not messages.
+const MAX_ERROR_CODE: usize = 64;
 
 fn classify_trap(
     plugin: &LoadedPlugin,
     store: &Store<HostState>,
     error: &wasmtime::Error,
-    budget: &Budget,
-    started: Instant,
 ) -> CallError {
     let name = plugin.manifest.name.clone();
-    if store.data().limiter.refused.is_some() {
+    let state = store.data();
+    if state.limiter.refused.is_some() {
         return CallError::MemoryLimit {
             plugin: name,
             limit_mib: plugin.limits.memory_mib,
         };
     }
     if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
-        return if budget.wall_bound || started.elapsed() >= budget.wall {
-            CallError::Timeout {
+        return match state.interrupted {
+            Some(Interruption::Cpu) => CallError::CpuLimit {
                 plugin: name,
-                limit_ms: budget.wall.as_millis() as u64,
-            }
-        } else {
-            CallError::CpuLimit {
+                limit_ms: plugin.limits.cpu_ms,
+            },
+            Some(Interruption::Wall) | None => CallError::Timeout {
                 plugin: name,
-                limit_ms: budget.cpu.as_millis() as u64,
-            }
+                limit_ms: state.meter.wall().as_millis() as u64,
+            },
         };
     }
     if let Some(trap) = error.downcast_ref::<Trap>() {

@@ -1,4 +1,6 @@
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 
 use super::HostState;
@@ -9,12 +11,16 @@ use crate::engine::bindings::steward::plugin::kv::Host;
 const MAX_KEY: usize = 512;
 const MAX_VALUE: usize = 1 << 20;
 
+/// What a [`KeyValue`] operation answers: a future, so a call waiting on
+/// the database can still be dropped at its deadline.
+pub type KvFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+
 /// Where plugin key-value data lives; every key is scoped by plugin name so
 /// plugins never see each other's data.
 pub trait KeyValue: Send + Sync {
-    fn get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
-    fn set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), String>;
-    fn delete(&self, plugin: &str, key: &str) -> Result<(), String>;
+    fn get<'a>(&'a self, plugin: &'a str, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>>;
+    fn set<'a>(&'a self, plugin: &'a str, key: &'a str, value: &'a [u8]) -> KvFuture<'a, ()>;
+    fn delete<'a>(&'a self, plugin: &'a str, key: &'a str) -> KvFuture<'a, ()>;
 }
 
 /// A process-local store, for `steward run` and tests.
@@ -22,27 +28,28 @@ pub trait KeyValue: Send + Sync {
 pub struct MemoryKeyValue(Mutex<HashMap<(String, String), Vec<u8>>>);
 
 impl KeyValue for MemoryKeyValue {
-    fn get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        Ok(self
+    fn get<'a>(&'a self, plugin: &'a str, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
+        let value = self
             .0
             .lock()
             .unwrap()
             .get(&(plugin.to_string(), key.to_string()))
-            .cloned())
+            .cloned();
+        Box::pin(std::future::ready(Ok(value)))
     }
-    fn set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), String> {
+    fn set<'a>(&'a self, plugin: &'a str, key: &'a str, value: &'a [u8]) -> KvFuture<'a, ()> {
         self.0
             .lock()
             .unwrap()
             .insert((plugin.to_string(), key.to_string()), value.to_vec());
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
-    fn delete(&self, plugin: &str, key: &str) -> Result<(), String> {
+    fn delete<'a>(&'a self, plugin: &'a str, key: &'a str) -> KvFuture<'a, ()> {
         self.0
             .lock()
             .unwrap()
             .remove(&(plugin.to_string(), key.to_string()));
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -62,11 +69,12 @@ impl HostState {
 }
 
 impl Host for HostState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostError> {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostError> {
         self.kv_allowed(&key)?;
         let value = self
             .kv
             .get(&self.plugin.name, &key)
+            .await
             .map_err(HostError::failed)?;
         if let Some(v) = &value {
             self.charge(v.len(), "a key-value read")?;
@@ -74,7 +82,7 @@ impl Host for HostState {
         Ok(value)
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), HostError> {
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), HostError> {
         self.kv_allowed(&key)?;
         if value.len() > MAX_VALUE {
             return Err(HostError::limit(format!(
@@ -84,13 +92,15 @@ impl Host for HostState {
         self.charge(key.len() + value.len(), "a key-value write")?;
         self.kv
             .set(&self.plugin.name, &key, &value)
+            .await
             .map_err(HostError::failed)
     }
 
-    fn delete(&mut self, key: String) -> Result<(), HostError> {
+    async fn delete(&mut self, key: String) -> Result<(), HostError> {
         self.kv_allowed(&key)?;
         self.kv
             .delete(&self.plugin.name, &key)
+            .await
             .map_err(HostError::failed)
     }
 }

@@ -15,9 +15,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use http::HttpClient;
-pub use kv::{KeyValue, MemoryKeyValue};
+pub use kv::{KeyValue, KvFuture, MemoryKeyValue};
 
 use super::bindings::HostError;
+use super::budget::{Interruption, Meter};
 use super::grants::Grants;
 use super::limiter::MemoryLimiter;
 use crate::config::Secrets;
@@ -53,6 +54,30 @@ pub struct HostState {
     pub(crate) deadline: Instant,
     io_budget: usize,
     pub(crate) logs: Vec<LogLine>,
+    pub(crate) log_budget: LogBudget,
+    /// Read at each epoch deadline (see `budget`).
+    pub(crate) meter: Meter,
+    /// Why the epoch check stopped the call, for the engine's verdict.
+    pub(crate) interrupted: Option<Interruption>,
+}
+
+/// What a call may still log: lines and bytes, and how many lines it
+/// logged past them (dropped, and told once at the end).
+#[derive(Debug, Clone, Copy)]
+pub struct LogBudget {
+    pub lines: u64,
+    pub bytes: u64,
+    pub(crate) dropped: u64,
+}
+
+impl LogBudget {
+    pub fn new(lines: u64, bytes: u64) -> LogBudget {
+        LogBudget {
+            lines,
+            bytes,
+            dropped: 0,
+        }
+    }
 }
 
 /// The parts a call brings to its [`HostState`].
@@ -63,6 +88,8 @@ pub struct CallScope {
     pub deadline: Instant,
     pub io_budget: usize,
     pub memory_limit: usize,
+    pub log_budget: LogBudget,
+    pub meter: Meter,
 }
 
 impl HostState {
@@ -77,6 +104,9 @@ impl HostState {
             deadline: scope.deadline,
             io_budget: scope.io_budget,
             logs: Vec::new(),
+            log_budget: scope.log_budget,
+            meter: scope.meter,
+            interrupted: None,
         }
     }
 
@@ -97,9 +127,36 @@ impl HostState {
         self.io_budget
     }
 
-    pub(crate) fn take_logs(&mut self) -> Vec<LogLine> {
+    /// The call's log, ending with a note of how many lines were dropped
+    /// past its limits, if any were.
+    pub(crate) fn take_logs(&mut self, limits: &crate::config::Limits) -> Vec<LogLine> {
+        let dropped = std::mem::take(&mut self.log_budget.dropped);
+        if dropped > 0 {
+            self.logs.push(LogLine {
+                level: "warn".to_string(),
+                message: format!(
+                    "{dropped} more log lines dropped: a call keeps at most {} lines and {} KiB \
+                     ([limits] log_lines, log_kib)",
+                    limits.log_lines, limits.log_kib
+                ),
+            });
+        }
         std::mem::take(&mut self.logs)
     }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the
+/// cut, so a plugin's message cannot grow the history without bound.
+pub(crate) fn truncate_marked(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(" [truncated]");
 }
 
 impl WasiView for HostState {

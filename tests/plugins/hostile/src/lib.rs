@@ -1,7 +1,7 @@
 //! A plugin that does what the input says, good or bad.
 
 use serde::Deserialize;
-use steward_sdk::{Context, Error, Value, http, json, kv, secrets};
+use steward_sdk::{Context, Error, Value, http, json, kv, log, secrets};
 
 #[derive(Deserialize)]
 #[serde(tag = "do", rename_all = "snake_case")]
@@ -16,6 +16,16 @@ enum Act {
     /// Reach for the environment, the file system and the network.
     Ambient,
     Fail { retryable: bool, message: String },
+    /// Block in WASI (`thread::sleep` polls a monotonic-clock pollable).
+    Sleep { ms: u64 },
+    /// Log `lines` lines of `bytes` bytes each (empty lines by default).
+    Flood {
+        lines: usize,
+        #[serde(default)]
+        bytes: usize,
+    },
+    /// Fail with a message and a code of the given sizes.
+    Huge { message_bytes: usize, code_bytes: usize },
 }
 
 fn handle(ctx: &Context, act: Act) -> Result<Value, Error> {
@@ -58,6 +68,21 @@ fn handle(ctx: &Context, act: Act) -> Result<Value, Error> {
             "read_passwd": std::fs::read_to_string("/etc/passwd").is_ok(),
             "tcp": std::net::TcpStream::connect("127.0.0.1:22").is_ok(),
         })),
+        Act::Sleep { ms } => {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(json!({ "slept_ms": ms }))
+        }
+        Act::Flood { lines, bytes } => {
+            let line = "x".repeat(bytes);
+            for _ in 0..lines {
+                log::info(&line);
+            }
+            Ok(json!({ "logged": lines }))
+        }
+        Act::Huge {
+            message_bytes,
+            code_bytes,
+        } => Err(Error::fatal("m".repeat(message_bytes)).with_code("c".repeat(code_bytes))),
         Act::Fail { retryable, message } => {
             Err(if retryable { Error::retryable(message) } else { Error::fatal(message) })
         }
