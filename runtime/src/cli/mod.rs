@@ -1,4 +1,4 @@
-//! Command-line interface, per the SPEC's CLI section.
+//! Command-line interface, as the README's CLI section describes it.
 
 mod dev;
 mod plugin;

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::event::{Event, Recorded, StepError};
 use crate::calendar::Calendar;
 
-/// A run's status, as in the SPEC.
+/// A run's status, as the API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
