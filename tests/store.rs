@@ -819,3 +819,109 @@ async fn the_sla_report_aggregated_in_the_database_matches_its_definition() {
     })
     .await;
 }
+
+/// Whether the server's connections named `app` use TLS, as the server
+/// sees them (`pg_stat_ssl`), asked over a connection of its own.
+async fn tls_of(url: &str, app: &str) -> Vec<bool> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.application_name = $1",
+    )
+    .bind(app)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// `sslmode` in the database URL is honoured: `disable` connects in
+/// plaintext, `require` over TLS (or fails when the server has none,
+/// rather than falling back to plaintext), `verify-full` checks the
+/// server's certificate, and an unreadable `sslrootcert` is an error that
+/// names the file.
+#[tokio::test]
+async fn postgres_sslmode_in_the_url_is_honoured() {
+    let missing = std::env::temp_dir().join(format!("no-such-ca-{}.pem", std::process::id()));
+    let err = Store::open(
+        &format!(
+            "postgres://postgres@127.0.0.1:1/x?sslmode=verify-full&sslrootcert={}",
+            missing.display()
+        ),
+        StoreOptions::default(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        matches!(&err, StoreError::RootCert { path, .. } if *path == missing),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
+
+    let Some(url) = common::postgres_url() else {
+        eprintln!(
+            "postgres_sslmode: PostgreSQL part skipped: STEWARD_TEST_DATABASE_URL is not set"
+        );
+        return;
+    };
+    let with = |params: &str| {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}{params}")
+    };
+    let options = || StoreOptions {
+        schema: Some(common::unique_schema("sslmode")),
+        ..StoreOptions::default()
+    };
+    let plain = with("sslmode=disable");
+    let server_tls: String = {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&plain).await.unwrap();
+        sqlx::query_scalar("SHOW ssl")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+
+    let app = format!("steward-plain-{}", std::process::id());
+    let store = Store::open(
+        &with(&format!("sslmode=disable&application_name={app}")),
+        options(),
+    )
+    .await
+    .expect("sslmode=disable connects");
+    let seen = tls_of(&plain, &app).await;
+    assert!(!seen.is_empty() && seen.iter().all(|tls| !tls), "{seen:?}");
+    store.close().await;
+
+    let app = format!("steward-tls-{}", std::process::id());
+    let required = Store::open(
+        &with(&format!("sslmode=require&application_name={app}")),
+        options(),
+    )
+    .await;
+    if server_tls == "on" {
+        let store = required.expect("sslmode=require connects over TLS");
+        let seen = tls_of(&plain, &app).await;
+        assert!(!seen.is_empty() && seen.iter().all(|tls| *tls), "{seen:?}");
+        store.close().await;
+        // The local server's certificate is signed by no CA we trust.
+        let err = Store::open(&with("sslmode=verify-full"), options())
+            .await
+            .err()
+            .expect("an unverifiable certificate is refused");
+        assert!(
+            err.to_string().to_lowercase().contains("certificate"),
+            "{err}"
+        );
+    } else {
+        let err = required.err().expect("no plaintext fallback");
+        assert!(
+            err.to_string().contains("server does not support TLS"),
+            "{err}"
+        );
+    }
+}
