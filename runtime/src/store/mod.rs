@@ -10,6 +10,7 @@ mod approvals;
 mod groups;
 mod health;
 mod migrate;
+pub mod retention;
 mod schedules;
 mod writer;
 
