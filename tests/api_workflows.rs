@@ -77,6 +77,43 @@ fn a_deployed_workflow_runs_and_survives_a_restart() {
     server.kill();
 }
 
+/// Nesting that overflowed a worker's stack and killed the server is a
+/// 422 like any invalid workflow, and the server keeps serving.
+#[test]
+fn workflows_too_deep_for_the_parsers_are_refused_and_the_server_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let server = Server::start(&config);
+    let lists = format!(
+        "name: deep\nversion: 1\nsteps:\n  - id: a\n    uses: transform\n    with: {{ a: 1 }}\nx:\n  {}1\n",
+        "- ".repeat(20_000)
+    );
+    let chain = GREET_V1.replace(
+        "input.who",
+        &format!("input.who{}", " + 'x'".repeat(30_000)),
+    );
+    for (name, yaml, expect) in [
+        (
+            "deep",
+            lists,
+            "deep.yaml:8:129: yaml: syntax error: lists and mappings nest deeper than 64",
+        ),
+        ("greet", chain, "greet.yaml:6:"),
+    ] {
+        let (status, body) = put(&server, name, "application/yaml", &yaml);
+        assert_eq!(status, 422, "{name}: {body:#}");
+        assert_eq!(
+            body["type"],
+            "https://steward.dev/problems/invalid-workflow"
+        );
+        let error = body["errors"][0].as_str().unwrap();
+        assert!(error.starts_with(expect), "{name}: {error}");
+        let health = ureq::get(&server.url("/healthz")).call().unwrap();
+        assert_eq!(health.status(), 200);
+    }
+    server.kill();
+}
+
 #[test]
 fn an_invalid_workflow_is_refused_with_the_errors_of_steward_validate() {
     let dir = tempfile::tempdir().unwrap();

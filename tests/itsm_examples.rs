@@ -443,6 +443,54 @@ fn access_request_from_a_signed_servicenow_webhook_and_over_the_api() {
     );
 }
 
+/// A system name carrying encoded-query terms once matched another
+/// configuration item (wiki, owned by eli) and skipped payroll's security
+/// approval. The lookup refuses it before any request: the run fails
+/// there, and no approval opens.
+#[test]
+fn access_request_for_a_system_name_with_query_terms_fails_before_any_approval() {
+    let sim = Sim::start();
+    let examples = start(&sim, unchanged);
+    let server = &examples.server;
+    let injected = "payroll^ORname=wiki^ORDERBYDESCname";
+    let run = server.start_run(
+        "access-request",
+        json!({"user": "alex", "system": injected}),
+    );
+    let run = server
+        .wait_until_finished(&[run], Duration::from_secs(20))
+        .remove(0);
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert_eq!(run["steps"]["owner"]["state"], "failed", "{run:#}");
+    assert!(
+        run["error"].to_string().contains("cannot match as text"),
+        "{run:#}"
+    );
+    for step in ["owner-approval", "security-approval", "grant"] {
+        assert!(
+            run["steps"][step].is_null() || run["steps"][step]["state"] == "skipped",
+            "{step}: {run:#}"
+        );
+    }
+    let pending = server.request("GET", "/v1/approvals").call().unwrap();
+    let pending = json_of(pending);
+    assert!(
+        pending["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["run_id"] != run["id"]),
+        "{pending:#}"
+    );
+    assert_eq!(
+        sim.get("/api/sim/grants")["grants"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
 #[test]
 fn p1_incident_escalates_on_its_sla_and_the_weekly_review_reports_it() {
     let sim = Sim::start();

@@ -819,3 +819,283 @@ async fn the_sla_report_aggregated_in_the_database_matches_its_definition() {
     })
     .await;
 }
+
+/// Whether the server's connections named `app` use TLS, as the server
+/// sees them (`pg_stat_ssl`), asked over a connection of its own.
+async fn tls_of(url: &str, app: &str) -> Vec<bool> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.application_name = $1",
+    )
+    .bind(app)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// `sslmode` in the database URL is honoured: `disable` connects in
+/// plaintext, `require` over TLS (or fails when the server has none,
+/// rather than falling back to plaintext), `verify-full` checks the
+/// server's certificate, and an unreadable `sslrootcert` is an error that
+/// names the file.
+#[tokio::test]
+async fn postgres_sslmode_in_the_url_is_honoured() {
+    let missing = std::env::temp_dir().join(format!("no-such-ca-{}.pem", std::process::id()));
+    let err = Store::open(
+        &format!(
+            "postgres://postgres@127.0.0.1:1/x?sslmode=verify-full&sslrootcert={}",
+            missing.display()
+        ),
+        StoreOptions::default(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        matches!(&err, StoreError::RootCert { path, .. } if *path == missing),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
+
+    let Some(url) = common::postgres_url() else {
+        eprintln!(
+            "postgres_sslmode: PostgreSQL part skipped: STEWARD_TEST_DATABASE_URL is not set"
+        );
+        return;
+    };
+    let with = |params: &str| {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}{params}")
+    };
+    let options = || StoreOptions {
+        schema: Some(common::unique_schema("sslmode")),
+        ..StoreOptions::default()
+    };
+    let plain = with("sslmode=disable");
+    let server_tls: String = {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&plain).await.unwrap();
+        sqlx::query_scalar("SHOW ssl")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+
+    let app = format!("steward-plain-{}", std::process::id());
+    let store = Store::open(
+        &with(&format!("sslmode=disable&application_name={app}")),
+        options(),
+    )
+    .await
+    .expect("sslmode=disable connects");
+    let seen = tls_of(&plain, &app).await;
+    assert!(!seen.is_empty() && seen.iter().all(|tls| !tls), "{seen:?}");
+    store.close().await;
+
+    let app = format!("steward-tls-{}", std::process::id());
+    let required = Store::open(
+        &with(&format!("sslmode=require&application_name={app}")),
+        options(),
+    )
+    .await;
+    if server_tls == "on" {
+        let store = required.expect("sslmode=require connects over TLS");
+        let seen = tls_of(&plain, &app).await;
+        assert!(!seen.is_empty() && seen.iter().all(|tls| *tls), "{seen:?}");
+        store.close().await;
+        // The local server's certificate is signed by no CA we trust.
+        let err = Store::open(&with("sslmode=verify-full"), options())
+            .await
+            .err()
+            .expect("an unverifiable certificate is refused");
+        assert!(
+            err.to_string().to_lowercase().contains("certificate"),
+            "{err}"
+        );
+    } else {
+        let err = required.err().expect("no plaintext fallback");
+        assert!(
+            err.to_string().contains("server does not support TLS"),
+            "{err}"
+        );
+    }
+}
+
+/// A run id created at `at`, as the server makes them (UUIDv7).
+fn id_at(at: chrono::DateTime<Utc>) -> String {
+    let ms = at.timestamp_millis() as u64;
+    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        ms / 1000,
+        (ms % 1000) as u32 * 1_000_000,
+    ))
+    .to_string()
+}
+
+/// Finishes run `id` with an outcome recorded at `at`.
+async fn finish_at(store: &Store, id: &str, at: chrono::DateTime<Utc>) {
+    let mut state = RunState::new(id, "demo", 1, Utc::now());
+    for r in store.events(id).await.unwrap() {
+        state.apply(&r);
+    }
+    let done = Recorded {
+        seq: 2,
+        at,
+        event: Event::RunSucceeded { output: json!({}) },
+    };
+    state.apply(&done);
+    store
+        .append(&state, std::slice::from_ref(&done), None, None)
+        .await
+        .unwrap();
+}
+
+/// Rows of `table` whose `column` is one of `ids`, read over a connection
+/// of the test's own (the store has no reader for every table).
+async fn rows_of(
+    url: &str,
+    schema: Option<&str>,
+    table: &str,
+    column: &str,
+    ids: &[String],
+) -> i64 {
+    use sqlx::{Connection as _, Executor as _};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    if let Some(schema) = schema {
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "SET search_path TO \"{schema}\""
+        )))
+        .await
+        .unwrap();
+    }
+    let list = ids
+        .iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM {table} WHERE {column} IN ({list})"
+    )))
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// `[retention] runs`: runs that finished before the cutoff go, with their
+/// events and approval rows, batch by batch; open runs (however old) and
+/// runs finished since stay.
+#[tokio::test]
+async fn retention_deletes_old_finished_runs_with_their_rows_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut backends = vec![(
+        format!("sqlite://{}/steward.db", dir.path().display()),
+        None,
+    )];
+    match common::postgres_url() {
+        Some(url) => backends.push((url, Some(common::unique_schema("retention")))),
+        None => {
+            eprintln!("retention: PostgreSQL part skipped: STEWARD_TEST_DATABASE_URL is not set")
+        }
+    }
+    for (url, schema) in backends {
+        let options = StoreOptions {
+            schema: schema.clone(),
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&url, options).await.unwrap();
+        let now = Utc::now();
+        let day = chrono::Duration::days(1);
+        let old = now - day * 100;
+        let cutoff = now - day * 90;
+        let input = json!({});
+
+        // Five runs created and finished 100 days ago; one has an approval
+        // with a decision.
+        let mut gone = Vec::new();
+        for i in 0..5 {
+            let id = id_at(old + chrono::Duration::milliseconds(i));
+            store
+                .create_run(new_run(&id, &input, Some(&id)))
+                .await
+                .unwrap();
+            finish_at(&store, &id, old + chrono::Duration::hours(1)).await;
+            gone.push(id);
+        }
+        let approval = steward::store::ApprovalRow {
+            id: format!("{}/ask", gone[0]),
+            run_id: gone[0].clone(),
+            workflow: "demo".into(),
+            step: "ask".into(),
+            level: 0,
+            approvers: vec!["ana".into()],
+            eligible: vec!["ana".into()],
+            quorum: 1,
+            due_at: None,
+            status: "pending".into(),
+            created_at: old,
+        };
+        store.open_approval(&approval).await.unwrap();
+        store
+            .decide(&approval.id, "ana", "approve", None, None)
+            .await
+            .unwrap();
+
+        // Kept: a run as old but still open, one as old that finished
+        // yesterday, one of today.
+        let open = id_at(old + chrono::Duration::milliseconds(10));
+        store
+            .create_run(new_run(&open, &input, None))
+            .await
+            .unwrap();
+        let late = id_at(old + chrono::Duration::milliseconds(11));
+        store
+            .create_run(new_run(&late, &input, None))
+            .await
+            .unwrap();
+        finish_at(&store, &late, now - day).await;
+        let recent = id_at(now);
+        store
+            .create_run(new_run(&recent, &input, None))
+            .await
+            .unwrap();
+        finish_at(&store, &recent, now).await;
+        let kept = vec![open.clone(), late.clone(), recent.clone()];
+
+        // Two per transaction: three batches.
+        assert_eq!(store.sweep_finished_runs(cutoff, 2).await.unwrap(), 5);
+        for id in &gone {
+            assert!(store.run(id).await.unwrap().is_none(), "{id}");
+            assert!(store.events(id).await.unwrap().is_empty(), "{id}");
+        }
+        assert!(store.approval(&approval.id).await.unwrap().is_none());
+        let schema = schema.as_deref();
+        let approvals = std::slice::from_ref(&approval.id);
+        for (table, column, ids) in [
+            ("runs", "id", &gone),
+            ("run_events", "run_id", &gone),
+            ("approvals", "run_id", &gone),
+            ("approval_approvers", "approval_id", &approvals.to_vec()),
+            ("approval_decisions", "approval_id", &approvals.to_vec()),
+        ] {
+            assert_eq!(
+                rows_of(&url, schema, table, column, ids).await,
+                0,
+                "{table}"
+            );
+        }
+        for id in &kept {
+            assert!(store.run(id).await.unwrap().is_some(), "{id}");
+            assert!(!store.events(id).await.unwrap().is_empty(), "{id}");
+        }
+        assert_eq!(store.run(&open).await.unwrap().unwrap().status, "pending");
+        // A second sweep finds nothing more.
+        assert_eq!(store.sweep_finished_runs(cutoff, 2).await.unwrap(), 0);
+        store.close().await;
+    }
+}

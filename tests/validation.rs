@@ -301,6 +301,49 @@ fn a_yaml_alias_bomb_is_refused() {
     );
 }
 
+/// Workflows that once overflowed the stack of the parsers (and killed
+/// the server that loaded them): 40 KB of nested block lists and a
+/// 30,000-term CEL chain. Each is a validation error with its position.
+#[test]
+fn workflows_too_deep_for_the_parsers_are_errors_not_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let lists = format!(
+        "name: deep\nsteps:\n  - id: a\n    uses: transform\n    with: {{ a: 1 }}\nx:\n  {}1\n",
+        "- ".repeat(20_000)
+    );
+    let chain = BASE.replace(
+        "steps.first.output.a",
+        &format!("steps.first.output.a{}", "+1".repeat(30_000)),
+    );
+    for (name, yaml, expect) in [
+        (
+            "lists.yaml",
+            lists,
+            ":7:129: yaml: syntax error: lists and mappings nest deeper than 64 levels",
+        ),
+        (
+            "chain.yaml",
+            chain,
+            ":8:16: steps.second.with.b: the expression is 60022 characters long, more than 4096",
+        ),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, yaml).unwrap();
+        let out = Command::new(common::steward_bin())
+            .arg("validate")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        let expected = format!("{}{expect}", file.display());
+        assert!(
+            stderr.contains(&expected),
+            "{name}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
 /// A data_dir without a database once still kept the database in
 /// ./steward-data; now the database follows data_dir. An older one left
 /// there stops the start with where it is and how to keep it, instead of

@@ -37,6 +37,7 @@ pub struct Config {
     pub worker: WorkerSettings,
     pub api: ApiSettings,
     pub scheduler: SchedulerSettings,
+    pub retention: RetentionSettings,
     /// `STEWARD_ADMIN_TOKEN`: an admin API token that lives only in the
     /// environment (never read from the file).
     #[serde(skip)]
@@ -95,6 +96,36 @@ impl Default for SchedulerSettings {
     }
 }
 
+/// How long finished runs are kept.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Finished runs (with their history and approvals) older than this are
+    /// deleted by the executing processes, every few minutes. Unset (the
+    /// default): kept forever, since what an audit needs is the operator's
+    /// call, not ours.
+    #[serde(deserialize_with = "positive_duration")]
+    pub runs: Option<std::time::Duration>,
+}
+
+/// A humantime duration such as `90d`; zero is refused (it would delete
+/// every run the moment it finishes).
+fn positive_duration<'de, D>(d: D) -> Result<Option<std::time::Duration>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = String::deserialize(d)?;
+    match humantime::parse_duration(&text) {
+        Ok(duration) if duration.is_zero() => Err(serde::de::Error::custom(
+            "a retention of zero would delete every run as it finishes: use a duration such as 90d",
+        )),
+        Ok(duration) => Ok(Some(duration)),
+        Err(e) => Err(serde::de::Error::custom(format!(
+            "{text:?} is not a duration such as 90d or 12h: {e}"
+        ))),
+    }
+}
+
 /// Bounds on what the API accepts.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -137,6 +168,7 @@ impl Default for Config {
             worker: WorkerSettings::default(),
             api: ApiSettings::default(),
             scheduler: SchedulerSettings::default(),
+            retention: RetentionSettings::default(),
             admin_token: None,
         }
     }
@@ -559,6 +591,24 @@ secret = { env = "SNOW_HOOK_SECRET" }
         assert_eq!(c.plugin("http-request").allowed_hosts.len(), 2);
         assert!(c.plugin("notify").extra.contains_key("channels"));
         assert_eq!(c.env_json()["iam_url"], "https://iam.example.com");
+    }
+
+    #[test]
+    fn retention_is_off_unless_set_and_takes_a_duration() {
+        assert_eq!(Config::parse("", "s.toml").unwrap().retention.runs, None);
+        let c = Config::parse("[retention]\nruns = \"90d\"\n", "s.toml").unwrap();
+        assert_eq!(
+            c.retention.runs,
+            Some(std::time::Duration::from_secs(90 * 86_400))
+        );
+        let err = Config::parse("[retention]\nruns = \"soon\"\n", "s.toml").unwrap_err();
+        assert!(err.to_string().starts_with("s.toml:2:"), "{err}");
+        assert!(
+            err.to_string().contains("not a duration such as 90d"),
+            "{err}"
+        );
+        let err = Config::parse("[retention]\nruns = \"0s\"\n", "s.toml").unwrap_err();
+        assert!(err.to_string().contains("retention of zero"), "{err}");
     }
 
     #[test]

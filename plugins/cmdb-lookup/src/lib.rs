@@ -94,14 +94,19 @@ fn handle(_ctx: &Context, input: Input) -> Result<Output, Error> {
 }
 
 fn from_cmdb(instance: &Instance, name: &str) -> Result<Output, Error> {
+    // Exact match only: the owner found here routes approvals, so a name
+    // that adds query terms is refused, and a record whose name is not the
+    // one asked for is not taken.
+    let query = table_api::equals_query("name", name)?;
     let record = instance
-        .query("cmdb_ci", &format!("name={name}"), 1)?
+        .query("cmdb_ci", &query, 1)?
         .into_iter()
         .next()
         .ok_or_else(|| {
             Error::fatal(format!("the CMDB has no configuration item named {name:?}"))
                 .with_code("not-found")
         })?;
+    check_name(&record, name)?;
     let sys_id = field_text(&record, "sys_id");
     let mut dependencies = Vec::new();
     if let Some(sys_id) = &sys_id {
@@ -134,6 +139,19 @@ fn from_cmdb(instance: &Instance, name: &str) -> Result<Output, Error> {
         dependencies,
     };
     describe(name, sys_id, item, "cmdb")
+}
+
+/// The record is the one named `name`: ServiceNow's `=` ignores case, so
+/// this does too.
+fn check_name(record: &Value, name: &str) -> Result<(), Error> {
+    let found = field_text(record, "name").unwrap_or_default();
+    if found.to_lowercase() == name.to_lowercase() {
+        return Ok(());
+    }
+    Err(Error::fatal(format!(
+        "the CMDB answered configuration item {found:?} for {name:?}: refusing it"
+    ))
+    .with_code("name-mismatch"))
 }
 
 fn describe(
@@ -191,6 +209,25 @@ steward_sdk::plugin!(handle);
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_a_record_with_the_requested_name_is_taken() {
+        assert!(check_name(&json!({"name": "Payroll"}), "payroll").is_ok());
+        assert!(
+            check_name(
+                &json!({"name": {"value": "payroll", "display_value": "payroll"}}),
+                "PAYROLL"
+            )
+            .is_ok()
+        );
+        let err = check_name(&json!({"name": "wiki"}), "payroll").unwrap_err();
+        assert!(
+            err.message.contains("\"wiki\" for \"payroll\""),
+            "{}",
+            err.message
+        );
+        assert!(check_name(&json!({}), "payroll").is_err());
+    }
 
     #[test]
     fn criticality_reads_numbers_words_and_servicenow_labels() {

@@ -118,7 +118,7 @@ fn create(
     }
     let key = &ctx.idempotency_key;
     if let Some(existing) = instance
-        .query(table, &format!("correlation_id={key}"), 1)?
+        .query(table, &table_api::equals_query("correlation_id", key)?, 1)?
         .into_iter()
         .next()
     {

@@ -81,7 +81,7 @@ impl Instance {
                 self.result("GET", &url, None, None)
             }
             RecordRef::Number(number) => self
-                .query(table, &format!("number={number}"), 1)?
+                .query(table, &equals_query("number", number)?, 1)?
                 .into_iter()
                 .next()
                 .ok_or_else(|| {
@@ -236,6 +236,22 @@ pub fn field_text(record: &Value, field: &str) -> Option<String> {
     }
 }
 
+/// `field=value` as an encoded query that matches `value` only. Encoded
+/// queries have no escape: a `^` in a value starts another term
+/// (`payroll^ORname=wiki` also matches wiki, `^ORDERBY...` reorders), so
+/// a value holding `^` or a control character (a line break) is refused
+/// before any request rather than sent.
+pub fn equals_query(field: &str, value: &str) -> Result<String, Error> {
+    if let Some(c) = value.chars().find(|&c| c == '^' || c.is_control()) {
+        return Err(Error::fatal(format!(
+            "{field} {value:?} contains {c:?}, which a ServiceNow query cannot match as text: \
+             it would join other query terms"
+        ))
+        .with_code("invalid-input"));
+    }
+    Ok(format!("{field}={value}"))
+}
+
 /// Percent-encodes a query component (RFC 3986 unreserved characters stay).
 pub fn encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -261,6 +277,24 @@ mod tests {
             "number%3DINC0010001%5Eactive%3Dtrue"
         );
         assert_eq!(encode("a b&c"), "a%20b%26c");
+    }
+
+    #[test]
+    fn equality_queries_refuse_values_that_would_add_query_terms() {
+        assert_eq!(equals_query("name", "payroll").unwrap(), "name=payroll");
+        for value in [
+            "payroll^ORname=wiki^ORDERBYDESCname",
+            "payroll^NQname=wiki",
+            "a\nb",
+        ] {
+            let err = equals_query("name", value).unwrap_err();
+            assert!(!err.retryable);
+            assert!(
+                err.message.contains("cannot match as text"),
+                "{}",
+                err.message
+            );
+        }
     }
 
     #[test]

@@ -158,6 +158,11 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
     } else {
         SchedulerHandle::detached()
     };
+    // Off the request path: a task of each executing process.
+    let retention = match config.retention.runs {
+        Some(keep) if executes => Some(steward::store::retention::spawn(store.clone(), keep)),
+        _ => None,
+    };
     let auth = Authenticator::new(store.clone(), config.admin_token.as_deref());
     if role != Role::WorkerOnly {
         bootstrap_admin_token(config, &store).await?;
@@ -213,6 +218,9 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
         }
     }
     scheduler.stop();
+    if let Some(retention) = retention {
+        retention.abort();
+    }
     let grace = std::time::Duration::from_millis(config.worker.shutdown_grace_ms);
     let handed_back = worker.shutdown(grace).await;
     if handed_back > 0 {

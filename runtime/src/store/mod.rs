@@ -10,6 +10,7 @@ mod approvals;
 mod groups;
 mod health;
 mod migrate;
+pub mod retention;
 mod schedules;
 mod writer;
 
@@ -60,6 +61,17 @@ pub enum StoreError {
          a newer steward migrated it; run that version or restore a backup"
     )]
     NewerSchema { database: i64, binary: i64 },
+    /// Checked before connecting: sqlx reads the file only during the TLS
+    /// handshake, and its error there names neither the file nor the
+    /// setting.
+    #[error(
+        "the database URL's sslrootcert {path:?} cannot be read: {reason}; \
+         point it at the PEM file of the CA that signed the server's certificate"
+    )]
+    RootCert {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("migration {version} failed: {message}")]
     Migrate { version: i64, message: String },
     #[error(
@@ -493,6 +505,29 @@ async fn connect_pool(
         .await?)
 }
 
+/// Refuses a PostgreSQL URL whose `sslrootcert` (or, when the URL sets
+/// none, `PGSSLROOTCERT`) names a file that cannot be read. TLS itself is
+/// sqlx's: `sslmode=disable|prefer|require|verify-ca|verify-full` as in
+/// libpq.
+fn check_root_cert(url: &str) -> Result<(), StoreError> {
+    let from_url = url::Url::parse(url).ok().and_then(|u| {
+        u.query_pairs()
+            .find(|(k, _)| matches!(&**k, "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+            .map(|(_, v)| v.into_owned())
+    });
+    let Some(path) = from_url.or_else(|| std::env::var("PGSSLROOTCERT").ok()) else {
+        return Ok(());
+    };
+    let path = std::path::PathBuf::from(path);
+    match std::fs::File::open(&path) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(StoreError::RootCert {
+            path,
+            reason: e.to_string(),
+        }),
+    }
+}
+
 impl Store {
     /// Connects, tunes SQLite (WAL, synchronous, busy timeout) and applies
     /// migrations.
@@ -516,6 +551,9 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
+        if backend == Backend::Postgres {
+            check_root_cert(&url)?;
+        }
         let connect: AnyConnectOptions = url.parse()?;
         if backend == Backend::Postgres {
             // A pool retries a refused connection until its acquire

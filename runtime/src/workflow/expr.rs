@@ -34,9 +34,76 @@ pub struct Expression {
     path: Option<Vec<String>>,
 }
 
+/// The longest expression, in characters.
+pub const MAX_CHARS: usize = 4096;
+/// How deep `(`, `[` and `{` may nest in an expression.
+pub const MAX_NESTING: usize = 32;
+/// How many operator characters (`+ - * / % ! < > = & | ? : .`) an
+/// expression may hold.
+pub const MAX_OPERATORS: usize = 256;
+
+/// Refuses an expression too big or too deep for the CEL parser, checked
+/// before it runs. The parser, our reference walk and evaluation all
+/// recurse once per operator or bracket level, so a 30,000-term `1+1+...`
+/// overflowed a 2 MiB tokio worker stack and killed the server. Counting
+/// is on characters outside string literals, a cheap over-estimate of the
+/// AST's depth; the limits are far above what a workflow needs and far
+/// below what a debug build's stack survives (a unit test runs the worst
+/// case within them on a 2 MiB thread).
+fn check_size(source: &str) -> Result<(), String> {
+    let chars = source.chars().count();
+    if chars > MAX_CHARS {
+        return Err(format!(
+            "the expression is {chars} characters long, more than {MAX_CHARS}: \
+             split it over several steps"
+        ));
+    }
+    let (mut depth, mut deepest, mut operators) = (0usize, 0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in source.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '(' | '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            '+' | '-' | '*' | '/' | '%' | '!' | '<' | '>' | '=' | '&' | '|' | '?' | ':' | '.' => {
+                operators += 1
+            }
+            _ => {}
+        }
+    }
+    if deepest > MAX_NESTING {
+        return Err(format!(
+            "the expression nests brackets {deepest} deep, more than {MAX_NESTING}: \
+             split it over several steps"
+        ));
+    }
+    if operators > MAX_OPERATORS {
+        return Err(format!(
+            "the expression has {operators} operators, more than {MAX_OPERATORS}: \
+             split it over several steps"
+        ));
+    }
+    Ok(())
+}
+
 impl Expression {
     /// Compiles `source`; the error says what is wrong in CEL terms.
     pub fn compile(source: &str) -> Result<Expression, String> {
+        check_size(source)?;
         let program = cel::Program::compile(source).map_err(|e| {
             let text = e.to_string();
             format!(
@@ -386,6 +453,71 @@ mod tests {
             .unwrap()
             .render(&scope())
             .unwrap()
+    }
+
+    #[test]
+    fn expressions_past_the_limits_are_refused_before_parsing() {
+        let chain = vec!["1"; 30_000].join("+");
+        let err = Expression::compile(&chain).unwrap_err();
+        assert!(err.contains("characters long, more than 4096"), "{err}");
+        let chain = vec!["1"; MAX_OPERATORS + 2].join("+");
+        let err = Expression::compile(&chain).unwrap_err();
+        assert!(err.contains("operators, more than 256"), "{err}");
+        let deep = format!(
+            "{}1{}",
+            "(".repeat(MAX_NESTING + 1),
+            ")".repeat(MAX_NESTING + 1)
+        );
+        let err = Expression::compile(&deep).unwrap_err();
+        assert!(err.contains("nests brackets 33 deep"), "{err}");
+        // Operators inside string literals are text, not terms.
+        let text = format!(
+            "input.user + '{}' + \"{}\\\"\"",
+            "+".repeat(1000),
+            "-".repeat(1000)
+        );
+        Expression::compile(&text).unwrap();
+    }
+
+    /// The worst expressions the limits let through compile (or are
+    /// refused by CEL's own recursion limit) and evaluate on a stack the size of a tokio worker's (2 MiB), in a debug build.
+    #[test]
+    fn expressions_at_the_limits_fit_a_worker_stack() {
+        let nest = |inner: String| {
+            format!(
+                "{}{inner}{}",
+                "(".repeat(MAX_NESTING),
+                ")".repeat(MAX_NESTING)
+            )
+        };
+        let cases = [
+            nest(vec!["1"; MAX_OPERATORS + 1].join("+")),
+            nest(vec!["1"; MAX_OPERATORS + 1].join("*")),
+            nest(format!("{}true", "!".repeat(MAX_OPERATORS))),
+            nest(format!("{}1", "-".repeat(MAX_OPERATORS))),
+            nest(format!("{}1", "true ? 1 : ".repeat(MAX_OPERATORS / 2))),
+            nest(format!("input{}", ".a".repeat(MAX_OPERATORS))),
+            format!("{}1{}", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING)),
+            format!(
+                "{}1{}",
+                "size(".repeat(MAX_NESTING),
+                ")".repeat(MAX_NESTING)
+            ),
+        ];
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                for source in cases {
+                    // CEL's own recursion limit may refuse one: an error,
+                    // not a crash, is all this asks.
+                    if let Ok(e) = Expression::compile(&source) {
+                        let _ = e.eval(&scope());
+                    }
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

@@ -62,6 +62,18 @@ impl Node {
         }
     }
 
+    /// How many levels of lists and mappings the node holds (a scalar: 0).
+    /// Recursion is safe: parsing refuses nodes deeper than [`MAX_DEPTH`].
+    pub fn height(&self) -> usize {
+        match &self.value {
+            NodeValue::Seq(items) => 1 + items.iter().map(Node::height).max().unwrap_or(0),
+            NodeValue::Map(entries) => {
+                1 + entries.iter().map(|(_, v)| v.height()).max().unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+
     /// The node as JSON, positions dropped.
     pub fn to_json(&self) -> Value {
         match &self.value {
@@ -90,17 +102,63 @@ pub struct YamlError {
     pub message: String,
 }
 
+/// How deep lists and mappings may nest. yaml-rust2's `Parser::load`
+/// recurses once per level, and so do the loader, `Node::to_json` and
+/// dropping a node: 40 KB of `- - - ...` overflowed a 2 MiB tokio worker
+/// stack and killed the server. Events are therefore pulled one at a time
+/// here (no recursion in the parser) and a document nesting deeper than
+/// this is refused before anything walks it. Real workflows nest a
+/// handful of levels; 64 leaves room for deep `with` payloads.
+pub const MAX_DEPTH: usize = 64;
+
 /// Parses one YAML document.
 pub fn parse(text: &str) -> Result<Node, YamlError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut builder, false).map_err(|e| YamlError {
+    let scan_error = |e: yaml_rust2::ScanError| YamlError {
         pos: Pos {
             line: e.marker().line(),
             col: e.marker().col() + 1,
         },
         message: e.info().to_string(),
-    })?;
+    };
+    // The events of the first document, in the order `Parser::load` would
+    // deliver them, without its recursion.
+    let mut depth = 0usize;
+    let mut started = false;
+    loop {
+        let (event, mark) = parser.next_token().map_err(scan_error)?;
+        match event {
+            Event::StreamStart | Event::Nothing => continue,
+            Event::StreamEnd => break,
+            Event::DocumentStart => {
+                if started {
+                    break;
+                }
+                started = true;
+                continue;
+            }
+            Event::DocumentEnd => break,
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(YamlError {
+                        pos: position(mark),
+                        message: format!(
+                            "lists and mappings nest deeper than {MAX_DEPTH} levels here: \
+                             flatten the document"
+                        ),
+                    });
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        builder.on_event(event, mark);
+        if builder.error.is_some() {
+            break;
+        }
+    }
     if let Some(error) = builder.error {
         return Err(error);
     }
@@ -317,8 +375,17 @@ impl MarkedEventReceiver for Builder {
                         ),
                     );
                 } else {
-                    match self.anchors.get(&id).cloned() {
+                    match self.anchors.get(&id) {
+                        // An alias nests its anchor's levels where it stands.
+                        Some(node) if self.stack.len() + node.height() > MAX_DEPTH => self.fail(
+                            pos,
+                            format!(
+                                "this alias nests lists and mappings deeper than {MAX_DEPTH} \
+                                 levels: flatten the document"
+                            ),
+                        ),
                         Some(node) => {
+                            let node = node.clone();
                             self.repeated += size;
                             self.push(Node { pos, ..node }, 0)
                         }
@@ -389,6 +456,33 @@ mod tests {
         texts.push_str("]\n");
         let err = parse(&texts).unwrap_err();
         assert!(err.message.contains("aliases here repeat"), "{err:?}");
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_an_error_not_a_stack_overflow() {
+        let ok = format!(
+            "a: {}1{}\n",
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        assert_eq!(parse(&ok).unwrap().height(), MAX_DEPTH);
+
+        // Block lists 20,000 deep: far past what recursion survives.
+        let deep = format!("name: x\nsteps:\n  {}1\n", "- ".repeat(20_000));
+        let err = parse(&deep).unwrap_err();
+        assert!(err.message.contains("nest deeper than 64"), "{err:?}");
+        assert_eq!(err.pos.line, 3, "{err:?}");
+
+        let flow = format!("a: {}1{}", "[".repeat(100), "]".repeat(100));
+        let err = parse(&flow).unwrap_err();
+        assert!(err.message.contains("nest deeper"), "{err:?}");
+
+        // Aliases cannot stack levels past the limit either.
+        let mut aliases = format!("a: &a {}1{}\n", "[".repeat(40), "]".repeat(40));
+        aliases.push_str(&format!("b: &b {}*a{}\n", "[".repeat(40), "]".repeat(40)));
+        let err = parse(&aliases).unwrap_err();
+        assert!(err.message.contains("alias nests"), "{err:?}");
+        assert_eq!(err.pos.line, 2, "{err:?}");
     }
 
     #[test]
