@@ -923,3 +923,42 @@ fn metrics_count_runs_steps_requests_and_the_queue() {
     );
     server.kill();
 }
+
+/// axum answers HEAD with a GET handler: a token that may not GET a run
+/// may not HEAD it either (HEAD once fell through to "any token").
+#[test]
+fn head_needs_the_scope_of_get() {
+    let (_dir, server) = server();
+    let id = server.start_run(
+        "ticket-triage",
+        json!({"number": "INC0042", "impact": 1, "urgency": 1}),
+    );
+    let (_, approver, _) = call(
+        server.request("POST", "/v1/tokens"),
+        Some(json!({"name": "chat-bot", "scopes": ["approvals:decide"]})),
+    );
+    let approver = approver["token"].as_str().unwrap().to_string();
+    let head = |path: &str, token: &str| match ureq::request("HEAD", &server.url(path))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+    {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(status, _)) => status,
+        Err(e) => panic!("HEAD {path}: {e}"),
+    };
+    for path in [
+        format!("/v1/runs/{id}"),
+        format!("/v1/runs/{id}/events"),
+        "/v1/runs".to_string(),
+    ] {
+        assert_eq!(head(&path, &approver), 403, "HEAD {path}");
+        assert_eq!(
+            head(&path, common::server::ADMIN_TOKEN),
+            200,
+            "HEAD {path} as admin"
+        );
+    }
+    // What the approver may GET, it may HEAD.
+    assert_eq!(head("/v1/approvals", &approver), 200);
+    server.kill();
+}
