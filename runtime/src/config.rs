@@ -105,6 +105,11 @@ pub struct ApiSettings {
     pub max_json_depth: usize,
     /// Plugin uploads (`PUT /v1/plugins/{name}`) may be this large.
     pub max_plugin_bytes: usize,
+    /// Requests whose headers (names, values, and 4 bytes each for `: `
+    /// and CRLF) exceed this are refused with 431. 16 KiB, as in Node.js:
+    /// a bearer token and the usual headers take well under 2 KiB, while a
+    /// reverse proxy's forwarding headers and cookies still fit.
+    pub max_header_bytes: usize,
 }
 
 impl Default for ApiSettings {
@@ -113,6 +118,7 @@ impl Default for ApiSettings {
             max_body_bytes: 1024 * 1024,
             max_json_depth: 64,
             max_plugin_bytes: 64 * 1024 * 1024,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
