@@ -1018,3 +1018,51 @@ fn invented_methods_and_paths_do_not_grow_the_metrics() {
     );
     server.kill();
 }
+
+/// A URL's path and query may be a credential (chat webhook URLs are):
+/// when a call fails in transport, the error kept in the run names the
+/// origin only (ureq's own message starts with the whole URL).
+#[test]
+fn a_failed_http_call_names_only_the_origin_in_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    // Free a moment ago, so nothing listens: the connection is refused.
+    let port = common::server::free_port();
+    let secret_path = "/services/T0SECRET/B0SECRET/xoxb-not-for-logs?token=hunter2";
+    std::fs::write(
+        workflows.join("notify-chat.yaml"),
+        format!(
+            "name: notify-chat\nversion: 1\nsteps:\n  - id: post\n    uses: http-request\n    with: {{ method: POST, url: \"http://127.0.0.1:{port}{secret_path}\", body: {{ text: hi }} }}\n"
+        ),
+    )
+    .unwrap();
+    let config = common::server::write_config(
+        dir.path(),
+        Some(&workflows),
+        "[plugins.http-request]\nallowed_hosts = [\"http://127.0.0.1:*\"]\n",
+    );
+    let server = Server::start(&config);
+    let id = server.start_run("notify-chat", json!({}));
+    let run =
+        server.wait_until_finished(std::slice::from_ref(&id), Duration::from_secs(30))[0].clone();
+    assert_eq!(run["status"], "failed", "{run:#}");
+    // The run (its error and its steps' errors) and every error in its
+    // history; the step's input holds the URL as the workflow wrote it.
+    let errors: Vec<Value> = server
+        .events(&id)
+        .into_iter()
+        .filter_map(|e| e.get("error").cloned())
+        .collect();
+    assert!(!errors.is_empty());
+    let shown = format!("{run} {}", json!(errors));
+    assert!(
+        shown.contains(&format!("http://127.0.0.1:{port}")),
+        "the error names the origin: {run:#}"
+    );
+    for secret in ["T0SECRET", "B0SECRET", "xoxb", "hunter2", "/services"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(!server.log().contains("T0SECRET"), "{}", server.log());
+    server.kill();
+}
