@@ -255,25 +255,17 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
             moved_from.display()
         );
     }
-    let store = Store::open(&database, options)
-        .await
-        .with_context(|| format!("cannot open the database {}", redact(&database)))?;
+    let store = Store::open(&database, options).await.with_context(|| {
+        format!(
+            "cannot open the database {}",
+            steward::config::redact_url(&database)
+        )
+    })?;
     if store.backend() == steward::store::Backend::Sqlite {
         // SQLite has one server process: leases left by a killed one are stale.
         store.release_all_leases().await?;
     }
     Ok(store)
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-            None => url.to_string(),
-        },
-        _ => url.to_string(),
-    }
 }
 
 /// Ctrl-C or SIGTERM (what service managers send) stops accepting requests;
