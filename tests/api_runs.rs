@@ -1066,3 +1066,91 @@ fn a_failed_http_call_names_only_the_origin_in_the_run() {
     assert!(!server.log().contains("T0SECRET"), "{}", server.log());
     server.kill();
 }
+
+/// The data folder, the SQLite files and the admin token are the server's
+/// alone, whatever the umask it was started with; files an older version
+/// left readable are narrowed at the next start.
+#[test]
+fn data_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("steward.toml");
+    // The default database: steward.db in data_dir.
+    std::fs::write(&config, format!("data_dir = {data:?}\nworkflows = []\n")).unwrap();
+    let start = || {
+        let port = common::server::free_port();
+        let mut command = std::process::Command::new(common::steward_bin());
+        command
+            .args(["serve", "--config"])
+            .arg(&config)
+            .current_dir(dir.path())
+            .env("STEWARD_LISTEN", format!("127.0.0.1:{port}"))
+            .env_remove("STEWARD_ADMIN_TOKEN")
+            .stderr(std::process::Stdio::null());
+        // SAFETY: umask is async-signal-safe; the common default, under
+        // which files are created readable by everyone.
+        unsafe {
+            command.pre_exec(|| {
+                libc::umask(0o022);
+                Ok(())
+            });
+        }
+        let child = Stopped(command.spawn().unwrap());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("http://127.0.0.1:{port}/healthz"))
+            .call()
+            .is_err()
+        {
+            assert!(std::time::Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    };
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let private_files = [
+        "steward.db",
+        "steward.db-wal",
+        "steward.db-shm",
+        "admin-token",
+    ];
+
+    let child = start();
+    assert_eq!(mode(&data), 0o700, "data_dir");
+    for name in private_files {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    drop(child);
+
+    // As an older version left them.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for name in ["steward.db", "steward.db-wal", "steward.db-shm"] {
+        let path = data.join(name);
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let _child = start();
+    assert_eq!(mode(&data), 0o700, "data_dir after a restart");
+    for name in private_files {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name} after a restart");
+    }
+}
+
+/// A child process killed when dropped, so a failed assertion does not
+/// leave it running.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
