@@ -1030,13 +1030,22 @@ fn a_failed_http_call_names_only_the_origin_in_the_run() {
     // Free a moment ago, so nothing listens: the connection is refused.
     let port = common::server::free_port();
     let secret_path = "/services/T0SECRET/B0SECRET/xoxb-not-for-logs?token=hunter2";
-    std::fs::write(
-        workflows.join("notify-chat.yaml"),
-        format!(
-            "name: notify-chat\nversion: 1\nsteps:\n  - id: post\n    uses: http-request\n    with: {{ method: POST, url: \"http://127.0.0.1:{port}{secret_path}\", body: {{ text: hi }} }}\n"
-        ),
-    )
-    .unwrap();
+    let workflow = |name: &str, origin: &str| {
+        std::fs::write(
+            workflows.join(format!("{name}.yaml")),
+            format!(
+                "name: {name}\nversion: 1\nsteps:\n  - id: post\n    uses: http-request\n    with: {{ method: POST, url: \"{origin}{secret_path}\", body: {{ text: hi }} }}\n"
+            ),
+        )
+        .unwrap();
+    };
+    workflow("notify-chat", &format!("http://127.0.0.1:{port}"));
+    // And a status the step does not expect, from a server that is there.
+    let chat =
+        common::http_server::TestServer::start(|_, _| (404, vec![], b"no such hook".to_vec()));
+    let chat_origin = chat.url("");
+    let chat_origin = chat_origin.trim_end_matches('/');
+    workflow("notify-missing-chat", chat_origin);
     let config = common::server::write_config(
         dir.path(),
         Some(&workflows),
@@ -1060,9 +1069,23 @@ fn a_failed_http_call_names_only_the_origin_in_the_run() {
         shown.contains(&format!("http://127.0.0.1:{port}")),
         "the error names the origin: {run:#}"
     );
-    for secret in ["T0SECRET", "B0SECRET", "xoxb", "hunter2", "/services"] {
-        assert!(!shown.contains(secret), "{secret} in {shown}");
-    }
+    let no_secret_in = |shown: &str| {
+        for secret in ["T0SECRET", "B0SECRET", "xoxb", "hunter2", "/services"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    };
+    no_secret_in(&shown);
+
+    let id = server.start_run("notify-missing-chat", json!({}));
+    let run =
+        server.wait_until_finished(std::slice::from_ref(&id), Duration::from_secs(30))[0].clone();
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let error = run["error"]["message"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("POST {chat_origin} answered 404")),
+        "{run:#}"
+    );
+    no_secret_in(&run.to_string());
     assert!(!server.log().contains("T0SECRET"), "{}", server.log());
     server.kill();
 }
