@@ -923,3 +923,257 @@ fn metrics_count_runs_steps_requests_and_the_queue() {
     );
     server.kill();
 }
+
+/// axum answers HEAD with a GET handler: a token that may not GET a run
+/// may not HEAD it either (HEAD once fell through to "any token").
+#[test]
+fn head_needs_the_scope_of_get() {
+    let (_dir, server) = server();
+    let id = server.start_run(
+        "ticket-triage",
+        json!({"number": "INC0042", "impact": 1, "urgency": 1}),
+    );
+    let (_, approver, _) = call(
+        server.request("POST", "/v1/tokens"),
+        Some(json!({"name": "chat-bot", "scopes": ["approvals:decide"]})),
+    );
+    let approver = approver["token"].as_str().unwrap().to_string();
+    let head = |path: &str, token: &str| match ureq::request("HEAD", &server.url(path))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+    {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(status, _)) => status,
+        Err(e) => panic!("HEAD {path}: {e}"),
+    };
+    for path in [
+        format!("/v1/runs/{id}"),
+        format!("/v1/runs/{id}/events"),
+        "/v1/runs".to_string(),
+    ] {
+        assert_eq!(head(&path, &approver), 403, "HEAD {path}");
+        assert_eq!(
+            head(&path, common::server::ADMIN_TOKEN),
+            200,
+            "HEAD {path} as admin"
+        );
+    }
+    // What the approver may GET, it may HEAD.
+    assert_eq!(head("/v1/approvals", &approver), 200);
+    server.kill();
+}
+
+/// Every distinct label set is a series kept for the life of the process:
+/// a method or path a client invents must not become one (3,000 invented
+/// methods once grew /metrics from 229 KB to 5.4 MB).
+#[test]
+fn invented_methods_and_paths_do_not_grow_the_metrics() {
+    let (_dir, server) = server();
+    let status = |method: &str, path: &str| match ureq::request(method, &server.url(path)).call() {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(status, _)) => status,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let request_series = || -> Vec<String> {
+        let text = ureq::get(&server.url("/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let mut series: Vec<String> = parse_exposition(&text)
+            .into_iter()
+            .filter(|(name, _, _)| name.starts_with("steward_http_request_duration_seconds"))
+            .map(|(name, labels, _)| format!("{name}{labels:?}"))
+            .collect();
+        series.sort();
+        series
+    };
+    // One round makes the series these requests fall under exist.
+    let round = |n: usize| {
+        for i in 0..n {
+            // Invented methods on a served path, an open one, a /v1 one
+            // (401 without a token) and unmatched paths.
+            status(&format!("INVENTED{i}"), "/healthz");
+            status(&format!("X-METHOD-{i}"), "/v1/runs");
+            status("GET", &format!("/no/such/path/{i}"));
+            status(&format!("PROBE{i}"), &format!("/v1/nothing/{i}"));
+        }
+    };
+    round(1);
+    request_series();
+    let before = request_series();
+    round(50);
+    let after = request_series();
+    assert_eq!(before, after, "new series appeared");
+    assert!(
+        after.iter().all(|s| !s.contains("INVENTED")
+            && !s.contains("X-METHOD")
+            && !s.contains("PROBE")
+            && !s.contains("/no/such/path")),
+        "{after:#?}"
+    );
+    assert!(
+        after.iter().any(|s| s.contains("\"other\"")),
+        "invented methods are counted under method=\"other\": {after:#?}"
+    );
+    server.kill();
+}
+
+/// A URL's path and query may be a credential (chat webhook URLs are):
+/// when a call fails in transport, the error kept in the run names the
+/// origin only (ureq's own message starts with the whole URL).
+#[test]
+fn a_failed_http_call_names_only_the_origin_in_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    // Free a moment ago, so nothing listens: the connection is refused.
+    let port = common::server::free_port();
+    let secret_path = "/services/T0SECRET/B0SECRET/xoxb-not-for-logs?token=hunter2";
+    let workflow = |name: &str, origin: &str| {
+        std::fs::write(
+            workflows.join(format!("{name}.yaml")),
+            format!(
+                "name: {name}\nversion: 1\nsteps:\n  - id: post\n    uses: http-request\n    with: {{ method: POST, url: \"{origin}{secret_path}\", body: {{ text: hi }} }}\n"
+            ),
+        )
+        .unwrap();
+    };
+    workflow("notify-chat", &format!("http://127.0.0.1:{port}"));
+    // And a status the step does not expect, from a server that is there.
+    let chat =
+        common::http_server::TestServer::start(|_, _| (404, vec![], b"no such hook".to_vec()));
+    let chat_origin = chat.url("");
+    let chat_origin = chat_origin.trim_end_matches('/');
+    workflow("notify-missing-chat", chat_origin);
+    let config = common::server::write_config(
+        dir.path(),
+        Some(&workflows),
+        "[plugins.http-request]\nallowed_hosts = [\"http://127.0.0.1:*\"]\n",
+    );
+    let server = Server::start(&config);
+    let id = server.start_run("notify-chat", json!({}));
+    let run =
+        server.wait_until_finished(std::slice::from_ref(&id), Duration::from_secs(30))[0].clone();
+    assert_eq!(run["status"], "failed", "{run:#}");
+    // The run (its error and its steps' errors) and every error in its
+    // history; the step's input holds the URL as the workflow wrote it.
+    let errors: Vec<Value> = server
+        .events(&id)
+        .into_iter()
+        .filter_map(|e| e.get("error").cloned())
+        .collect();
+    assert!(!errors.is_empty());
+    let shown = format!("{run} {}", json!(errors));
+    assert!(
+        shown.contains(&format!("http://127.0.0.1:{port}")),
+        "the error names the origin: {run:#}"
+    );
+    let no_secret_in = |shown: &str| {
+        for secret in ["T0SECRET", "B0SECRET", "xoxb", "hunter2", "/services"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    };
+    no_secret_in(&shown);
+
+    let id = server.start_run("notify-missing-chat", json!({}));
+    let run =
+        server.wait_until_finished(std::slice::from_ref(&id), Duration::from_secs(30))[0].clone();
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let error = run["error"]["message"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("POST {chat_origin} answered 404")),
+        "{run:#}"
+    );
+    no_secret_in(&run.to_string());
+    assert!(!server.log().contains("T0SECRET"), "{}", server.log());
+    server.kill();
+}
+
+/// The data folder, the SQLite files and the admin token are the server's
+/// alone, whatever the umask it was started with; files an older version
+/// left readable are narrowed at the next start.
+#[test]
+fn data_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("steward.toml");
+    // The default database: steward.db in data_dir.
+    std::fs::write(&config, format!("data_dir = {data:?}\nworkflows = []\n")).unwrap();
+    let start = || {
+        let port = common::server::free_port();
+        let mut command = std::process::Command::new(common::steward_bin());
+        command
+            .args(["serve", "--config"])
+            .arg(&config)
+            .current_dir(dir.path())
+            .env("STEWARD_LISTEN", format!("127.0.0.1:{port}"))
+            .env_remove("STEWARD_ADMIN_TOKEN")
+            .stderr(std::process::Stdio::null());
+        // SAFETY: umask is async-signal-safe; the common default, under
+        // which files are created readable by everyone.
+        unsafe {
+            command.pre_exec(|| {
+                libc::umask(0o022);
+                Ok(())
+            });
+        }
+        let child = Stopped(command.spawn().unwrap());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("http://127.0.0.1:{port}/healthz"))
+            .call()
+            .is_err()
+        {
+            assert!(std::time::Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    };
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let private_files = [
+        "steward.db",
+        "steward.db-wal",
+        "steward.db-shm",
+        "admin-token",
+    ];
+
+    let child = start();
+    assert_eq!(mode(&data), 0o700, "data_dir");
+    for name in private_files {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    drop(child);
+
+    // As an older version left them.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for name in ["steward.db", "steward.db-wal", "steward.db-shm"] {
+        let path = data.join(name);
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let _child = start();
+    assert_eq!(mode(&data), 0o700, "data_dir after a restart");
+    for name in private_files {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name} after a restart");
+    }
+}
+
+/// A child process killed when dropped, so a failed assertion does not
+/// leave it running.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+/// The whole configuration file. Its `Debug` (below) hides secret values.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: String,
@@ -136,6 +136,11 @@ pub struct ApiSettings {
     pub max_json_depth: usize,
     /// Plugin uploads (`PUT /v1/plugins/{name}`) may be this large.
     pub max_plugin_bytes: usize,
+    /// Requests whose headers (names, values, and 4 bytes each for `: `
+    /// and CRLF) exceed this are refused with 431. 16 KiB, as in Node.js:
+    /// a bearer token and the usual headers take well under 2 KiB, while a
+    /// reverse proxy's forwarding headers and cookies still fit.
+    pub max_header_bytes: usize,
 }
 
 impl Default for ApiSettings {
@@ -144,6 +149,7 @@ impl Default for ApiSettings {
             max_body_bytes: 1024 * 1024,
             max_json_depth: 64,
             max_plugin_bytes: 64 * 1024 * 1024,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -174,8 +180,10 @@ impl Default for Config {
     }
 }
 
-/// The operator's word on one plugin.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The operator's word on one plugin. Its `Debug` shows the names of the
+/// plugin's own settings, not their values (a chat channel's webhook URL
+/// is its credential).
+#[derive(Clone, Default, Deserialize)]
 pub struct PluginSettings {
     /// A component to load under this name; `plugin.toml` is read beside it.
     pub path: Option<PathBuf>,
@@ -273,8 +281,8 @@ fn default_hook_tolerance() -> u64 {
 }
 
 /// Where a secret's value comes from. Values are resolved at start and never
-/// logged.
-#[derive(Debug, Clone, Deserialize)]
+/// logged; `Debug` shows where a secret comes from, not an inline value.
+#[derive(Clone, Deserialize)]
 #[serde(
     deny_unknown_fields,
     expecting = "a table: { env = \"NAME\" }, { file = \"PATH\" } or { value = \"...\" }"
@@ -504,6 +512,123 @@ impl SecretSource {
     }
 }
 
+/// What `Debug` prints in place of a secret value.
+const REDACTED: &str = "<redacted>";
+
+/// `Debug` of the whole configuration, as it may end up in a log or a
+/// panic message: the admin token, inline secret values (`[secrets]`,
+/// `[hooks.NAME]`), the database URL's password and the values of plugin
+/// settings are hidden. Destructured, so a new field cannot be added
+/// without deciding here whether it is secret.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Config {
+            listen,
+            database,
+            database_schema,
+            sqlite_synchronous,
+            data_dir,
+            workflows,
+            plugins,
+            secrets,
+            calendars,
+            groups,
+            env,
+            hooks,
+            limits,
+            engine,
+            worker,
+            api,
+            scheduler,
+            retention,
+            admin_token,
+        } = self;
+        f.debug_struct("Config")
+            .field("listen", listen)
+            .field("database", &database.as_deref().map(redact_url))
+            .field("database_schema", database_schema)
+            .field("sqlite_synchronous", sqlite_synchronous)
+            .field("data_dir", data_dir)
+            .field("workflows", workflows)
+            .field("plugins", plugins)
+            .field("secrets", secrets)
+            .field("calendars", calendars)
+            .field("groups", groups)
+            .field("env", env)
+            .field("hooks", hooks)
+            .field("limits", limits)
+            .field("engine", engine)
+            .field("worker", worker)
+            .field("api", api)
+            .field("scheduler", scheduler)
+            .field("retention", retention)
+            .field("admin_token", &admin_token.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for PluginSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let PluginSettings {
+            path,
+            allowed_hosts,
+            secrets,
+            key_value,
+            memory_mib,
+            cpu_ms,
+            timeout_ms,
+            extra,
+        } = self;
+        f.debug_struct("PluginSettings")
+            .field("path", path)
+            .field("allowed_hosts", allowed_hosts)
+            .field("secrets", secrets)
+            .field("key_value", key_value)
+            .field("memory_mib", memory_mib)
+            .field("cpu_ms", cpu_ms)
+            .field("timeout_ms", timeout_ms)
+            .field("settings", &extra.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSource")
+            .field("env", &self.env)
+            .field("value", &self.value.as_ref().map(|_| REDACTED))
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
+/// A database URL fit for messages: the password, in the authority or as
+/// a `password` query parameter (both of which sqlx reads), replaced by
+/// `***`; a URL that does not parse is not shown at all.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "<a database URL that does not parse>".to_string();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query_pairs().any(|(k, _)| k.contains("password")) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.contains("password") {
+                    "***".to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
+
 /// Resolved secret values. Debug output never shows them.
 #[derive(Clone, Default)]
 pub struct Secrets(BTreeMap<String, String>);
@@ -682,6 +807,56 @@ secret = { env = "SNOW_HOOK_SECRET" }
         )
         .unwrap();
         assert_eq!(c.database(), "sqlite://db/s.db");
+    }
+
+    #[test]
+    fn debug_output_holds_no_secret_value() {
+        let text = r#"
+database = "postgres://steward:db-pass-0001@db.example.com:5432/steward?sslmode=require&password=db-pass-0002"
+
+[secrets]
+SNOW_TOKEN = { value = "secret-value-0003" }
+FROM_ENV = { env = "SNOW_TOKEN_VAR" }
+
+[hooks.servicenow]
+workflow = "access-request"
+secret = { value = "hook-secret-0004" }
+previous_secret = { value = "hook-secret-0005" }
+
+[plugins.notify.channels]
+it-managers = "https://chat.example.com/hooks/T0SECRET-0006"
+"#;
+        let mut c = Config::parse(text, "steward.toml").unwrap();
+        c.apply_env(|k| (k == "STEWARD_ADMIN_TOKEN").then(|| "admin-token-0007".to_string()));
+        for shown in [format!("{c:?}"), format!("{c:#?}")] {
+            for secret in [
+                "db-pass-0001",
+                "db-pass-0002",
+                "secret-value-0003",
+                "hook-secret-0004",
+                "hook-secret-0005",
+                "T0SECRET-0006",
+                "admin-token-0007",
+            ] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            // What is not secret still shows, to be of use when debugging.
+            for visible in [
+                "db.example.com",
+                "steward:***@",
+                "sslmode=require",
+                "SNOW_TOKEN_VAR",
+                "access-request",
+                "channels",
+                "<redacted>",
+            ] {
+                assert!(shown.contains(visible), "{visible} not in {shown}");
+            }
+        }
+        assert_eq!(
+            redact_url("sqlite://steward-data/steward.db"),
+            "sqlite://steward-data/steward.db"
+        );
     }
 
     #[test]

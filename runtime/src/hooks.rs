@@ -2,16 +2,34 @@
 //! HMAC-SHA256 with the hook's secret over `t + "." + body` (the scheme
 //! Stripe uses). A delivery is accepted when one `v1` matches one of the
 //! hook's secrets (two during a rotation) and `t` is within the tolerance.
+//!
+//! Deliveries are unauthenticated until checked, so the work one may cause
+//! is bounded before the body is read: the header is at most
+//! [`MAX_SIGNATURE_HEADER_BYTES`] with at most [`MAX_SIGNATURES`] `v1`
+//! entries ([`Signature::parse`]), and the MAC is computed once per secret,
+//! however many entries there are, then compared with each entry.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq as _;
 
 use crate::config::{Config, ConfigError};
 
 /// The signature header's name.
 pub const SIGNATURE_HEADER: &str = "steward-signature";
+
+/// Most `v1` entries one header may carry: a sender signs with the current
+/// secret and, during a rotation, the previous one; a few spare for senders
+/// with several keys of their own. More is refused, not skipped, so a flood
+/// costs a parse and nothing else.
+pub const MAX_SIGNATURES: usize = 8;
+
+/// Longest signature header: `t=` and eight 64-digit `v1` entries with
+/// room to spare.
+pub const MAX_SIGNATURE_HEADER_BYTES: usize = 1024;
 
 /// Why a delivery was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -20,6 +38,14 @@ pub enum SignatureError {
     Missing,
     #[error("the Steward-Signature header is malformed ({0}): send t=UNIX_SECONDS,v1=HEX")]
     Malformed(&'static str),
+    #[error(
+        "the Steward-Signature header has {bytes} bytes; at most {limit} are read: send t and one v1 per secret"
+    )]
+    TooLong { bytes: usize, limit: usize },
+    #[error(
+        "the Steward-Signature header has more than {limit} v1 signatures: send one v1 per secret"
+    )]
+    TooMany { limit: usize },
     #[error(
         "no v1 signature matches: sign t + \".\" + the raw body with HMAC-SHA256 and the hook's secret"
     )]
@@ -45,9 +71,9 @@ pub struct Verified {
     pub replay_key: String,
 }
 
-/// Every hook by name.
+/// Every hook by name; shared, so a check can run on another thread.
 #[derive(Default)]
-pub struct Hooks(BTreeMap<String, Hook>);
+pub struct Hooks(BTreeMap<String, Arc<Hook>>);
 
 impl Hooks {
     /// Resolves every `[hooks.NAME]` secret now, so a missing one fails the
@@ -69,40 +95,54 @@ impl Hooks {
                 secrets: secrets.into_iter().map(String::into_bytes).collect(),
                 tolerance_s: settings.tolerance_s,
             };
-            hooks.insert(name.clone(), hook);
+            hooks.insert(name.clone(), Arc::new(hook));
         }
         Ok(Hooks(hooks))
     }
 
-    pub fn get(&self, name: &str) -> Option<&Hook> {
-        self.0.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<Hook>> {
+        self.0.get(name).cloned()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Hook)> {
-        self.0.iter()
+        self.0.iter().map(|(name, hook)| (name, hook.as_ref()))
     }
 }
 
-impl Hook {
-    /// Checks `header` against `body` at `now` (Unix seconds). Every `v1`
-    /// is compared with every secret in constant time.
-    pub fn verify(
-        &self,
-        name: &str,
-        header: Option<&str>,
-        body: &[u8],
-        now: i64,
-    ) -> Result<Verified, SignatureError> {
+/// A parsed `Steward-Signature` header, within the limits above.
+#[derive(Debug)]
+pub struct Signature {
+    /// `t` as sent: the MAC covers its text, not its value.
+    t_text: String,
+    t: i64,
+    v1: Vec<Vec<u8>>,
+}
+
+impl Signature {
+    /// Parses `header`; cheap whatever was sent (it reads at most
+    /// [`MAX_SIGNATURE_HEADER_BYTES`]), so it runs before the body is read.
+    pub fn parse(header: Option<&str>) -> Result<Signature, SignatureError> {
         let header = header.ok_or(SignatureError::Missing)?;
+        if header.len() > MAX_SIGNATURE_HEADER_BYTES {
+            return Err(SignatureError::TooLong {
+                bytes: header.len(),
+                limit: MAX_SIGNATURE_HEADER_BYTES,
+            });
+        }
         let mut t_text = None;
-        let mut signatures = Vec::new();
+        let mut v1 = Vec::new();
         for part in header.split(',') {
             let Some((key, value)) = part.trim().split_once('=') else {
                 return Err(SignatureError::Malformed("expected key=value pairs"));
             };
             match key {
                 "t" => t_text = Some(value),
-                "v1" => signatures.push(
+                "v1" if v1.len() == MAX_SIGNATURES => {
+                    return Err(SignatureError::TooMany {
+                        limit: MAX_SIGNATURES,
+                    });
+                }
+                "v1" => v1.push(
                     hex::decode(value)
                         .map_err(|_| SignatureError::Malformed("v1 is not hexadecimal"))?,
                 ),
@@ -113,27 +153,62 @@ impl Hook {
         let t: i64 = t_text
             .parse()
             .map_err(|_| SignatureError::Malformed("t is not Unix seconds"))?;
-        if signatures.is_empty() {
+        if v1.is_empty() {
             return Err(SignatureError::Malformed("no v1"));
         }
+        Ok(Signature {
+            t_text: t_text.to_string(),
+            t,
+            v1,
+        })
+    }
+}
+
+impl Hook {
+    /// Checks `header` against `body` at `now` (Unix seconds): parses it,
+    /// then [`Hook::check`].
+    pub fn verify(
+        &self,
+        name: &str,
+        header: Option<&str>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Verified, SignatureError> {
+        self.check(name, &Signature::parse(header)?, body, now)
+    }
+
+    /// Checks a parsed signature against `body` at `now` (Unix seconds).
+    /// The MAC over the body is computed once per secret (at most two),
+    /// then compared with every `v1` in constant time. Hashes the whole
+    /// body: the API runs it off the async threads for large bodies.
+    pub fn check(
+        &self,
+        name: &str,
+        signature: &Signature,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Verified, SignatureError> {
         let matches = self.secrets.iter().any(|secret| {
-            signatures
-                .iter()
-                .any(|signature| mac(secret, t_text, body).verify_slice(signature).is_ok())
+            let expected = mac(secret, &signature.t_text, body).finalize().into_bytes();
+            // Not short-circuiting over the entries: the time taken does not
+            // tell which one matched. A length mismatch is not a secret.
+            signature.v1.iter().fold(false, |found, candidate| {
+                found | bool::from(expected.as_slice().ct_eq(candidate))
+            })
         });
         if !matches {
             return Err(SignatureError::Mismatch);
         }
-        let skew = (now - t).abs();
+        let skew = (now - signature.t).abs();
         if skew > self.tolerance_s as i64 {
             return Err(SignatureError::Stale {
-                t,
+                t: signature.t,
                 skew,
                 tolerance: self.tolerance_s,
             });
         }
         let mut digest = Sha256::new();
-        digest.update(t_text.as_bytes());
+        digest.update(signature.t_text.as_bytes());
         digest.update(b".");
         digest.update(body);
         Ok(Verified {
@@ -240,6 +315,27 @@ mod tests {
             h.verify("h", None, b"{}", 1_000).unwrap_err(),
             SignatureError::Missing
         );
+    }
+
+    #[test]
+    fn floods_of_signatures_are_refused_before_any_mac() {
+        let h = hook();
+        let body = br#"{"a":1}"#;
+        let good = sign("new-secret-0123456789", 1_000, body);
+        // Eight entries, the good one last: accepted.
+        let eight = format!("{}{}", "v1=00,".repeat(7), good);
+        assert!(h.verify("h", Some(&eight), body, 1_000).is_ok());
+        // Nine: refused, good one or not.
+        let nine = format!("{}{}", "v1=00,".repeat(8), good);
+        assert_eq!(
+            h.verify("h", Some(&nine), body, 1_000).unwrap_err(),
+            SignatureError::TooMany { limit: 8 }
+        );
+        let long = format!("{good},x={}", "0".repeat(1024));
+        assert!(matches!(
+            Signature::parse(Some(&long)),
+            Err(SignatureError::TooLong { limit: 1024, .. })
+        ));
     }
 
     #[test]

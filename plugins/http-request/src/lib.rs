@@ -132,7 +132,8 @@ fn handle(ctx: &Context, input: Input) -> Result<Output, Error> {
         snippet.truncate(200);
         let message = format!(
             "{} {} answered {status}: {snippet}",
-            request.method, input.url
+            request.method,
+            origin(&input.url)
         );
         let error = if retryable {
             Error::retryable(message)
@@ -157,11 +158,39 @@ fn decode_body(bytes: &[u8]) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
+/// `scheme://host[:port]` of `url`, without user info, path or query:
+/// a URL's path may be its credential (chat webhook URLs are), and step
+/// errors are kept in the run's history and shown by the API.
+fn origin(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let authority = &url[start..end];
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{}{host}", &url[..start])
+}
+
 steward_sdk::plugin!(handle);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_the_origin_of_a_url_only() {
+        assert_eq!(
+            origin("https://chat.example.com/hooks/T0SECRET?token=x"),
+            "https://chat.example.com"
+        );
+        assert_eq!(
+            origin("http://user:pw@127.0.0.1:8080/a#b"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(origin("http://host?q=1"), "http://host");
+    }
 
     #[test]
     fn auth_takes_a_bearer_or_a_user_and_password() {

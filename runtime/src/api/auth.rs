@@ -34,6 +34,14 @@ fn scopes() -> &'static [(Method, &'static str, Option<&'static str>)] {
 }
 
 fn needs(method: &Method, route: Option<&str>, path: &str) -> Needs {
+    // axum answers HEAD with the GET handler (body dropped), so HEAD reads
+    // what GET reads and needs GET's scope; without this it fell through to
+    // `AnyToken` and any token could probe runs it may not read.
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
     let declared = route.and_then(|route| {
         scopes()
             .iter()
@@ -180,6 +188,10 @@ mod tests {
                 "{method} {route}"
             );
         }
+        assert_eq!(
+            needs(&Method::HEAD, Some("/v1/runs/{id}"), "/v1/runs/x"),
+            Needs::Scope("runs:read")
+        );
         assert_eq!(needs(&Method::GET, None, "/v1/nothing"), Needs::AnyToken);
         assert_eq!(needs(&Method::GET, None, "/nothing"), Needs::Nothing);
     }

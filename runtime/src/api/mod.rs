@@ -4,6 +4,7 @@ mod approvals;
 mod auth;
 mod body;
 mod groups;
+mod headers;
 mod hooks;
 mod metrics;
 mod openapi;
@@ -64,6 +65,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             auth::require_scope,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            headers::limit,
+        ))
         .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }
@@ -78,5 +83,9 @@ pub fn health_router(state: Arc<AppState>) -> Router {
             Problem::not_found("this route (a worker serves only /healthz and /metrics)")
         })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            headers::limit,
+        ))
         .with_state(state)
 }

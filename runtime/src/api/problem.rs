@@ -52,6 +52,19 @@ impl Problem {
         )
     }
 
+    /// Request headers over the configured limit (`api/headers.rs`).
+    pub fn headers_too_large(bytes: usize, limit: usize) -> Problem {
+        Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            "Request headers too large",
+            format!(
+                "the request's headers have {bytes} bytes; they are limited to {limit} \
+                 (set [api] max_header_bytes to change it)"
+            ),
+        )
+    }
+
     /// A query string that does not parse or holds a bad value.
     pub fn invalid_query(detail: impl Into<String>) -> Problem {
         Problem::new(
@@ -108,6 +121,25 @@ impl From<crate::store::StoreError> for Problem {
             return problem;
         }
         Problem::internal(e)
+    }
+}
+
+/// A refused webhook signature: 401, `stale-signature` for a `t` outside
+/// the tolerance and `invalid-signature` for everything else (missing,
+/// malformed, over the size or count limits, not matching), the detail
+/// saying which.
+impl From<crate::hooks::SignatureError> for Problem {
+    fn from(e: crate::hooks::SignatureError) -> Problem {
+        let kind = match e {
+            crate::hooks::SignatureError::Stale { .. } => "stale-signature",
+            _ => "invalid-signature",
+        };
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            kind,
+            "Signature refused",
+            e.to_string(),
+        )
     }
 }
 

@@ -165,9 +165,11 @@ impl Route {
     /// needs a token, 400 for bad path or query parameters, 400/413/415/422 for a
     /// JSON body, 404 for an unknown `{id}` (but not on `PUT`, which
     /// creates), 503 while the database cannot be reached (every `/v1`
-    /// route reads or writes it), and the route's own.
+    /// route reads or writes it), 431 past `[api] max_header_bytes` (every
+    /// route), and the route's own.
     pub fn problem_statuses(&self) -> Vec<u16> {
         let mut out = self.errors.clone();
+        out.push(431);
         if self.path.starts_with("/v1/") {
             out.push(503);
         }

@@ -34,6 +34,7 @@ pub enum Role {
 /// Starts the server (or, by `role`, its API or its worker half) and runs
 /// until SIGTERM or Ctrl-C.
 pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
+    private_data_dir(&config.data_dir)?;
     let hooks = Hooks::from_config(config)?;
     let calendars = config.calendars()?;
     // Checked before opening: opening SQLite drops the leases of a
@@ -263,25 +264,17 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
             moved_from.display()
         );
     }
-    let store = Store::open(&database, options)
-        .await
-        .with_context(|| format!("cannot open the database {}", redact(&database)))?;
+    let store = Store::open(&database, options).await.with_context(|| {
+        format!(
+            "cannot open the database {}",
+            steward::config::redact_url(&database)
+        )
+    })?;
     if store.backend() == steward::store::Backend::Sqlite {
         // SQLite has one server process: leases left by a killed one are stale.
         store.release_all_leases().await?;
     }
     Ok(store)
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-            None => url.to_string(),
-        },
-        _ => url.to_string(),
-    }
 }
 
 /// Ctrl-C or SIGTERM (what service managers send) stops accepting requests;
@@ -329,14 +322,64 @@ async fn bootstrap_admin_token(config: &Config, store: &Store) -> anyhow::Result
     }
     let (_, secret) = issue_token(store, "bootstrap admin", vec!["admin".into()]).await?;
     let path = config.data_dir.join("admin-token");
-    std::fs::create_dir_all(&config.data_dir)?;
-    std::fs::write(&path, format!("{secret}\n"))?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    private_data_dir(&config.data_dir)?;
+    write_private(&path, format!("{secret}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     tracing::warn!(
         "created an admin API token in {}: use it as `Authorization: Bearer TOKEN`, create narrower \
          tokens with POST /v1/tokens, then delete the file",
         path.display()
     );
     Ok(())
+}
+
+/// Creates `data_dir` readable by its owner only (0700, whatever the
+/// umask), or narrows one that exists to that: it holds the admin token
+/// and, by default, the database. A folder that cannot be changed (owned
+/// by another user) is left as it is, with a warning.
+fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+        return Ok(());
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0
+        && let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    {
+        tracing::warn!(
+            "data_dir {} is open to other users (mode {:o}) and cannot be narrowed to 0700: {e}",
+            dir.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` so that no other user can ever read them: a
+/// temporary file beside it is created 0600 (never existing with wider
+/// permissions, not even between a write and a chmod), then renamed over
+/// `path`.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
 }

@@ -528,6 +528,55 @@ fn check_root_cert(url: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Makes the SQLite database readable by its owner only, whatever the
+/// process's umask: a folder made for it is created 0700, the database
+/// file is created 0600 before SQLite opens it (or set to 0600 when an
+/// older version left it wider), and so are `-wal`, `-shm` and `-journal`
+/// files already there. SQLite creates those files later with the
+/// permissions of the database file, so they follow.
+///
+/// Chosen over setting the process umask to 077 at start: the umask is
+/// process-wide state that every other file the process writes would
+/// inherit, it does nothing for files an older version left readable, and
+/// it is one call away from being undone; the modes here are set on the
+/// files themselves.
+fn private_sqlite_files(file: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    if let Some(parent) = file.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = file.as_os_str().to_owned();
+        name.push(suffix);
+        let path = std::path::Path::new(&name);
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Connects, tunes SQLite (WAL, synchronous, busy timeout) and applies
     /// migrations.
@@ -535,10 +584,8 @@ impl Store {
         sqlx::any::install_default_drivers();
         let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://") {
             let file = path.split('?').next().unwrap_or(path);
-            if let Some(parent) = std::path::Path::new(file).parent()
-                && !parent.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
+            if file != ":memory:" && !path.contains("mode=memory") {
+                private_sqlite_files(std::path::Path::new(file)).map_err(sqlx::Error::Io)?;
             }
             let url = if path.contains("mode=") {
                 url.to_string()

@@ -73,8 +73,11 @@ impl Host for HostState {
         let header_len: usize = request.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
         self.charge(request.url.len() + body_len + header_len, "the request")?;
 
+        // Errors name the origin only: a URL's path and query may be a
+        // credential (chat webhook URLs are), and errors are kept in the
+        // run's history, shown by the API and logged.
         let mut url = url::Url::parse(&request.url)
-            .map_err(|e| HostError::invalid(format!("url {:?}: {e}", request.url)))?;
+            .map_err(|e| HostError::invalid(format!("the url does not parse: {e}")))?;
         let first_origin = Origin::of(&url).map_err(HostError::invalid)?;
         self.plugin
             .grants
@@ -97,7 +100,7 @@ impl Host for HostState {
             let location = response.header("location").map(str::to_string);
             if let (true, Some(location)) = ((300..400).contains(&status), location) {
                 let next = url.join(&location).map_err(|e| {
-                    HostError::failed(format!("bad redirect location {location:?}: {e}"))
+                    HostError::failed(format!("{first_origin} redirected to a bad location: {e}"))
                 })?;
                 // Another origin is never followed: the plugin sees the 3xx.
                 if Origin::of(&next).ok().as_ref() == Some(&first_origin) {
@@ -112,8 +115,7 @@ impl Host for HostState {
             return self.read_response(response);
         }
         Err(HostError::failed(format!(
-            "more than {MAX_REDIRECTS} redirects from {}",
-            request.url
+            "more than {MAX_REDIRECTS} redirects from {first_origin}"
         )))
     }
 }
@@ -198,9 +200,55 @@ fn transport_error(method: &str, url: &url::Url, transport: &ureq::Transport) ->
         }
         source = err.source();
     }
-    let text = transport.to_string();
+    // Not `transport.to_string()`: ureq's text starts with the whole URL.
+    let mut text = transport.kind().to_string();
+    if let Some(message) = transport.message() {
+        text.push_str(": ");
+        text.push_str(message);
+    }
+    if let Some(source) = std::error::Error::source(transport) {
+        text.push_str(&format!(": {source}"));
+    }
     if text.contains(REFUSED) {
         return HostError::denied(text);
     }
-    HostError::failed(format!("{method} {url}: {text}"))
+    HostError::failed(format!("{method} {}: {text}", origin_of(url)))
+}
+
+/// `scheme://host:port` of `url`: what an error may say about where a
+/// call went.
+fn origin_of(url: &url::Url) -> String {
+    Origin::of(url).map_or_else(|_| "the url".to_string(), |origin| origin.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_errors_name_the_origin_only() {
+        // A port that was free a moment ago: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = url::Url::parse(&format!(
+            "http://127.0.0.1:{port}/hooks/T0SECRET/B0?token=s3cr3t"
+        ))
+        .unwrap();
+        let agent = ureq::AgentBuilder::new().build();
+        let Err(ureq::Error::Transport(transport)) = agent.request_url("GET", &url).call() else {
+            panic!("nothing listens on port {port}");
+        };
+        let text = transport_error("GET", &url, &transport).message;
+        assert!(
+            text.contains(&format!("GET http://127.0.0.1:{port}:")),
+            "{text}"
+        );
+        assert!(
+            !text.contains("SECRET") && !text.contains("s3cr3t"),
+            "{text}"
+        );
+    }
 }
