@@ -1042,7 +1042,7 @@ async fn retention_deletes_old_finished_runs_with_their_rows_and_keeps_the_rest(
         };
         store.open_approval(&approval).await.unwrap();
         store
-            .decide(&approval.id, "ana", "approve", None, None)
+            .decide(&approval.id, "ana", "approve", None, None, None)
             .await
             .unwrap();
 
