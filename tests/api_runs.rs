@@ -856,6 +856,14 @@ fn a_fresh_installation_gets_an_admin_token_file() {
         .set("Authorization", &format!("Bearer {secret}"))
         .call();
     assert_eq!(ok.unwrap().status(), 200);
+    // The bootstrap token acts as admin, as STEWARD_ADMIN_TOKEN does.
+    let listed = json_of(
+        ureq::get(&format!("http://127.0.0.1:{port}/v1/tokens"))
+            .set("Authorization", &format!("Bearer {secret}"))
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(listed["items"][0]["subject"], "admin", "{listed:#}");
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -887,6 +895,44 @@ fn a_fresh_installation_gets_an_admin_token_file() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scope \"everything\""));
+
+    // A person's token with a lifetime; a zero lifetime is refused.
+    let max = std::process::Command::new(common::steward_bin())
+        .args([
+            "token",
+            "create",
+            "--subject",
+            "max",
+            "--scopes",
+            "approvals:decide",
+        ])
+        .args(["--expires", "90d", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&max.stderr);
+    assert!(
+        max.status.success() && said.contains("for max") && said.contains("expires at"),
+        "{said}"
+    );
+    let zero = std::process::Command::new(common::steward_bin())
+        .args([
+            "token",
+            "create",
+            "--subject",
+            "max",
+            "--scopes",
+            "runs:read",
+        ])
+        .args(["--expires", "0s", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&zero.stderr);
+    assert!(
+        !zero.status.success() && said.contains("must be longer than zero"),
+        "{said}"
+    );
 }
 
 #[test]
