@@ -136,6 +136,11 @@ fn acting_as(caller: &Principal, body: &DecisionBody) -> Result<(String, Option<
     if let Some(by) = body.by.as_deref().map(str::trim)
         && by != acting
     {
+        let whose = if entered_by.is_some() {
+            "named by on_behalf_of"
+        } else {
+            "the token's subject"
+        };
         let hint = if caller.is_admin() && entered_by.is_none() {
             format!(" (an admin deciding for {by:?} sends on_behalf_of: {by:?})")
         } else {
@@ -146,7 +151,7 @@ fn acting_as(caller: &Principal, body: &DecisionBody) -> Result<(String, Option<
             "decider-mismatch",
             "Deciding as someone else",
             format!(
-                "by is {by:?} but this decision is made as {acting:?}, the token's subject{hint}; leave by out or make it {acting:?}"
+                "by is {by:?} but this decision is made as {acting:?}, {whose}{hint}; leave by out or make it {acting:?}"
             ),
         ));
     }

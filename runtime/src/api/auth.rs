@@ -151,6 +151,7 @@ mod tests {
                 Needs::Scope("approvals:decide"),
             ),
             (Method::POST, "/v1/tokens", Needs::Scope("admin")),
+            (Method::GET, "/v1/tokens", Needs::Scope("admin")),
             (
                 Method::POST,
                 "/v1/delegations",
