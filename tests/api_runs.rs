@@ -630,6 +630,184 @@ fn tokens_and_scopes_guard_the_api() {
 }
 
 #[test]
+fn an_expired_token_is_401_with_its_own_problem_type() {
+    let (_dir, server) = server();
+    for bad in ["0s", "soon"] {
+        let (status, body, _) = call(
+            server.request("POST", "/v1/tokens"),
+            Some(json!({"subject": "max", "scopes": ["runs:read"], "expires_in": bad})),
+        );
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().starts_with("expires_in"),
+            "the detail names the field: {body}"
+        );
+    }
+    let (status, created, _) = call(
+        server.request("POST", "/v1/tokens"),
+        Some(json!({"subject": "max", "scopes": ["runs:read"], "expires_in": "1s"})),
+    );
+    assert_eq!(status, 201, "{created}");
+    assert!(created["expires_at"].is_string(), "{created}");
+    let secret = created["token"].as_str().unwrap().to_string();
+    let runs =
+        || ureq::get(&server.url("/v1/runs")).set("Authorization", &format!("Bearer {secret}"));
+    assert_eq!(call(runs(), None).0, 200, "valid until it expires");
+
+    std::thread::sleep(Duration::from_millis(1_200));
+    let (status, body, challenge) = call(runs(), None);
+    assert_eq!(
+        (status, challenge.as_deref()),
+        (401, Some("Bearer")),
+        "{body}"
+    );
+    assert_eq!(
+        body["type"], "https://steward.dev/problems/token-expired",
+        "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("expired at") && detail.contains("create a new one"),
+        "{detail}"
+    );
+    assert_eq!(body["expired_at"], created["expires_at"], "{body}");
+    // An unknown token stays plainly unauthorized.
+    let (_, unknown, _) = call(
+        ureq::get(&server.url("/v1/runs")).set("Authorization", "Bearer stw_forged"),
+        None,
+    );
+    assert_eq!(unknown["type"], "https://steward.dev/problems/unauthorized");
+    // Expired tokens are not live: they are not listed.
+    let (_, listed, _) = call(server.request("GET", "/v1/tokens"), None);
+    assert!(
+        !listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == created["id"]),
+        "{listed}"
+    );
+    server.kill();
+}
+
+#[test]
+fn tokens_are_listed_with_subject_and_expiry_never_the_secret() {
+    let (_dir, server) = server();
+    let (status, max, _) = call(
+        server.request("POST", "/v1/tokens"),
+        Some(json!({"subject": "max", "scopes": ["approvals:decide"], "expires_in": "90d"})),
+    );
+    assert_eq!(status, 201, "{max}");
+    assert_eq!(
+        (max["subject"].as_str(), max["name"].as_str()),
+        (Some("max"), Some("max"))
+    );
+    // Without a subject a token is the service named after it.
+    let (_, dashboard, _) = call(
+        server.request("POST", "/v1/tokens"),
+        Some(json!({"name": "dashboard", "scopes": ["runs:read"]})),
+    );
+    assert_eq!(dashboard["subject"], "svc:dashboard");
+    let (status, body, _) = call(
+        server.request("POST", "/v1/tokens"),
+        Some(json!({"subject": "max power", "scopes": ["runs:read"]})),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().starts_with("subject"),
+        "{body}"
+    );
+
+    // max uses his token once: its last use is recorded (to the minute).
+    let max_secret = max["token"].as_str().unwrap();
+    let (status, _, _) = call(
+        ureq::get(&server.url("/v1/approvals?approver=me"))
+            .set("Authorization", &format!("Bearer {max_secret}")),
+        None,
+    );
+    assert_eq!(status, 200);
+    let listing = || {
+        let response = server.request("GET", "/v1/tokens").call().unwrap();
+        let text = response.into_string().unwrap();
+        for secret in [max_secret, dashboard["token"].as_str().unwrap()] {
+            assert!(!text.contains(secret), "a secret is listed: {text}");
+            assert!(
+                !text.contains(&sha256_hex(secret)),
+                "a secret's hash is listed: {text}"
+            );
+        }
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let listed = listing();
+        let max_listed = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == max["id"])
+            .cloned()
+            .expect("max's token is listed");
+        if max_listed["last_used_at"].is_string() {
+            break listed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last_used_at never recorded: {max_listed}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{listed:#}");
+    let by_subject = |subject: &str| items.iter().find(|t| t["subject"] == subject).unwrap();
+    let max_listed = by_subject("max");
+    assert_eq!(max_listed["scopes"], json!(["approvals:decide"]));
+    assert_eq!(max_listed["expires_at"], max["expires_at"]);
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(max_listed["expires_at"].as_str().unwrap()).unwrap();
+    let created =
+        chrono::DateTime::parse_from_rfc3339(max_listed["created_at"].as_str().unwrap()).unwrap();
+    assert_eq!((expires - created).num_days(), 90);
+    let mut keys: Vec<&String> = max_listed.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "created_at",
+            "expires_at",
+            "id",
+            "last_used_at",
+            "name",
+            "scopes",
+            "subject"
+        ],
+        "{max_listed}"
+    );
+    let dashboard_listed = by_subject("svc:dashboard");
+    assert!(dashboard_listed["expires_at"].is_null() && dashboard_listed["last_used_at"].is_null());
+
+    // Only an admin lists tokens; a revoked one is gone from the list.
+    let (status, _, _) = call(
+        ureq::get(&server.url("/v1/tokens")).set("Authorization", &format!("Bearer {max_secret}")),
+        None,
+    );
+    assert_eq!(status, 403);
+    let id = dashboard["id"].as_str().unwrap();
+    assert_eq!(
+        call(server.request("DELETE", &format!("/v1/tokens/{id}")), None).0,
+        204
+    );
+    let after = listing();
+    assert_eq!(after["items"].as_array().unwrap().len(), 1, "{after:#}");
+    server.kill();
+}
+
+/// The stored form of a secret, to check it is never listed.
+fn sha256_hex(secret: &str) -> String {
+    steward::auth::hash_secret(secret)
+}
+
+#[test]
 fn a_fresh_installation_gets_an_admin_token_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -678,6 +856,14 @@ fn a_fresh_installation_gets_an_admin_token_file() {
         .set("Authorization", &format!("Bearer {secret}"))
         .call();
     assert_eq!(ok.unwrap().status(), 200);
+    // The bootstrap token acts as admin, as STEWARD_ADMIN_TOKEN does.
+    let listed = json_of(
+        ureq::get(&format!("http://127.0.0.1:{port}/v1/tokens"))
+            .set("Authorization", &format!("Bearer {secret}"))
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(listed["items"][0]["subject"], "admin", "{listed:#}");
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -709,6 +895,44 @@ fn a_fresh_installation_gets_an_admin_token_file() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scope \"everything\""));
+
+    // A person's token with a lifetime; a zero lifetime is refused.
+    let max = std::process::Command::new(common::steward_bin())
+        .args([
+            "token",
+            "create",
+            "--subject",
+            "max",
+            "--scopes",
+            "approvals:decide",
+        ])
+        .args(["--expires", "90d", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&max.stderr);
+    assert!(
+        max.status.success() && said.contains("for max") && said.contains("expires at"),
+        "{said}"
+    );
+    let zero = std::process::Command::new(common::steward_bin())
+        .args([
+            "token",
+            "create",
+            "--subject",
+            "max",
+            "--scopes",
+            "runs:read",
+        ])
+        .args(["--expires", "0s", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&zero.stderr);
+    assert!(
+        !zero.status.success() && said.contains("must be longer than zero"),
+        "{said}"
+    );
 }
 
 #[test]
@@ -742,6 +966,7 @@ fn the_openapi_document_describes_every_route() {
         ("/v1/runs/{id}/events", "get"),
         ("/v1/runs/{id}/cancel", "post"),
         ("/v1/tokens", "post"),
+        ("/v1/tokens", "get"),
         ("/v1/tokens/{id}", "delete"),
         ("/v1/hooks/{name}", "post"),
         ("/v1/schedules", "get"),

@@ -263,30 +263,32 @@ fn a_decision_after_a_restart_finishes_the_waiting_run() {
     server.kill();
     let server = Server::start(&config);
     let id = approval["id"].as_str().unwrap();
-    let cli = |by: &str| {
+    // Each person decides with their own token: its subject is the decider.
+    let cli = |person: &str, args: &[&str]| {
         std::process::Command::new(common::steward_bin())
-            .args([
-                "approve",
-                id,
-                "--as",
-                by,
-                "--comment",
-                "via the CLI",
-                "--server",
-            ])
+            .args(["approve", id])
+            .args(args)
+            .args(["--comment", "via the CLI", "--server"])
             .arg(server.url(""))
-            .args(["--token", common::server::ADMIN_TOKEN])
+            .args(["--token", &server.token_of(person)])
             .output()
             .unwrap()
     };
-    let outsider = cli("zed");
+    let outsider = cli("zed", &[]);
     assert!(!outsider.status.success());
     assert!(
         String::from_utf8_lossy(&outsider.stderr).contains("403"),
         "{}",
         String::from_utf8_lossy(&outsider.stderr)
     );
-    let approved = cli("ben");
+    let posing = cli("zed", &["--as", "ben"]);
+    let refused = String::from_utf8_lossy(&posing.stderr);
+    assert!(
+        !posing.status.success() && refused.contains("403") && refused.contains("made as \"zed\""),
+        "{}",
+        String::from_utf8_lossy(&posing.stderr)
+    );
+    let approved = cli("ben", &["--as", "ben"]);
     assert!(
         approved.status.success(),
         "{}",
@@ -450,5 +452,143 @@ fn groups_set_over_the_api_decide_approvals_opened_after_the_change() {
     assert_eq!(deleted.status(), 204);
     let gone = server.request("GET", "/v1/groups/night-shift").call();
     assert!(matches!(gone, Err(ureq::Error::Status(404, _))));
+    server.kill();
+}
+
+#[test]
+fn a_decide_token_cannot_decide_as_someone_else() {
+    let (_dir, _config, server) = start();
+    let run = server.start_run("access", json!({"owner": "max"}));
+    let approval = server.approval_of(&run, "max");
+    let id = approval["id"].as_str().unwrap();
+    let path = format!("/v1/approvals/{id}");
+    let eve = server.token_of("eve");
+
+    // eve names max as the decider: refused.
+    let (status, body) = server.send_json_as(
+        &eve,
+        "POST",
+        &path,
+        &json!({"decision": "approve", "by": "max"}),
+    );
+    assert_eq!(status, 403, "{body:#}");
+    assert_eq!(
+        body["type"],
+        "https://steward.dev/problems/decider-mismatch"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("\"eve\""),
+        "{body:#}"
+    );
+    // Deciding as herself, she is not an approver, as before.
+    let (status, body) = server.send_json_as(&eve, "POST", &path, &json!({"decision": "approve"}));
+    assert_eq!(status, 403, "{body:#}");
+    assert_eq!(body["type"], "https://steward.dev/problems/not-an-approver");
+    // Nor may a token without the admin scope decide on max's behalf, or
+    // hand itself max's approvals.
+    let (status, body) = server.send_json_as(
+        &eve,
+        "POST",
+        &path,
+        &json!({"decision": "approve", "on_behalf_of": "max"}),
+    );
+    assert_eq!(status, 403, "{body:#}");
+    assert_eq!(
+        body["type"],
+        "https://steward.dev/problems/on-behalf-not-allowed"
+    );
+    let (status, body) = server.send_json_as(
+        &eve,
+        "POST",
+        "/v1/delegations",
+        &json!({"from": "max", "to": "eve"}),
+    );
+    assert_eq!(status, 403, "{body:#}");
+    let (status, body) = server.send_json_as(&eve, "POST", &path, &json!({"decision": "approve"}));
+    assert_eq!(status, 403, "still not an approver: {body:#}");
+
+    // Nothing was recorded: still pending, no decisions.
+    let shown = json_of(server.request("GET", &path).call().unwrap());
+    assert_eq!(shown["status"], "pending", "{shown:#}");
+    assert_eq!(shown["decisions"], json!([]), "{shown:#}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.run(&run)["status"], "waiting");
+
+    // max finds it as approver=me and decides with his own token.
+    let max = server.token_of("max");
+    let (status, mine) = server.send_json_as(&max, "GET", "/v1/approvals?approver=me", &json!({}));
+    assert_eq!(status, 200, "{mine:#}");
+    assert_eq!(mine["items"][0]["id"], id, "{mine:#}");
+    let (status, body) = server.send_json_as(
+        &max,
+        "POST",
+        &path,
+        &json!({"decision": "approve", "by": "max"}),
+    );
+    assert_eq!(status, 201, "{body:#}");
+    assert_eq!(body["decision"]["by"], "max");
+    assert!(body["decision"].get("entered_by").is_none(), "{body:#}");
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+    assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
+    server.kill();
+}
+
+#[test]
+fn an_admin_decides_on_behalf_only_when_it_says_so() {
+    let (_dir, _config, server) = start();
+    let run = server.start_run("access", json!({"owner": "olga"}));
+    let approval = server.approval_of(&run, "olga");
+    let id = approval["id"].as_str().unwrap();
+    let path = format!("/v1/approvals/{id}");
+
+    // The admin token's subject is admin: naming olga as `by` is not enough.
+    let (status, body) =
+        server.send_json("POST", &path, &json!({"decision": "approve", "by": "olga"}));
+    assert_eq!(status, 403, "{body:#}");
+    assert_eq!(
+        body["type"],
+        "https://steward.dev/problems/decider-mismatch"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("on_behalf_of"),
+        "the detail says how: {body:#}"
+    );
+    // Deciding as itself, admin is no approver.
+    let (status, body) = server.send_json("POST", &path, &json!({"decision": "approve"}));
+    assert_eq!(status, 403, "{body:#}");
+    assert_eq!(body["type"], "https://steward.dev/problems/not-an-approver");
+    let shown = json_of(server.request("GET", &path).call().unwrap());
+    assert_eq!(shown["decisions"], json!([]), "{shown:#}");
+
+    // Said explicitly, the decision is olga's, entered by admin.
+    let (status, body) = server.send_json(
+        "POST",
+        &path,
+        &json!({"decision": "approve", "on_behalf_of": "olga", "comment": "by phone"}),
+    );
+    assert_eq!(status, 201, "{body:#}");
+    assert_eq!(body["decision"]["by"], "olga");
+    assert_eq!(body["decision"]["entered_by"], "admin");
+    let shown = json_of(server.request("GET", &path).call().unwrap());
+    assert_eq!(
+        (
+            shown["decisions"][0]["by"].as_str(),
+            shown["decisions"][0]["entered_by"].as_str()
+        ),
+        (Some("olga"), Some("admin")),
+        "{shown:#}"
+    );
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+    assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
+    let decided = server
+        .events(&run)
+        .into_iter()
+        .find(|e| e["type"] == "approval_decided")
+        .unwrap();
+    assert_eq!(
+        (decided["by"].as_str(), decided["entered_by"].as_str()),
+        (Some("olga"), Some("admin")),
+        "the history records who entered it: {decided:#}"
+    );
     server.kill();
 }

@@ -327,10 +327,8 @@ fn workers_hear_of_new_runs_and_decisions_at_once_not_at_their_next_poll() {
         assert!(Instant::now() < deadline, "the approval never opened");
         std::thread::sleep(Duration::from_millis(50));
     };
-    api.request("POST", &format!("/v1/approvals/{approval}"))
-        .set("content-type", "application/json")
-        .send_string(r#"{"decision": "approve", "by": "ana"}"#)
-        .unwrap();
+    let (status, body) = api.decide(&approval, "ana", "approve", None);
+    assert_eq!(status, 201, "{body:#}");
     let done = api.wait_until_finished(&[run], Duration::from_secs(10));
     assert_eq!(done[0]["status"], "succeeded");
     worker.kill();

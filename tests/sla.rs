@@ -159,11 +159,8 @@ fn approve_all(server: &Server, run: &str) {
         assert!(Instant::now() < deadline, "no approval for {run}");
         std::thread::sleep(Duration::from_millis(25));
     };
-    server
-        .request("POST", &format!("/v1/approvals/{id}"))
-        .set("content-type", "application/json")
-        .send_string(r#"{"decision": "approve", "by": "ana"}"#)
-        .unwrap();
+    let (status, body) = server.decide(&id, "ana", "approve", None);
+    assert_eq!(status, 201, "{body:#}");
 }
 
 #[test]

@@ -390,6 +390,71 @@ async fn a_database_from_a_newer_binary_is_refused() {
     );
 }
 
+/// A token made before tokens had subjects (migration 14) keeps working as
+/// the service named after it.
+#[tokio::test]
+async fn a_token_from_before_subjects_acts_as_its_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "stw_made_before_subjects";
+    {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("steward.db"))
+            .create_if_missing(true)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE steward_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let folder = common::root().join("migrations/sqlite");
+        let mut files: Vec<_> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|f| f.as_str() < "0014")
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), 13);
+        for (n, file) in files.iter().enumerate() {
+            let sql = std::fs::read_to_string(folder.join(file)).unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO steward_migrations (version, name, applied_at) VALUES ($1, $2, 0)",
+            )
+            .bind(n as i64 + 1)
+            .bind(file.trim_end_matches(".sql"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, secret_hash, scopes, created_at) VALUES ('t1', 'servicenow', $1, 'approvals:decide', 0)",
+        )
+        .bind(steward::auth::hash_secret(secret))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let url = format!("sqlite://{}/steward.db", dir.path().display());
+    let store = Store::open(&url, StoreOptions::default()).await.unwrap();
+    let auth = steward::auth::Authenticator::new(store.clone(), None);
+    let principal = auth.authenticate(secret).await.unwrap();
+    assert_eq!(principal.subject, "svc:servicenow");
+    assert_eq!(principal.scopes, ["approvals:decide"]);
+    let listed = store.live_tokens().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].subject.as_str(), listed[0].expires_at),
+        ("svc:servicenow", None)
+    );
+}
+
 #[tokio::test]
 async fn concurrent_writes_commit_together_and_a_bad_one_fails_alone() {
     on_every_backend("batch", |store| async move {
@@ -1042,7 +1107,7 @@ async fn retention_deletes_old_finished_runs_with_their_rows_and_keeps_the_rest(
         };
         store.open_approval(&approval).await.unwrap();
         store
-            .decide(&approval.id, "ana", "approve", None, None)
+            .decide(&approval.id, "ana", "approve", None, None, None)
             .await
             .unwrap();
 

@@ -1,7 +1,13 @@
-//! API tokens and scopes. Tokens are random secrets shown once; only their
-//! SHA-256 is stored. The operator's `STEWARD_ADMIN_TOKEN`, when set, is an
-//! admin token that lives only in the environment.
+//! API tokens, scopes and principals. Tokens are random secrets shown
+//! once; only their SHA-256 is stored. Each token belongs to a subject (a
+//! person or a service), which is who a decision made with it is recorded
+//! as. The operator's `STEWARD_ADMIN_TOKEN`, when set, is an admin token
+//! that lives only in the environment; its subject is `admin`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::store::{Store, StoreError, StoredToken};
@@ -9,10 +15,20 @@ use crate::store::{Store, StoreError, StoredToken};
 /// Every scope a token can hold. `admin` implies all others.
 pub const SCOPES: [&str; 4] = ["runs:write", "runs:read", "approvals:decide", "admin"];
 
+/// The subject of `STEWARD_ADMIN_TOKEN`.
+pub const ENV_ADMIN_SUBJECT: &str = "admin";
+
+/// How often at most a token's `last_used_at` is written, per token and
+/// process: a busy token costs one write a minute, not one per request.
+pub const LAST_USED_GRANULARITY_MS: i64 = 60_000;
+
 /// Who is calling, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub token_id: String,
+    /// Who acts: a person (`max`) or a service (`svc:NAME`); decisions are
+    /// recorded as made by it.
+    pub subject: String,
     pub scopes: Vec<String>,
 }
 
@@ -24,6 +40,34 @@ impl Principal {
             .split('|')
             .any(|one| self.scopes.iter().any(|s| s == one || s == "admin"))
     }
+
+    /// Whether it holds the `admin` scope, which alone may act on someone
+    /// else's behalf.
+    pub fn is_admin(&self) -> bool {
+        self.scopes.iter().any(|s| s == "admin")
+    }
+}
+
+/// Why a bearer secret names no principal.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("the token is unknown or revoked")]
+    Unknown,
+    /// Told apart from an unknown token so its holder knows to get a new one
+    /// rather than to look for a typo.
+    #[error("token {token_id} expired at {at}")]
+    Expired { token_id: String, at: DateTime<Utc> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A token request that cannot be issued; each names the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidToken {
+    #[error("subject {0:?}: give 1 to 200 characters without spaces, e.g. max or svc:servicenow")]
+    Subject(String),
+    #[error("expires_in {given:?}: {reason}")]
+    ExpiresIn { given: String, reason: String },
 }
 
 /// The stored form of a secret.
@@ -56,18 +100,69 @@ pub fn parse_scopes<S: AsRef<str>>(scopes: &[S]) -> Result<Vec<String>, String> 
         .collect()
 }
 
+/// Checks a subject: what decisions are recorded as, so it must read the
+/// same wherever it is written (no spaces, not empty).
+pub fn parse_subject(subject: &str) -> Result<String, InvalidToken> {
+    let trimmed = subject.trim();
+    if trimmed.is_empty()
+        || trimmed.chars().count() > 200
+        || trimmed.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(InvalidToken::Subject(subject.to_string()));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// The subject of a token created without one: the service named after it,
+/// as tokens made before subjects existed are.
+pub fn service_subject(name: &str) -> String {
+    format!("svc:{name}")
+}
+
+/// Parses a lifetime such as `90d`, `12h` or `1s` (humantime); zero and
+/// more than 100 years are refused.
+pub fn parse_expires_in(text: &str) -> Result<chrono::Duration, InvalidToken> {
+    let invalid = |reason: &str| InvalidToken::ExpiresIn {
+        given: text.to_string(),
+        reason: reason.to_string(),
+    };
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| invalid(&format!("{e}; write e.g. 90d, 12h or 30m")))?;
+    if duration.is_zero() {
+        return Err(invalid("must be longer than zero"));
+    }
+    chrono::Duration::from_std(duration)
+        .ok()
+        .filter(|d| *d <= chrono::Duration::days(36_525))
+        .ok_or_else(|| invalid("must be at most 100 years"))
+}
+
+/// What a new token is for.
+pub struct NewToken<'a> {
+    pub name: &'a str,
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub expires_in: Option<chrono::Duration>,
+}
+
 /// Creates a token; the secret is returned once and never stored.
 pub async fn issue_token(
     store: &Store,
-    name: &str,
-    scopes: Vec<String>,
+    new: NewToken<'_>,
 ) -> Result<(StoredToken, String), StoreError> {
     let secret = new_secret();
+    // To the millisecond, as stored, so the answer and later reads agree.
+    let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis())
+        .expect("the clock reads a representable time");
     let token = StoredToken {
         id: uuid::Uuid::now_v7().to_string(),
-        name: name.to_string(),
+        name: new.name.to_string(),
         secret_hash: hash_secret(&secret),
-        scopes,
+        scopes: new.scopes,
+        subject: new.subject,
+        created_at: now,
+        expires_at: new.expires_in.map(|d| now + d),
+        last_used_at: None,
     };
     store.create_token(&token).await?;
     Ok((token, secret))
@@ -78,6 +173,8 @@ pub async fn issue_token(
 pub struct Authenticator {
     store: Store,
     admin_hash: Option<String>,
+    /// When this process last wrote each token's `last_used_at` (Unix ms).
+    touched: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 impl Authenticator {
@@ -86,21 +183,61 @@ impl Authenticator {
         Authenticator {
             store,
             admin_hash: admin_secret.filter(|s| !s.is_empty()).map(hash_secret),
+            touched: Arc::default(),
         }
     }
 
-    pub async fn authenticate(&self, secret: &str) -> Result<Option<Principal>, StoreError> {
+    pub async fn authenticate(&self, secret: &str) -> Result<Principal, AuthError> {
         let hash = hash_secret(secret);
         if self.admin_hash.as_deref() == Some(hash.as_str()) {
-            return Ok(Some(Principal {
+            return Ok(Principal {
                 token_id: "env:STEWARD_ADMIN_TOKEN".into(),
+                subject: ENV_ADMIN_SUBJECT.into(),
                 scopes: vec!["admin".into()],
-            }));
+            });
         }
-        Ok(self.store.token_by_hash(&hash).await?.map(|t| Principal {
-            token_id: t.id,
-            scopes: t.scopes,
-        }))
+        let token = self
+            .store
+            .token_by_hash(&hash)
+            .await?
+            .ok_or(AuthError::Unknown)?;
+        let now = Utc::now();
+        if let Some(at) = token.expires_at.filter(|at| *at <= now) {
+            return Err(AuthError::Expired {
+                token_id: token.id,
+                at,
+            });
+        }
+        self.note_use(&token, now.timestamp_millis());
+        Ok(Principal {
+            token_id: token.id,
+            subject: token.subject,
+            scopes: token.scopes,
+        })
+    }
+
+    /// Writes `last_used_at` off the request path, at most once per
+    /// `LAST_USED_GRANULARITY_MS` per token (and not at all while the
+    /// stored time is that recent, e.g. written by another process).
+    fn note_use(&self, token: &StoredToken, now: i64) {
+        let stored = token.last_used_at.map(|t| t.timestamp_millis());
+        if stored.is_some_and(|t| now - t < LAST_USED_GRANULARITY_MS) {
+            return;
+        }
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+            let last = touched.entry(token.id.clone()).or_insert(i64::MIN);
+            if now.saturating_sub(*last) < LAST_USED_GRANULARITY_MS {
+                return;
+            }
+            *last = now;
+        }
+        let (store, id) = (self.store.clone(), token.id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_token(&id, now).await {
+                tracing::warn!("could not record the use of token {id}: {e}");
+            }
+        });
     }
 }
 
@@ -112,10 +249,12 @@ mod tests {
     fn admin_implies_every_scope() {
         let admin = Principal {
             token_id: "a".into(),
+            subject: "admin".into(),
             scopes: vec!["admin".into()],
         };
         let reader = Principal {
             token_id: "r".into(),
+            subject: "svc:dashboard".into(),
             scopes: vec!["runs:read".into()],
         };
         assert!(admin.allows("runs:write") && admin.allows("approvals:decide"));
@@ -123,6 +262,7 @@ mod tests {
         // Alternatives: either scope will do.
         let approver = Principal {
             token_id: "p".into(),
+            subject: "max".into(),
             scopes: vec!["approvals:decide".into()],
         };
         assert!(approver.allows("runs:read|approvals:decide"));
@@ -142,6 +282,22 @@ mod tests {
                 .contains("unknown scope \"runs:delete\"")
         );
         assert!(parse_scopes::<&str>(&[]).is_err());
+    }
+
+    #[test]
+    fn lifetimes_and_subjects_are_checked() {
+        assert_eq!(parse_expires_in("90d").unwrap(), chrono::Duration::days(90));
+        assert_eq!(
+            parse_expires_in("1s").unwrap(),
+            chrono::Duration::seconds(1)
+        );
+        for bad in ["0s", "soon", "", "200years"] {
+            let e = parse_expires_in(bad).unwrap_err().to_string();
+            assert!(e.starts_with("expires_in"), "{bad}: {e}");
+        }
+        assert_eq!(parse_subject(" max ").unwrap(), "max");
+        assert_eq!(parse_subject("svc:servicenow").unwrap(), "svc:servicenow");
+        assert!(parse_subject("").is_err() && parse_subject("max power").is_err());
     }
 
     #[test]

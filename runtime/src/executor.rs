@@ -658,6 +658,7 @@ async fn sync_decisions<J: Journal>(run: &mut LiveRun, journal: &mut J) -> Resul
                 comment: decision.comment,
                 decided_at: decision.at,
                 delegate: decision.delegate,
+                entered_by: decision.entered_by,
             });
         }
     }

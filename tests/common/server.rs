@@ -1,8 +1,10 @@
 //! `steward serve` as a child process on a free port, spoken to over HTTP.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -41,6 +43,9 @@ pub struct Server {
     port: u16,
     /// Where the server's stderr goes.
     pub log: std::path::PathBuf,
+    /// The `approvals:decide` token of each person who decided through
+    /// this server, made on first use.
+    tokens: Mutex<HashMap<String, String>>,
 }
 
 impl Server {
@@ -136,6 +141,7 @@ impl Server {
             child,
             port,
             log: log_path,
+            tokens: Mutex::default(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while ureq::get(&server.url("/healthz")).call().is_err() {
@@ -289,10 +295,52 @@ impl Server {
         }
     }
 
-    /// Sends `body` as JSON: the status and body answered, errors included.
+    /// Sends `body` as JSON with the admin token: the status and body
+    /// answered, errors included.
     pub fn send_json(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .request(method, path)
+        self.send_json_as(ADMIN_TOKEN, method, path, body)
+    }
+
+    /// A new token for `subject` with `scopes` (created by the admin): the
+    /// answer to `POST /v1/tokens`, secret in `token`.
+    pub fn create_token(&self, subject: &str, scopes: &[&str]) -> Value {
+        let (status, body) = self.send_json(
+            "POST",
+            "/v1/tokens",
+            &json!({ "subject": subject, "scopes": scopes }),
+        );
+        assert_eq!(status, 201, "{body:#}");
+        body
+    }
+
+    /// The secret of `person`'s `approvals:decide` token, made once per
+    /// server.
+    pub fn token_of(&self, person: &str) -> String {
+        if let Some(secret) = self.tokens.lock().unwrap().get(person) {
+            return secret.clone();
+        }
+        let secret = self.create_token(person, &["approvals:decide"])["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(person.to_string(), secret.clone());
+        secret
+    }
+
+    /// Sends `body` as JSON with the token `secret`: the status and body
+    /// answered, errors included.
+    pub fn send_json_as(
+        &self,
+        secret: &str,
+        method: &str,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        let response = ureq::request(method, &self.url(path))
+            .set("Authorization", &format!("Bearer {secret}"))
             .set("content-type", "application/json")
             .send_string(&body.to_string());
         match response {
@@ -302,7 +350,8 @@ impl Server {
         }
     }
 
-    /// Posts a decision on approval `id`: the status and body answered.
+    /// `by` decides approval `id` with their own token (subject `by`): the
+    /// status and body answered.
     pub fn decide(
         &self,
         id: &str,
@@ -310,8 +359,13 @@ impl Server {
         decision: &str,
         comment: Option<&str>,
     ) -> (u16, Value) {
-        let body = json!({ "decision": decision, "by": by, "comment": comment });
-        self.send_json("POST", &format!("/v1/approvals/{id}"), &body)
+        let body = json!({ "decision": decision, "comment": comment });
+        self.send_json_as(
+            &self.token_of(by),
+            "POST",
+            &format!("/v1/approvals/{id}"),
+            &body,
+        )
     }
 }
 

@@ -3,16 +3,17 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::{Example, JsonBody};
 use super::path::PathParam;
 use super::{AppState, Problem};
+use crate::auth::Principal;
 use crate::store::{ApprovalRow, Decided, Decision};
 
 fn describe(a: &ApprovalRow, decisions: &[Decision]) -> Value {
@@ -41,9 +42,11 @@ pub struct ListQuery {
 }
 
 /// Pending approvals, oldest first; `approver=NAME` keeps those NAME may
-/// decide (directly or through a group).
+/// decide (directly or through a group), and `approver=me` those the
+/// caller's subject may.
 pub async fn list(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
     let Query(query) =
@@ -57,10 +60,11 @@ pub async fn list(
     if !(1..=500).contains(&limit) {
         return Err(Problem::invalid_query("limit is 1 to 500"));
     }
-    let rows = app
-        .store
-        .pending_approvals(query.approver.as_deref(), limit)
-        .await?;
+    let approver = match query.approver.as_deref() {
+        Some("me") => Some(caller.subject.as_str()),
+        other => other,
+    };
+    let rows = app.store.pending_approvals(approver, limit).await?;
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
         items.push(describe(row, &app.store.approval_decisions(&row.id).await?));
@@ -87,20 +91,80 @@ pub async fn show(
 #[serde(deny_unknown_fields)]
 pub struct DecisionBody {
     decision: String,
-    by: String,
+    /// Optional: the decider is the token's subject; when given it must be
+    /// that subject, so a client cannot record someone else's decision.
+    #[serde(default)]
+    by: Option<String>,
+    /// Admin tokens only: the approver this decision is entered for.
+    #[serde(default)]
+    on_behalf_of: Option<String>,
     #[serde(default)]
     comment: Option<String>,
 }
 
 impl Example for DecisionBody {
-    const EXAMPLE: &'static str = r#"{"decision": "approve", "by": "dana", "comment": "ok"}"#;
+    const EXAMPLE: &'static str = r#"{"decision": "approve", "comment": "ok"}"#;
+}
+
+/// Who a decision is made as: the caller's subject, or with `on_behalf_of`
+/// (admin only) the named approver, with the admin recorded as the one who
+/// entered it. Nothing is recorded when this refuses.
+fn acting_as(caller: &Principal, body: &DecisionBody) -> Result<(String, Option<String>), Problem> {
+    let (acting, entered_by) = match body.on_behalf_of.as_deref().map(str::trim) {
+        Some(name) if !caller.is_admin() => {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "on-behalf-not-allowed",
+                "Only an admin decides on someone's behalf",
+                format!(
+                    "this token ({:?}) has no admin scope, so it may not decide on behalf of {name:?}: {name} decides with their own token",
+                    caller.subject
+                ),
+            ));
+        }
+        Some("") => {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-decision",
+                "Invalid decision",
+                "on_behalf_of is empty: name the approver, or leave it out",
+            ));
+        }
+        Some(name) => (name.to_string(), Some(caller.subject.clone())),
+        None => (caller.subject.clone(), None),
+    };
+    if let Some(by) = body.by.as_deref().map(str::trim)
+        && by != acting
+    {
+        let whose = if entered_by.is_some() {
+            "named by on_behalf_of"
+        } else {
+            "the token's subject"
+        };
+        let hint = if caller.is_admin() && entered_by.is_none() {
+            format!(" (an admin deciding for {by:?} sends on_behalf_of: {by:?})")
+        } else {
+            String::new()
+        };
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "decider-mismatch",
+            "Deciding as someone else",
+            format!(
+                "by is {by:?} but this decision is made as {acting:?}, {whose}{hint}; leave by out or make it {acting:?}"
+            ),
+        ));
+    }
+    Ok((acting, entered_by))
 }
 
 /// 201 with the recorded decision; 200 with the first one when this person
-/// already decided; 403 for someone not among the approvers; 409 once the
-/// approval is closed.
+/// already decided; 403 for someone not among the approvers, for a `by`
+/// other than the decider and for `on_behalf_of` without the admin scope;
+/// 409 once the approval is closed.
 pub async fn decide(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     PathParam(id): PathParam<String>,
     JsonBody(body): JsonBody<DecisionBody>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
@@ -112,7 +176,8 @@ pub async fn decide(
             format!("decision {:?}: use approve or reject", body.decision),
         ));
     }
-    let by = body.by.trim();
+    let (acting, entered_by) = acting_as(&caller, &body)?;
+    let by = acting.as_str();
     let approval = app
         .store
         .approval(&id)
@@ -158,7 +223,14 @@ pub async fn decide(
     let comment = body.comment.as_deref().filter(|c| !c.is_empty());
     match app
         .store
-        .decide(&id, &decider, &body.decision, comment, delegate)
+        .decide(
+            &id,
+            &decider,
+            &body.decision,
+            comment,
+            delegate,
+            entered_by.as_deref(),
+        )
         .await?
     {
         Decided::Recorded(decision) => {
@@ -201,13 +273,34 @@ impl Example for NewDelegation {
     const EXAMPLE: &'static str = r#"{"from": "dana", "to": "eli", "starts_at": "2026-12-20T00:00:00Z", "ends_at": "2027-01-04T00:00:00Z"}"#;
 }
 
+/// Refuses a delegation of someone else's approvals: otherwise any decide
+/// token could hand itself anyone's approvals and decide them as a
+/// delegate. An admin may act for anyone.
+fn own_delegation(caller: &Principal, from: &str, to: Option<&str>) -> Result<(), Problem> {
+    if caller.is_admin() || caller.subject == from || to == Some(caller.subject.as_str()) {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        "not-your-delegation",
+        "Not your delegation",
+        format!(
+            "this token acts as {:?}: it may hand over and revoke only its own approvals, not {from:?}'s (an admin may)",
+            caller.subject
+        ),
+    ))
+}
+
 /// `POST /v1/delegations`: from now (or `starts_at`) until `ends_at`,
 /// `to` may decide `from`'s approvals; each such decision names both.
+/// Only `from` themselves (or an admin) may delegate.
 pub async fn delegate(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     JsonBody(body): JsonBody<NewDelegation>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let (from, to) = (body.from.trim(), body.to.trim());
+    own_delegation(&caller, from, None)?;
     let invalid = |detail: String| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -241,11 +334,19 @@ pub async fn delegations(State(app): State<Arc<AppState>>) -> Result<Json<Value>
     Ok(Json(json!({ "items": app.store.delegations().await? })))
 }
 
-/// `DELETE /v1/delegations/{id}`.
+/// `DELETE /v1/delegations/{id}`: by either party or an admin.
 pub async fn revoke_delegation(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, Problem> {
+    if !caller.is_admin() {
+        let live = app.store.delegations().await?;
+        let Some(d) = live.iter().find(|d| d.id == id) else {
+            return Err(Problem::not_found(&format!("delegation {id}")));
+        };
+        own_delegation(&caller, &d.from, Some(&d.to))?;
+    }
     if app.store.revoke_delegation(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -57,23 +57,32 @@ fn needs(method: &Method, route: Option<&str>, path: &str) -> Needs {
 }
 
 fn unauthorized(detail: &str) -> Response {
-    let mut response = Problem::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "Authentication required",
-        detail,
+    challenge(
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authentication required",
+            detail,
+        )
+        .into_response(),
     )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
+}
+
+/// A 401 names the scheme it wants (RFC 9110, 11.6.1).
+fn challenge(mut response: Response) -> Response {
+    if response.status() == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
+    }
     response
 }
 
-/// Rejects requests without a valid token holding the route's scope.
+/// Rejects requests without a valid token holding the route's scope, and
+/// hands the handlers the caller's `Principal` as a request extension.
 pub async fn require_scope(
     State(app): State<Arc<AppState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let route = request
@@ -96,13 +105,16 @@ pub async fn require_scope(
         .and_then(|h| h.split_once(' '))
         // Auth schemes are case-insensitive (RFC 9110, 11.1).
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, secret)| secret.trim())
+        .map(|(_, secret)| secret.trim().to_string())
     else {
         return unauthorized("the Authorization header must read: Bearer TOKEN");
     };
-    match app.auth.authenticate(secret).await {
-        Ok(Some(principal)) if scope.is_none_or(|s| principal.allows(s)) => next.run(request).await,
-        Ok(Some(_)) => Problem::new(
+    match app.auth.authenticate(&secret).await {
+        Ok(principal) if scope.is_none_or(|s| principal.allows(s)) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Ok(_) => Problem::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "Missing scope",
@@ -112,8 +124,7 @@ pub async fn require_scope(
             ),
         )
         .into_response(),
-        Ok(None) => unauthorized("the token is unknown or revoked"),
-        Err(e) => Problem::from(e).into_response(),
+        Err(e) => challenge(Problem::from(e).into_response()),
     }
 }
 
@@ -148,6 +159,7 @@ mod tests {
                 Needs::Scope("approvals:decide"),
             ),
             (Method::POST, "/v1/tokens", Needs::Scope("admin")),
+            (Method::GET, "/v1/tokens", Needs::Scope("admin")),
             (
                 Method::POST,
                 "/v1/delegations",

@@ -143,6 +143,47 @@ impl From<crate::hooks::SignatureError> for Problem {
     }
 }
 
+/// A bearer token that does not authenticate: 401, with its own type when
+/// it merely expired, so a client knows to get a new one rather than
+/// suspect a typo.
+impl From<crate::auth::AuthError> for Problem {
+    fn from(e: crate::auth::AuthError) -> Problem {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::Unknown => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+                "the token is unknown or revoked",
+            ),
+            AuthError::Expired { token_id, at } => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "token-expired",
+                "Token expired",
+                format!(
+                    "token {token_id} expired at {}; create a new one (POST /v1/tokens or `steward token create`)",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                ),
+            )
+            .with("expired_at", json!(at)),
+            AuthError::Store(e) => Problem::from(e),
+        }
+    }
+}
+
+/// A token request the server cannot honour (a bad subject or lifetime):
+/// 422, naming the field.
+impl From<crate::auth::InvalidToken> for Problem {
+    fn from(e: crate::auth::InvalidToken) -> Problem {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-token-request",
+            "Invalid token request",
+            e.to_string(),
+        )
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut body = json!({

@@ -263,9 +263,13 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .errors(&[409]),
         Route::post("/v1/tokens", tokens::create)
             .scope("admin")
-            .summary("Create a scoped token; the secret is in this answer only")
-            .body("application/json", json!({"type": "object", "required": ["scopes"], "properties": {"name": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string", "enum": ["runs:write", "runs:read", "approvals:decide", "admin"]}}}, "additionalProperties": false}))
-            .ok(201, "Created: `token` is the secret, shown only here", "application/json", json!({"type": "object", "required": ["id", "name", "scopes", "token"], "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string"}}, "token": {"type": "string"}}})),
+            .summary("Create a scoped token for a subject (a person or svc:NAME), optionally expiring; the secret is in this answer only")
+            .body("application/json", json!({"type": "object", "required": ["scopes"], "properties": {"name": {"type": "string"}, "subject": {"type": "string", "description": "Who acts with the token, e.g. max or svc:servicenow; svc:NAME when left out"}, "scopes": {"type": "array", "items": {"type": "string", "enum": ["runs:write", "runs:read", "approvals:decide", "admin"]}}, "expires_in": {"type": "string", "description": "Lifetime, e.g. 90d, 12h, 30m; none when left out"}}, "additionalProperties": false}))
+            .ok(201, "Created: `token` is the secret, shown only here", "application/json", json!({"allOf": [{"$ref": "#/components/schemas/Token"}], "required": ["token"], "properties": {"token": {"type": "string"}}})),
+        Route::get("/v1/tokens", tokens::list)
+            .scope("admin")
+            .summary("Live tokens (not revoked, not expired), oldest first; never their secrets")
+            .ok(200, "The tokens", "application/json", json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Token"}}}})),
         Route::delete("/v1/tokens/{id}", tokens::revoke)
             .scope("admin")
             .summary("Revoke a token")
@@ -310,9 +314,9 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .errors(&[400, 404, 409, 413, 415, 422]),
         Route::get("/v1/approvals", approvals::list)
             .scope(READ_APPROVALS)
-            .summary("Pending approvals, oldest first; approver=NAME keeps those NAME may decide")
+            .summary("Pending approvals, oldest first; approver=NAME keeps those NAME may decide, approver=me those the token's subject may")
             .query("status", json!({"type": "string", "enum": ["pending"]}))
-            .query("approver", json!({"type": "string"}))
+            .query("approver", json!({"type": "string", "description": "A person, or me for the token's subject"}))
             .query("limit", json!({"type": "integer", "minimum": 1, "maximum": 500}))
             .ok(200, "The approvals", "application/json", json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Approval"}}}})),
         Route::get("/v1/approvals/{id}", approvals::show)
@@ -321,8 +325,8 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .ok(200, "The approval", "application/json", json!({"$ref": "#/components/schemas/Approval"})),
         Route::post("/v1/approvals/{id}", approvals::decide)
             .scope("approvals:decide")
-            .summary("Decide: only an eligible approver; a second decision by the same person returns the first")
-            .body("application/json", json!({"type": "object", "required": ["decision", "by"], "additionalProperties": false, "properties": {"decision": {"type": "string", "enum": ["approve", "reject"]}, "by": {"type": "string"}, "comment": {"type": ["string", "null"]}}}))
+            .summary("Decide as the token's subject (an eligible approver or their delegate); an admin token may decide on_behalf_of an approver; a second decision by the same person returns the first")
+            .body("application/json", json!({"type": "object", "required": ["decision"], "additionalProperties": false, "properties": {"decision": {"type": "string", "enum": ["approve", "reject"]}, "by": {"type": ["string", "null"], "description": "Optional; when given it must be the token's subject (or on_behalf_of)"}, "on_behalf_of": {"type": ["string", "null"], "description": "Admin tokens only: the approver this decision is entered for"}, "comment": {"type": ["string", "null"]}}}))
             .ok_empty(200, "Already decided: the first decision")
             .ok_empty(201, "Recorded")
             .errors(&[409]),
@@ -339,12 +343,12 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .ok(200, "The delegations", "application/json", json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Delegation"}}}})),
         Route::post("/v1/delegations", approvals::delegate)
             .scope("approvals:decide")
-            .summary("Hand one approver's approvals to a delegate for a period")
+            .summary("Hand one approver's approvals to a delegate for a period: the token's own (its subject is from), or anyone's with the admin scope")
             .body("application/json", json!({"type": "object", "required": ["from", "to"], "additionalProperties": false, "properties": {"from": {"type": "string"}, "to": {"type": "string"}, "starts_at": {"type": "string", "format": "date-time"}, "ends_at": {"type": "string", "format": "date-time"}}}))
             .ok(201, "Created", "application/json", json!({"$ref": "#/components/schemas/Delegation"})),
         Route::delete("/v1/delegations/{id}", approvals::revoke_delegation)
             .scope("approvals:decide")
-            .summary("Revoke a delegation")
+            .summary("Revoke a delegation: either party, or an admin")
             .ok_empty(204, "Revoked"),
         Route::get("/v1/schedules", schedules::list)
             .scope("runs:read")

@@ -84,16 +84,21 @@ pub enum Command {
     Approve {
         /// The approval's id (`GET /v1/approvals` lists them).
         id: String,
-        /// Who decides: one of the approval's approvers.
+        /// Who decides; optional, since the token's subject is the decider,
+        /// and when given it must be that subject.
         #[arg(long = "as")]
-        by: String,
+        by: Option<String>,
+        /// With an admin token: the approver this decision is entered for.
+        #[arg(long)]
+        on_behalf_of: Option<String>,
         #[arg(long)]
         reject: bool,
         #[arg(long)]
         comment: Option<String>,
         #[arg(long, env = "STEWARD_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
-        /// An API token with the approvals:decide scope.
+        /// An API token with the approvals:decide scope, whose subject is
+        /// the approver (or their delegate).
         #[arg(long, env = "STEWARD_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -137,21 +142,61 @@ pub enum TokenCommand {
         /// Comma-separated: runs:write, runs:read, approvals:decide, admin.
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
-        #[arg(long, default_value = "cli")]
-        name: String,
+        /// A label for listings; the subject, else `cli`, when left out.
+        #[arg(long)]
+        name: Option<String>,
+        /// Who acts with the token: a person (max) or a service
+        /// (svc:servicenow); `svc:NAME` when left out.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Lifetime, e.g. 90d, 12h, 30m; the token never expires without it.
+        #[arg(long)]
+        expires: Option<String>,
         #[arg(long, env = "STEWARD_CONFIG")]
         config: Option<PathBuf>,
     },
 }
 
-async fn token_create(scopes: &[String], name: &str, config: &Config) -> anyhow::Result<ExitCode> {
-    let scopes = steward::auth::parse_scopes(scopes).map_err(anyhow::Error::msg)?;
+async fn token_create(
+    scopes: &[String],
+    name: Option<String>,
+    subject: Option<&str>,
+    expires: Option<&str>,
+    config: &Config,
+) -> anyhow::Result<ExitCode> {
+    use steward::auth;
+    let scopes = auth::parse_scopes(scopes).map_err(anyhow::Error::msg)?;
+    let subject = subject.map(auth::parse_subject).transpose()?;
+    let expires_in = expires.map(auth::parse_expires_in).transpose()?;
+    let name = name
+        .or_else(|| subject.clone())
+        .unwrap_or_else(|| "cli".to_string());
+    let subject = subject.unwrap_or_else(|| auth::service_subject(&name));
     let store = serve::open_store(config).await?;
-    let (token, secret) = steward::auth::issue_token(&store, name, scopes).await?;
+    let (token, secret) = auth::issue_token(
+        &store,
+        auth::NewToken {
+            name: &name,
+            subject,
+            scopes,
+            expires_in,
+        },
+    )
+    .await?;
+    let expiry = token
+        .expires_at
+        .map(|at| {
+            format!(
+                "expires at {}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        })
+        .unwrap_or_else(|| "never expires".to_string());
     eprintln!(
-        "created token {} ({}) with scopes {}; the secret is shown only now:",
+        "created token {} ({}) for {} with scopes {}; it {expiry}; the secret is shown only now:",
         token.id,
         token.name,
+        token.subject,
         token.scopes.join(", ")
     );
     println!("{secret}");
@@ -238,20 +283,26 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Approve {
             id,
             by,
+            on_behalf_of,
             reject,
             comment,
             server,
             token,
         } => {
             let decision = if reject { "reject" } else { "approve" };
-            let body = serde_json::json!({ "decision": decision, "by": by, "comment": comment });
+            let body = serde_json::json!({
+                "decision": decision,
+                "by": by,
+                "on_behalf_of": on_behalf_of,
+                "comment": comment,
+            });
             let url = format!("{}/v1/approvals/{id}", server.trim_end_matches('/'));
             let answer = runs::call("POST", &url, token.as_deref(), Some(&body))?;
             let recorded = &answer["decision"];
             println!(
                 "{id}: {} by {} at {}",
                 recorded["decision"].as_str().unwrap_or(decision),
-                recorded["by"].as_str().unwrap_or(&by),
+                recorded["by"].as_str().unwrap_or("?"),
                 recorded["at"].as_str().unwrap_or("?")
             );
             Ok(ExitCode::SUCCESS)
@@ -261,9 +312,20 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 TokenCommand::Create {
                     scopes,
                     name,
+                    subject,
+                    expires,
                     config,
                 },
-        } => token_create(&scopes, &name, &load_config(config)?).await,
+        } => {
+            token_create(
+                &scopes,
+                name,
+                subject.as_deref(),
+                expires.as_deref(),
+                &load_config(config)?,
+            )
+            .await
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use steward::api::{AppState, health_router, router};
-use steward::auth::{Authenticator, issue_token};
+use steward::auth::{Authenticator, ENV_ADMIN_SUBJECT, NewToken, issue_token};
 use steward::catalog::Catalog;
 use steward::config::Config;
 use steward::executor::Executor;
@@ -320,7 +320,16 @@ async fn bootstrap_admin_token(config: &Config, store: &Store) -> anyhow::Result
     if config.admin_token.is_some() || store.count_live_tokens().await? > 0 {
         return Ok(());
     }
-    let (_, secret) = issue_token(store, "bootstrap admin", vec!["admin".into()]).await?;
+    let (_, secret) = issue_token(
+        store,
+        NewToken {
+            name: "bootstrap admin",
+            subject: ENV_ADMIN_SUBJECT.to_string(),
+            scopes: vec!["admin".into()],
+            expires_in: None,
+        },
+    )
+    .await?;
     let path = config.data_dir.join("admin-token");
     private_data_dir(&config.data_dir)?;
     write_private(&path, format!("{secret}\n").as_bytes())

@@ -85,6 +85,9 @@ pub enum Event {
         /// Who decided in `by`'s place, through a delegation.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         delegate: Option<String>,
+        /// The admin who entered the decision on `by`'s behalf.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entered_by: Option<String>,
     },
     /// The SLA clock started with the run: its priority and, when the SLA
     /// has a target for it, the resolution target in milliseconds.

@@ -155,6 +155,9 @@ pub struct DecisionRecord {
     pub at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delegate: Option<String>,
+    /// The admin who entered it on `by`'s behalf.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entered_by: Option<String>,
 }
 
 /// A run, as its history says it is.
@@ -299,6 +302,7 @@ impl RunState {
                 comment,
                 decided_at,
                 delegate,
+                entered_by,
             } => {
                 let r = self.steps.entry(step.clone()).or_default();
                 if let Some(a) = r.approval.as_mut().filter(|a| &a.id == approval)
@@ -310,6 +314,7 @@ impl RunState {
                         comment: comment.clone(),
                         at: *decided_at,
                         delegate: delegate.clone(),
+                        entered_by: entered_by.clone(),
                     });
                 }
             }

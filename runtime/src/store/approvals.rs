@@ -41,6 +41,10 @@ pub struct Decision {
     /// Who decided in `by`'s place, through a delegation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegate: Option<String>,
+    /// The admin who entered this decision on `by`'s behalf (`on_behalf_of`),
+    /// when `by` did not send it with their own token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entered_by: Option<String>,
 }
 
 /// What recording a decision found.
@@ -127,6 +131,7 @@ impl Store {
         decision: &str,
         comment: Option<&str>,
         delegate: Option<&str>,
+        entered_by: Option<&str>,
     ) -> Result<Decided, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -144,8 +149,8 @@ impl Store {
             });
         };
         let inserted = sqlx::query(
-            "INSERT INTO approval_decisions (approval_id, decided_by, decision, comment, decided_at, delegate) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            "INSERT INTO approval_decisions (approval_id, decided_by, decision, comment, decided_at, delegate, entered_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         )
         .bind(id)
         .bind(by)
@@ -153,6 +158,7 @@ impl Store {
         .bind(comment)
         .bind(now)
         .bind(delegate)
+        .bind(entered_by)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -181,13 +187,14 @@ impl Store {
             comment: comment.map(str::to_string),
             at: to_time(now),
             delegate: delegate.map(str::to_string),
+            entered_by: entered_by.map(str::to_string),
         }))
     }
 
     /// Decisions on `id`, oldest first.
     pub async fn approval_decisions(&self, id: &str) -> Result<Vec<Decision>, StoreError> {
         let rows = sqlx::query(
-            "SELECT decided_by, decision, comment, decided_at, delegate FROM approval_decisions \
+            "SELECT decided_by, decision, comment, decided_at, delegate, entered_by FROM approval_decisions \
              WHERE approval_id = $1 ORDER BY decided_at, decided_by",
         )
         .bind(id)
@@ -201,6 +208,7 @@ impl Store {
                     comment: r.try_get("comment")?,
                     at: to_time(r.try_get("decided_at")?),
                     delegate: r.try_get("delegate")?,
+                    entered_by: r.try_get("entered_by")?,
                 })
             })
             .collect()
