@@ -16,7 +16,12 @@ use super::{AppState, Problem};
 use crate::auth::Principal;
 use crate::store::{ApprovalRow, Decided, Decision};
 
-fn describe(a: &ApprovalRow, decisions: &[Decision]) -> Value {
+/// The approval as the API shows it; `ineligible` names the eligible
+/// people the four-eyes rule bars (the run's starter, the requester), so a
+/// quorum the others can no longer meet is visible.
+fn describe(a: &ApprovalRow, decisions: &[Decision], started_by: Option<&str>) -> Value {
+    let barred = a.barred(started_by);
+    let ineligible: Vec<&String> = a.eligible.iter().filter(|n| barred.contains(n)).collect();
     json!({
         "id": a.id,
         "run_id": a.run_id,
@@ -26,6 +31,10 @@ fn describe(a: &ApprovalRow, decisions: &[Decision]) -> Value {
         "approvers": a.approvers,
         "eligible": a.eligible,
         "quorum": a.quorum,
+        "requester": a.requester,
+        "started_by": started_by,
+        "allow_self_approval": a.allow_self_approval,
+        "ineligible": ineligible,
         "decisions": decisions,
         "due_at": a.due_at,
         "status": a.status,
@@ -67,7 +76,12 @@ pub async fn list(
     let rows = app.store.pending_approvals(approver, limit).await?;
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
-        items.push(describe(row, &app.store.approval_decisions(&row.id).await?));
+        let started_by = started_by(&app, &row.run_id).await?;
+        items.push(describe(
+            row,
+            &app.store.approval_decisions(&row.id).await?,
+            started_by.as_deref(),
+        ));
     }
     Ok(Json(json!({ "items": items })))
 }
@@ -81,10 +95,18 @@ pub async fn show(
         .approval(&id)
         .await?
         .ok_or_else(|| Problem::not_found(&format!("approval {id}")))?;
+    let started_by = started_by(&app, &row.run_id).await?;
     Ok(Json(describe(
         &row,
         &app.store.approval_decisions(&id).await?,
+        started_by.as_deref(),
     )))
+}
+
+/// Who started the approval's run (`None` for runs from before starters
+/// were recorded, which the four-eyes rule then cannot cover).
+async fn started_by(app: &AppState, run_id: &str) -> Result<Option<String>, Problem> {
+    Ok(app.store.run(run_id).await?.and_then(|r| r.started_by))
 }
 
 #[derive(Deserialize)]
@@ -159,9 +181,11 @@ fn acting_as(caller: &Principal, body: &DecisionBody) -> Result<(String, Option<
 }
 
 /// 201 with the recorded decision; 200 with the first one when this person
-/// already decided; 403 for someone not among the approvers, for a `by`
-/// other than the decider and for `on_behalf_of` without the admin scope;
-/// 409 once the approval is closed.
+/// already decided; 403 for someone not among the approvers, for the run's
+/// starter or the approval's requester, deciding themselves or as a
+/// delegate (four eyes), for a `by` other than
+/// the decider and for `on_behalf_of` without the admin scope; 409 once
+/// the approval is closed.
 pub async fn decide(
     State(app): State<Arc<AppState>>,
     Extension(caller): Extension<Principal>,
@@ -220,6 +244,12 @@ pub async fn decide(
             }
         }
     };
+    // Four eyes: the approver whose eligibility is used and the person
+    // actually deciding (a delegate, or whoever on_behalf_of names) must
+    // both differ from whoever asked. An admin entering a decision only
+    // records someone else's, so is not judged.
+    let started = started_by(&app, &approval.run_id).await?;
+    approval.check_four_eyes(started.as_deref(), &[decider.as_str(), by])?;
     let comment = body.comment.as_deref().filter(|c| !c.is_empty());
     match app
         .store
