@@ -715,6 +715,24 @@ fn the_requester_cannot_approve_their_own_run_while_another_approver_can() {
     let id = open["id"].as_str().unwrap();
     let answer = server.decide(id, "eve", "approve", None);
     assert_self_approval_refused(&server, id, answer, "is its requester");
+
+    // A delegate of both the starter and another approver decides for the other.
+    for from in ["max", "ann"] {
+        let (status, body) = server.send_json(
+            "POST",
+            "/v1/delegations",
+            &json!({"from": from, "to": "zed"}),
+        );
+        assert_eq!(status, 201, "{body:#}");
+    }
+    let started = start_as(&server, &max, "purchase", json!({}));
+    let run = started["id"].as_str().unwrap().to_string();
+    let open = server.approval_of(&run, "zed");
+    let id = open["id"].as_str().unwrap();
+    let (status, body) = server.decide(id, "zed", "approve", None);
+    assert_eq!(status, 201, "{body:#}");
+    assert_eq!(body["decision"]["by"], "ann");
+    assert_eq!(body["decision"]["delegate"], "zed");
     server.kill();
 }
 

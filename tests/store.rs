@@ -1108,6 +1108,7 @@ async fn retention_deletes_old_finished_runs_with_their_rows_and_keeps_the_rest(
             created_at: old,
             requester: None,
             allow_self_approval: false,
+            started_by: None,
         };
         store.open_approval(&approval).await.unwrap();
         store

@@ -647,6 +647,7 @@ async fn sync_decisions<J: Journal>(run: &mut LiveRun, journal: &mut J) -> Resul
             created_at: run.state.steps[&step].started_at.unwrap_or_else(Utc::now),
             requester: approval.requester.clone(),
             allow_self_approval: approval.allow_self_approval,
+            started_by: None,
         };
         for decision in journal.approval_decisions(&row).await? {
             if approval.decisions.iter().any(|d| d.by == decision.by) {

@@ -19,8 +19,8 @@ use crate::store::{ApprovalRow, Decided, Decision};
 /// The approval as the API shows it; `ineligible` names the eligible
 /// people the four-eyes rule bars (the run's starter, the requester), so a
 /// quorum the others can no longer meet is visible.
-fn describe(a: &ApprovalRow, decisions: &[Decision], started_by: Option<&str>) -> Value {
-    let barred = a.barred(started_by);
+fn describe(a: &ApprovalRow, decisions: &[Decision]) -> Value {
+    let barred = a.barred();
     let ineligible: Vec<&String> = a.eligible.iter().filter(|n| barred.contains(n)).collect();
     json!({
         "id": a.id,
@@ -32,7 +32,7 @@ fn describe(a: &ApprovalRow, decisions: &[Decision], started_by: Option<&str>) -
         "eligible": a.eligible,
         "quorum": a.quorum,
         "requester": a.requester,
-        "started_by": started_by,
+        "started_by": a.started_by,
         "allow_self_approval": a.allow_self_approval,
         "ineligible": ineligible,
         "decisions": decisions,
@@ -76,12 +76,7 @@ pub async fn list(
     let rows = app.store.pending_approvals(approver, limit).await?;
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
-        let started_by = started_by(&app, &row.run_id).await?;
-        items.push(describe(
-            row,
-            &app.store.approval_decisions(&row.id).await?,
-            started_by.as_deref(),
-        ));
+        items.push(describe(row, &app.store.approval_decisions(&row.id).await?));
     }
     Ok(Json(json!({ "items": items })))
 }
@@ -95,18 +90,10 @@ pub async fn show(
         .approval(&id)
         .await?
         .ok_or_else(|| Problem::not_found(&format!("approval {id}")))?;
-    let started_by = started_by(&app, &row.run_id).await?;
     Ok(Json(describe(
         &row,
         &app.store.approval_decisions(&id).await?,
-        started_by.as_deref(),
     )))
-}
-
-/// Who started the approval's run (`None` for runs from before starters
-/// were recorded, which the four-eyes rule then cannot cover).
-async fn started_by(app: &AppState, run_id: &str) -> Result<Option<String>, Problem> {
-    Ok(app.store.run(run_id).await?.and_then(|r| r.started_by))
 }
 
 #[derive(Deserialize)]
@@ -220,11 +207,15 @@ pub async fn decide(
             .into_iter()
             .map(|d| d.by)
             .collect();
-        let candidates: Vec<&String> = approval
+        // Approvers the four-eyes rule bars come last: a delegate of both
+        // the starter and another approver decides for the other.
+        let barred = approval.barred();
+        let mut candidates: Vec<&String> = approval
             .eligible
             .iter()
             .filter(|name| delegators.contains(name))
             .collect();
+        candidates.sort_by_key(|name| barred.contains(name));
         match candidates
             .iter()
             .find(|name| !decided.contains(name))
@@ -248,8 +239,7 @@ pub async fn decide(
     // actually deciding (a delegate, or whoever on_behalf_of names) must
     // both differ from whoever asked. An admin entering a decision only
     // records someone else's, so is not judged.
-    let started = started_by(&app, &approval.run_id).await?;
-    approval.check_four_eyes(started.as_deref(), &[decider.as_str(), by])?;
+    approval.check_four_eyes(&[decider.as_str(), by])?;
     let comment = body.comment.as_deref().filter(|c| !c.is_empty());
     match app
         .store
