@@ -658,10 +658,33 @@ fn assert_self_approval_refused(server: &Server, id: &str, answer: (u16, Value),
 #[test]
 fn the_requester_cannot_approve_their_own_run_while_another_approver_can() {
     let (_dir, _config, server) = start();
+    four_eyes(&server);
+    server.kill();
+}
 
+#[test]
+fn the_requester_cannot_approve_their_own_run_while_another_approver_can_on_postgres() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!(
+            "the_requester_cannot_approve_their_own_run_while_another_approver_can_on_postgres: \
+             SKIPPED: STEWARD_TEST_DATABASE_URL is not set"
+        );
+        return;
+    };
+    let schema = common::unique_schema("four_eyes");
+    let (_dir, _config, server) = start_on(Some(format!(
+        "database = {url:?}\ndatabase_schema = {schema:?}"
+    )));
+    four_eyes(&server);
+    server.kill();
+}
+
+/// The starter and the requester are refused (in person and as a
+/// delegate) while another approver decides; nothing refused is recorded.
+fn four_eyes(server: &Server) {
     // max starts a purchase with his own token, and is one of its approvers.
-    let max = starter_token(&server, "max");
-    let started = start_as(&server, &max, "purchase", json!({}));
+    let max = starter_token(server, "max");
+    let started = start_as(server, &max, "purchase", json!({}));
     assert_eq!(started["started_by"], "max");
     let run = started["id"].as_str().unwrap().to_string();
     let open = server.approval_of(&run, "ann");
@@ -679,7 +702,7 @@ fn the_requester_cannot_approve_their_own_run_while_another_approver_can() {
         &format!("/v1/approvals/{id}"),
         &json!({"decision": "approve"}),
     );
-    assert_self_approval_refused(&server, id, answer, &format!("started run {run}"));
+    assert_self_approval_refused(server, id, answer, &format!("started run {run}"));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(server.run(&run)["status"], "waiting");
     let (status, body) = server.decide(id, "ann", "approve", None);
@@ -696,7 +719,7 @@ fn the_requester_cannot_approve_their_own_run_while_another_approver_can() {
     assert_eq!(open["started_by"], "admin");
     assert_eq!(open["ineligible"], json!(["max"]));
     let answer = server.decide(id, "max", "approve", None);
-    assert_self_approval_refused(&server, id, answer, "is its requester");
+    assert_self_approval_refused(server, id, answer, "is its requester");
     let (status, body) = server.decide(id, "ann", "approve", None);
     assert_eq!(status, 201, "{body:#}");
     let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
@@ -714,7 +737,7 @@ fn the_requester_cannot_approve_their_own_run_while_another_approver_can() {
     let open = server.approval_of(&run, "eve");
     let id = open["id"].as_str().unwrap();
     let answer = server.decide(id, "eve", "approve", None);
-    assert_self_approval_refused(&server, id, answer, "is its requester");
+    assert_self_approval_refused(server, id, answer, "is its requester");
 
     // A delegate of both the starter and another approver decides for the other.
     for from in ["max", "ann"] {
@@ -725,7 +748,7 @@ fn the_requester_cannot_approve_their_own_run_while_another_approver_can() {
         );
         assert_eq!(status, 201, "{body:#}");
     }
-    let started = start_as(&server, &max, "purchase", json!({}));
+    let started = start_as(server, &max, "purchase", json!({}));
     let run = started["id"].as_str().unwrap().to_string();
     let open = server.approval_of(&run, "zed");
     let id = open["id"].as_str().unwrap();
@@ -733,7 +756,6 @@ fn the_requester_cannot_approve_their_own_run_while_another_approver_can() {
     assert_eq!(status, 201, "{body:#}");
     assert_eq!(body["decision"]["by"], "ann");
     assert_eq!(body["decision"]["delegate"], "zed");
-    server.kill();
 }
 
 #[test]
