@@ -556,3 +556,57 @@ impl Store {
         .await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn approval(started_by: Option<&str>, requester: Option<&str>, allow: bool) -> ApprovalRow {
+        ApprovalRow {
+            id: "r1/ok/0".into(),
+            run_id: "r1".into(),
+            workflow: "leave".into(),
+            step: "ok".into(),
+            level: 0,
+            approvers: vec!["max".into(), "ann".into()],
+            eligible: vec!["max".into(), "ann".into()],
+            quorum: 1,
+            due_at: None,
+            status: "pending".into(),
+            created_at: Utc::now(),
+            requester: requester.map(str::to_string),
+            allow_self_approval: allow,
+            started_by: started_by.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_starter_and_the_requester_are_barred_once_each_unless_allowed() {
+        assert_eq!(
+            approval(Some("max"), Some("max"), false).barred(),
+            vec!["max"]
+        );
+        assert_eq!(
+            approval(Some("svc:desk"), Some("max"), false).barred(),
+            vec!["svc:desk", "max"]
+        );
+        assert!(approval(Some("max"), Some("ann"), true).barred().is_empty());
+        assert!(approval(None, None, false).barred().is_empty());
+    }
+
+    #[test]
+    fn any_person_taking_part_who_asked_is_refused_and_says_why() {
+        let a = approval(Some("max"), Some("eve"), false);
+        assert_eq!(a.check_four_eyes(&["ann"]), Ok(()));
+        let starter = a.check_four_eyes(&["ann", "max"]).unwrap_err();
+        assert_eq!(starter.person, "max");
+        assert!(starter.to_string().contains("started run r1"), "{starter}");
+        let requester = a.check_four_eyes(&["ann", "eve"]).unwrap_err();
+        assert!(
+            requester.to_string().contains("\"eve\" is its requester"),
+            "{requester}"
+        );
+        let allowed = approval(Some("max"), Some("eve"), true);
+        assert_eq!(allowed.check_four_eyes(&["max", "eve"]), Ok(()));
+    }
+}
