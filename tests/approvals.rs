@@ -29,7 +29,26 @@ const WORKFLOWS: &[(&str, &str)] = &[
         "escalating.yaml",
         "name: escalating\nversion: 1\nsteps:\n  - id: ask\n    approval:\n      approvers: [ana]\n      timeout: 2s\n      on_timeout: { escalate_to: [group:it-managers], timeout: 1h }\n  - id: done\n    uses: transform\n    with: { level: \"${{ steps.ask.output.level }}\" }\noutput: ${{ steps.done.output }}\n",
     ),
+    (
+        "purchase.yaml",
+        "name: purchase\nversion: 1\nsteps:\n  - id: ok\n    approval:\n      approvers: [max, ann]\n  - id: done\n    uses: transform\n    with: { approved_by: \"${{ steps.ok.output.approved_by }}\" }\noutput: ${{ steps.done.output }}\n",
+    ),
+    (
+        "leave.yaml",
+        "name: leave\nversion: 1\nsteps:\n  - id: ok\n    approval:\n      approvers: [max, ann]\n      requester: ${{ input.employee }}\n  - id: done\n    uses: transform\n    with: { approved_by: \"${{ steps.ok.output.approved_by }}\" }\noutput: ${{ steps.done.output }}\n",
+    ),
+    (
+        "selfserve.yaml",
+        "name: selfserve\nversion: 1\nsteps:\n  - id: ok\n    approval:\n      approvers: [max]\n      requester: ${{ input.employee }}\n      allow_self_approval: true\n  - id: done\n    uses: transform\n    with: { approved_by: \"${{ steps.ok.output.approved_by }}\" }\noutput: ${{ steps.done.output }}\n",
+    ),
+    (
+        "noop.yaml",
+        "name: noop\nversion: 1\nsteps:\n  - id: done\n    uses: transform\n    with: { ok: true }\n",
+    ),
 ];
+
+/// The secret of the `intake` hook, which starts `noop`.
+const HOOK_SECRET: &str = "four-eyes-hook-secret-01";
 
 fn start() -> (tempfile::TempDir, std::path::PathBuf, Server) {
     start_on(None)
@@ -48,7 +67,8 @@ fn start_on(database: Option<String>) -> (tempfile::TempDir, std::path::PathBuf,
         &config,
         format!(
             "{}\ndata_dir = {:?}\nworkflows = [{:?}]\n\n\
-             [groups]\ncab = [\"ana\", \"ben\", \"cy\"]\nit-managers = [\"dana\", \"eli\"]\n",
+             [groups]\ncab = [\"ana\", \"ben\", \"cy\"]\nit-managers = [\"dana\", \"eli\"]\n\n\
+             [hooks.intake]\nworkflow = \"noop\"\nsecret = {{ value = \"{HOOK_SECRET}\" }}\n",
             database.unwrap_or_else(|| format!(
                 "database = \"sqlite://{}/steward.db\"",
                 dir.path().display()
@@ -590,5 +610,280 @@ fn an_admin_decides_on_behalf_only_when_it_says_so() {
         (Some("olga"), Some("admin")),
         "the history records who entered it: {decided:#}"
     );
+    server.kill();
+}
+
+/// A token of `subject` that may start runs and decide approvals.
+fn starter_token(server: &Server, subject: &str) -> String {
+    server.create_token(subject, &["runs:write", "runs:read", "approvals:decide"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Starts `workflow` with `input` as the token `secret`: the new run.
+fn start_as(server: &Server, secret: &str, workflow: &str, input: Value) -> Value {
+    let (status, run) = server.send_json_as(
+        secret,
+        "POST",
+        &format!("/v1/workflows/{workflow}/runs"),
+        &json!({ "input": input }),
+    );
+    assert_eq!(status, 201, "{run:#}");
+    run
+}
+
+/// `GET /v1/approvals/{id}` as the admin.
+fn approval(server: &Server, id: &str) -> Value {
+    json_of(
+        server
+            .request("GET", &format!("/v1/approvals/{id}"))
+            .call()
+            .unwrap(),
+    )
+}
+
+/// Asserts a decision was refused as self-approval and left no trace.
+fn assert_self_approval_refused(server: &Server, id: &str, answer: (u16, Value), why: &str) {
+    let (status, body) = answer;
+    assert_eq!(status, 403, "{body:#}");
+    assert_eq!(body["type"], "https://steward.dev/problems/self-approval");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains(why), "{detail}");
+    let shown = approval(server, id);
+    assert_eq!(shown["status"], "pending", "{shown:#}");
+    assert_eq!(shown["decisions"], json!([]), "nothing is recorded");
+}
+
+#[test]
+fn the_requester_cannot_approve_their_own_run_while_another_approver_can() {
+    let (_dir, _config, server) = start();
+    four_eyes(&server);
+    server.kill();
+}
+
+#[test]
+fn the_requester_cannot_approve_their_own_run_while_another_approver_can_on_postgres() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!(
+            "the_requester_cannot_approve_their_own_run_while_another_approver_can_on_postgres: \
+             SKIPPED: STEWARD_TEST_DATABASE_URL is not set"
+        );
+        return;
+    };
+    let schema = common::unique_schema("four_eyes");
+    let (_dir, _config, server) = start_on(Some(format!(
+        "database = {url:?}\ndatabase_schema = {schema:?}"
+    )));
+    four_eyes(&server);
+    server.kill();
+}
+
+/// The starter and the requester are refused (in person and as a
+/// delegate) while another approver decides; nothing refused is recorded.
+fn four_eyes(server: &Server) {
+    // max starts a purchase with his own token, and is one of its approvers.
+    let max = starter_token(server, "max");
+    let started = start_as(server, &max, "purchase", json!({}));
+    assert_eq!(started["started_by"], "max");
+    let run = started["id"].as_str().unwrap().to_string();
+    let open = server.approval_of(&run, "ann");
+    let id = open["id"].as_str().unwrap();
+    assert_eq!(open["started_by"], "max");
+    assert_eq!(open["eligible"], json!(["max", "ann"]));
+    assert_eq!(
+        open["ineligible"],
+        json!(["max"]),
+        "the starter is shown as barred"
+    );
+    let answer = server.send_json_as(
+        &max,
+        "POST",
+        &format!("/v1/approvals/{id}"),
+        &json!({"decision": "approve"}),
+    );
+    assert_self_approval_refused(server, id, answer, &format!("started run {run}"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.run(&run)["status"], "waiting");
+    let (status, body) = server.decide(id, "ann", "approve", None);
+    assert_eq!(status, 201, "{body:#}");
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+    assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
+    assert_eq!(done[0]["output"]["approved_by"], json!(["ann"]));
+
+    // The admin starts a leave request whose requester, from the input, is max.
+    let run = server.start_run("leave", json!({"employee": "max"}));
+    let open = server.approval_of(&run, "ann");
+    let id = open["id"].as_str().unwrap();
+    assert_eq!(open["requester"], "max");
+    assert_eq!(open["started_by"], "admin");
+    assert_eq!(open["ineligible"], json!(["max"]));
+    let answer = server.decide(id, "max", "approve", None);
+    assert_self_approval_refused(server, id, answer, "is its requester");
+    let (status, body) = server.decide(id, "ann", "approve", None);
+    assert_eq!(status, 201, "{body:#}");
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+    assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
+    assert_eq!(done[0]["output"]["approved_by"], json!(["ann"]));
+
+    // A requester who is ann's delegate may not decide for her either.
+    let (status, body) = server.send_json(
+        "POST",
+        "/v1/delegations",
+        &json!({"from": "ann", "to": "eve"}),
+    );
+    assert_eq!(status, 201, "{body:#}");
+    let run = server.start_run("leave", json!({"employee": "eve"}));
+    let open = server.approval_of(&run, "eve");
+    let id = open["id"].as_str().unwrap();
+    let answer = server.decide(id, "eve", "approve", None);
+    assert_self_approval_refused(server, id, answer, "is its requester");
+
+    // A delegate of both the starter and another approver decides for the other.
+    for from in ["max", "ann"] {
+        let (status, body) = server.send_json(
+            "POST",
+            "/v1/delegations",
+            &json!({"from": from, "to": "zed"}),
+        );
+        assert_eq!(status, 201, "{body:#}");
+    }
+    let started = start_as(server, &max, "purchase", json!({}));
+    let run = started["id"].as_str().unwrap().to_string();
+    let open = server.approval_of(&run, "zed");
+    let id = open["id"].as_str().unwrap();
+    let (status, body) = server.decide(id, "zed", "approve", None);
+    assert_eq!(status, 201, "{body:#}");
+    assert_eq!(body["decision"]["by"], "ann");
+    assert_eq!(body["decision"]["delegate"], "zed");
+}
+
+#[test]
+fn allow_self_approval_turns_four_eyes_off() {
+    let (_dir, _config, server) = start();
+    let max = starter_token(&server, "max");
+    let started = start_as(&server, &max, "selfserve", json!({"employee": "max"}));
+    let run = started["id"].as_str().unwrap().to_string();
+    let open = server.approval_of(&run, "max");
+    let id = open["id"].as_str().unwrap();
+    assert_eq!(open["allow_self_approval"], true);
+    assert_eq!(open["requester"], "max");
+    assert_eq!(open["started_by"], "max");
+    assert_eq!(open["ineligible"], json!([]));
+    let (status, body) = server.send_json_as(
+        &max,
+        "POST",
+        &format!("/v1/approvals/{id}"),
+        &json!({"decision": "approve"}),
+    );
+    assert_eq!(status, 201, "{body:#}");
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+    assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
+    assert_eq!(done[0]["output"]["approved_by"], json!(["max"]));
+    server.kill();
+}
+
+#[test]
+fn runs_record_who_started_them() {
+    let (_dir, _config, server) = start();
+
+    // REST: the token's subject.
+    let max = starter_token(&server, "max");
+    let by_max = start_as(&server, &max, "noop", json!({}));
+    assert_eq!(by_max["started_by"], "max");
+    let by_admin = server.start_run("noop", json!({}));
+    assert_eq!(server.run(&by_admin)["started_by"], "admin");
+
+    // A webhook: hook:NAME.
+    let body = r#"{"ticket": "INC0001"}"#;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let delivered = json_of(
+        ureq::post(&server.url("/v1/hooks/intake"))
+            .set("content-type", "application/json")
+            .set(
+                "Steward-Signature",
+                &steward::hooks::sign(HOOK_SECRET, t, body.as_bytes()),
+            )
+            .send_string(body)
+            .unwrap(),
+    );
+    assert_eq!(delivered["started_by"], "hook:intake");
+    let hooked = delivered["id"].as_str().unwrap().to_string();
+
+    // A schedule: schedule:ID.
+    let (status, schedule) = server.send_json(
+        "POST",
+        "/v1/schedules",
+        &json!({"workflow": "noop", "cron": "* * * * * *", "input": {}}),
+    );
+    assert_eq!(status, 201, "{schedule:#}");
+    let schedule_id = schedule["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let scheduled = loop {
+        let detail = json_of(
+            server
+                .request("GET", &format!("/v1/schedules/{schedule_id}"))
+                .call()
+                .unwrap(),
+        );
+        let fired = detail["fires"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|f| f["run_id"].as_str().map(str::to_string));
+        if let Some(run) = fired {
+            break run;
+        }
+        assert!(std::time::Instant::now() < deadline, "{detail:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let deleted = server
+        .request("DELETE", &format!("/v1/schedules/{schedule_id}"))
+        .call()
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(
+        server.run(&scheduled)["started_by"],
+        format!("schedule:{schedule_id}")
+    );
+
+    // Listings show it too.
+    let listed = json_of(
+        server
+            .request("GET", "/v1/runs?workflow=noop&limit=100")
+            .call()
+            .unwrap(),
+    );
+    let started_by = |id: &str| {
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["started_by"].clone())
+    };
+    assert_eq!(
+        started_by(by_max["id"].as_str().unwrap()),
+        Some(json!("max"))
+    );
+    assert_eq!(started_by(&by_admin), Some(json!("admin")));
+    assert_eq!(started_by(&hooked), Some(json!("hook:intake")));
+
+    // And the API's description says so.
+    let doc = json_of(ureq::get(&server.url("/openapi.json")).call().unwrap());
+    let summary = &doc["components"]["schemas"]["RunSummary"]["properties"];
+    assert!(summary["started_by"].is_object(), "{summary:#}");
+    let approval = &doc["components"]["schemas"]["Approval"]["properties"];
+    for field in [
+        "requester",
+        "started_by",
+        "allow_self_approval",
+        "ineligible",
+    ] {
+        assert!(approval[field].is_object(), "{field}: {approval:#}");
+    }
     server.kill();
 }

@@ -46,6 +46,7 @@ fn new_run<'a>(id: &'a str, input: &'a serde_json::Value, key: Option<&'a str>) 
         version: 1,
         input,
         idempotency_key: key,
+        started_by: None,
         lease: None,
         placement: Default::default(),
     }
@@ -722,6 +723,7 @@ async fn runs_are_listed_newest_first_by_workflow_and_status_in_pages() {
                 version: 1,
                 input: &input,
                 idempotency_key: None,
+                started_by: None,
                 lease: None,
                 placement: Default::default(),
             };
@@ -1104,6 +1106,9 @@ async fn retention_deletes_old_finished_runs_with_their_rows_and_keeps_the_rest(
             due_at: None,
             status: "pending".into(),
             created_at: old,
+            requester: None,
+            allow_self_approval: false,
+            started_by: None,
         };
         store.open_approval(&approval).await.unwrap();
         store

@@ -156,7 +156,102 @@ fn cases() -> Vec<Case> {
             yaml: format!("{BASE}sla:\n  priority: P1\n  resolution: {{ P1: 4h }}\n  response: {{ P1: 15m }}\n  responded_when: acknowledge\n"),
             expect: &["FILE:13:19: sla.responded_when: unknown step acknowledge"],
         },
+        Case {
+            name: "a quorum only the requester could complete",
+            yaml: FOUR_EYES.replace("QUORUM", "2").replace("REQUESTER", "max"),
+            expect: &[
+                "FILE:6:15: steps.ask.approval.quorum: 2 approval(s) needed but only 1 of the approvers (max, ann) may decide",
+                "max is the requester",
+            ],
+        },
+        Case {
+            name: "quorum all with the requester among the approvers",
+            yaml: FOUR_EYES.replace("QUORUM", "all").replace("REQUESTER", "ann"),
+            expect: &["FILE:6:15: steps.ask.approval.quorum:", "ann is the requester"],
+        },
+        Case {
+            name: "a requester that is not a name",
+            yaml: FOUR_EYES.replace("QUORUM", "any").replace("REQUESTER", "[max, ann]"),
+            expect: &["FILE:7:18: steps.ask.approval.requester: expected a name or an expression"],
+        },
+        Case {
+            name: "a requester from a step that does not exist",
+            yaml: FOUR_EYES.replace("QUORUM", "any").replace("REQUESTER", "\"${{ steps.form.output.employee }}\""),
+            expect: &["steps.ask.approval.requester", "unknown step form"],
+        },
+        Case {
+            name: "allow_self_approval that is not a boolean",
+            yaml: format!("{}      allow_self_approval: sometimes\n", FOUR_EYES.replace("QUORUM", "any").replace("REQUESTER", "max")),
+            expect: &["FILE:8:28: steps.ask.approval.allow_self_approval: expected true or false"],
+        },
     ]
+}
+
+/// An approval by two people with a requester, to break in small ways.
+const FOUR_EYES: &str = "name: leave
+steps:
+  - id: ask
+    approval:
+      approvers: [max, ann]
+      quorum: QUORUM
+      requester: REQUESTER
+";
+
+/// The four-eyes check rejects only what can never be met: a requester
+/// outside the approvers, a quorum the others meet, a group resolved
+/// later, or `allow_self_approval` all validate.
+#[test]
+fn an_approval_its_requester_alone_could_meet_is_refused_but_not_one_the_others_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let valid = [
+        FOUR_EYES.replace("QUORUM", "2").replace("REQUESTER", "eve"),
+        FOUR_EYES.replace("QUORUM", "1").replace("REQUESTER", "max"),
+        FOUR_EYES
+            .replace("QUORUM", "2")
+            .replace("REQUESTER", "\"${{ input.employee }}\""),
+        FOUR_EYES
+            .replace("[max, ann]", "[max, group:cab]")
+            .replace("QUORUM", "2")
+            .replace("REQUESTER", "max"),
+        format!(
+            "{}      allow_self_approval: true\n",
+            FOUR_EYES.replace("QUORUM", "2").replace("REQUESTER", "max")
+        ),
+    ];
+    for (i, yaml) in valid.iter().enumerate() {
+        let file = dir.path().join(format!("valid{i}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        let out = Command::new(common::steward_bin())
+            .arg("validate")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{yaml}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        FOUR_EYES.replace("QUORUM", "2").replace("REQUESTER", "max"),
+    )
+    .unwrap();
+    let out = Command::new(common::steward_bin())
+        .arg("validate")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:6:15: steps.ask.approval.quorum: 2 approval(s) needed but only 1 of the approvers (max, ann) may decide: max is the requester",
+            broken.display()
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -128,7 +128,7 @@ async fn measure(label: &str, url: &str, options: StoreOptions) {
                 let id = format!("one-{n}");
                 let input = json!({ "n": n });
                 worker
-                    .start(workflow.clone(), &id, &input, None)
+                    .start(workflow.clone(), &id, &input, None, "bench")
                     .await
                     .unwrap();
             }
@@ -145,7 +145,10 @@ async fn measure(label: &str, url: &str, options: StoreOptions) {
         let input = json!({});
         let started = Instant::now();
         let workflow = catalog.latest("chain").unwrap();
-        worker.start(workflow, &id, &input, None).await.unwrap();
+        worker
+            .start(workflow, &id, &input, None, "bench")
+            .await
+            .unwrap();
         loop {
             let row = store.run(&id).await.unwrap().unwrap();
             if row.status == "succeeded" {
@@ -187,6 +190,7 @@ async fn store_alone(store: &Store, prefix: &str, in_flight: usize) -> f64 {
                         version: 1,
                         input: &input,
                         idempotency_key: None,
+                        started_by: None,
                         lease: None,
                         placement: Default::default(),
                     })

@@ -645,6 +645,9 @@ async fn sync_decisions<J: Journal>(run: &mut LiveRun, journal: &mut J) -> Resul
             due_at: approval.due,
             status: "pending".into(),
             created_at: run.state.steps[&step].started_at.unwrap_or_else(Utc::now),
+            requester: approval.requester.clone(),
+            allow_self_approval: approval.allow_self_approval,
+            started_by: None,
         };
         for decision in journal.approval_decisions(&row).await? {
             if approval.decisions.iter().any(|d| d.by == decision.by) {

@@ -110,6 +110,7 @@ impl WorkerHandle {
         id: &str,
         input: &Value,
         idempotency_key: Option<&str>,
+        started_by: &str,
     ) -> Result<(RunRow, bool), StoreError> {
         let shared = &self.shared;
         let has_room = shared.active.lock().unwrap().len() < shared.options.capacity
@@ -125,6 +126,7 @@ impl WorkerHandle {
             version: workflow.version,
             input,
             idempotency_key,
+            started_by: Some(started_by),
             lease,
             placement,
         };

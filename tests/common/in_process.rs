@@ -38,6 +38,7 @@ pub fn unleased<'a>(id: &'a str, workflow: &'a str, input: &'a Value) -> NewRun<
         version: 1,
         input,
         idempotency_key: None,
+        started_by: None,
         lease: None,
         placement: Default::default(),
     }

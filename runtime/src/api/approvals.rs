@@ -16,7 +16,12 @@ use super::{AppState, Problem};
 use crate::auth::Principal;
 use crate::store::{ApprovalRow, Decided, Decision};
 
+/// The approval as the API shows it; `ineligible` names the eligible
+/// people the four-eyes rule bars (the run's starter, the requester), so a
+/// quorum the others can no longer meet is visible.
 fn describe(a: &ApprovalRow, decisions: &[Decision]) -> Value {
+    let barred = a.barred();
+    let ineligible: Vec<&String> = a.eligible.iter().filter(|n| barred.contains(n)).collect();
     json!({
         "id": a.id,
         "run_id": a.run_id,
@@ -26,6 +31,10 @@ fn describe(a: &ApprovalRow, decisions: &[Decision]) -> Value {
         "approvers": a.approvers,
         "eligible": a.eligible,
         "quorum": a.quorum,
+        "requester": a.requester,
+        "started_by": a.started_by,
+        "allow_self_approval": a.allow_self_approval,
+        "ineligible": ineligible,
         "decisions": decisions,
         "due_at": a.due_at,
         "status": a.status,
@@ -159,9 +168,11 @@ fn acting_as(caller: &Principal, body: &DecisionBody) -> Result<(String, Option<
 }
 
 /// 201 with the recorded decision; 200 with the first one when this person
-/// already decided; 403 for someone not among the approvers, for a `by`
-/// other than the decider and for `on_behalf_of` without the admin scope;
-/// 409 once the approval is closed.
+/// already decided; 403 for someone not among the approvers, for the run's
+/// starter or the approval's requester, deciding themselves or as a
+/// delegate (four eyes), for a `by` other than
+/// the decider and for `on_behalf_of` without the admin scope; 409 once
+/// the approval is closed.
 pub async fn decide(
     State(app): State<Arc<AppState>>,
     Extension(caller): Extension<Principal>,
@@ -196,11 +207,15 @@ pub async fn decide(
             .into_iter()
             .map(|d| d.by)
             .collect();
-        let candidates: Vec<&String> = approval
+        // Approvers the four-eyes rule bars come last: a delegate of both
+        // the starter and another approver decides for the other.
+        let barred = approval.barred();
+        let mut candidates: Vec<&String> = approval
             .eligible
             .iter()
             .filter(|name| delegators.contains(name))
             .collect();
+        candidates.sort_by_key(|name| barred.contains(name));
         match candidates
             .iter()
             .find(|name| !decided.contains(name))
@@ -220,6 +235,11 @@ pub async fn decide(
             }
         }
     };
+    // Four eyes: the approver whose eligibility is used and the person
+    // actually deciding (a delegate, or whoever on_behalf_of names) must
+    // both differ from whoever asked. An admin entering a decision only
+    // records someone else's, so is not judged.
+    approval.check_four_eyes(&[decider.as_str(), by])?;
     let comment = body.comment.as_deref().filter(|c| !c.is_empty());
     match app
         .store

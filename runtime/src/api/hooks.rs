@@ -56,7 +56,15 @@ pub async fn deliver(
         app.limits.max_json_depth,
         "a JSON document: it becomes the run's input",
     )?;
-    let (row, created) = start_run(&app, &hook.workflow, input, Some(&verified.replay_key)).await?;
+    let started_by = format!("hook:{name}");
+    let (row, created) = start_run(
+        &app,
+        &hook.workflow,
+        input,
+        Some(&verified.replay_key),
+        &started_by,
+    )
+    .await?;
     metrics::global().hook_delivery(&name, if created { "accepted" } else { "replayed" });
     if !created {
         return Err(Problem::new(

@@ -184,6 +184,19 @@ impl From<crate::auth::InvalidToken> for Problem {
     }
 }
 
+/// A decision by the person who asked (four eyes): 403, nothing recorded.
+impl From<crate::store::SelfApproval> for Problem {
+    fn from(e: crate::store::SelfApproval) -> Problem {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "self-approval",
+            "Approving your own request",
+            e.to_string(),
+        )
+        .with("person", json!(e.person))
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut body = json!({

@@ -325,7 +325,7 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .ok(200, "The approval", "application/json", json!({"$ref": "#/components/schemas/Approval"})),
         Route::post("/v1/approvals/{id}", approvals::decide)
             .scope("approvals:decide")
-            .summary("Decide as the token's subject (an eligible approver or their delegate); an admin token may decide on_behalf_of an approver; a second decision by the same person returns the first")
+            .summary("Decide as the token's subject (an eligible approver or their delegate); an admin token may decide on_behalf_of an approver; a second decision by the same person returns the first. Four eyes: the run's starter (started_by) and the approval's requester may not decide it, in person, as a delegate or through an admin (403 self-approval), unless the step sets allow_self_approval")
             .body("application/json", json!({"type": "object", "required": ["decision"], "additionalProperties": false, "properties": {"decision": {"type": "string", "enum": ["approve", "reject"]}, "by": {"type": ["string", "null"], "description": "Optional; when given it must be the token's subject (or on_behalf_of)"}, "on_behalf_of": {"type": ["string", "null"], "description": "Admin tokens only: the approver this decision is entered for"}, "comment": {"type": ["string", "null"]}}}))
             .ok_empty(200, "Already decided: the first decision")
             .ok_empty(201, "Recorded")

@@ -2,16 +2,17 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::{Example, OptionalJsonBody};
 use super::path::PathParam;
 use super::{AppState, Problem};
+use crate::auth::Principal;
 use crate::run::{RunState, Status};
 use crate::store::{CancelRequest, RunRow};
 
@@ -30,6 +31,7 @@ impl Example for StartRun {
 /// `Idempotency-Key` already used for this workflow, 200 with that run.
 pub async fn start(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     PathParam(name): PathParam<String>,
     headers: HeaderMap,
     OptionalJsonBody(body): OptionalJsonBody<StartRun>,
@@ -56,7 +58,7 @@ pub async fn start(
         ),
         None => None,
     };
-    let (row, created) = start_run(&app, &name, input, key).await?;
+    let (row, created) = start_run(&app, &name, input, key, &caller.subject).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -70,13 +72,15 @@ pub async fn start(
 pub(super) const HOOK_KEY_PREFIX: &str = "hook:";
 
 /// Starts a run of the latest `workflow` after checking `input` against its
-/// schema; with a `key` used before, returns that run (`false`), or 422
-/// when that run was started with another input.
+/// schema, recording `started_by` so its approvals can refuse the starter;
+/// with a `key` used before, returns that run (`false`), or 422 when that
+/// run was started with another input.
 pub(super) async fn start_run(
     app: &AppState,
     workflow: &str,
     input: Value,
     key: Option<&str>,
+    started_by: &str,
 ) -> Result<(RunRow, bool), Problem> {
     let workflow = app
         .catalog
@@ -92,7 +96,10 @@ pub(super) async fn start_run(
         .with("errors", json!(errors)));
     }
     let id = uuid::Uuid::now_v7().to_string();
-    let (row, created) = app.worker.start(workflow, &id, &input, key).await?;
+    let (row, created) = app
+        .worker
+        .start(workflow, &id, &input, key, started_by)
+        .await?;
     if !created && row.input != input {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -213,6 +220,7 @@ pub(super) fn summary(row: &RunRow) -> Value {
         "status": row.status,
         "created_at": row.created_at,
         "finished_at": row.finished_at,
+        "started_by": row.started_by,
     })
 }
 

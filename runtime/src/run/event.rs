@@ -71,6 +71,12 @@ pub enum Event {
         eligible: Vec<String>,
         quorum: u32,
         due: Option<DateTime<Utc>>,
+        /// The step's `requester`, rendered when it opened: they may not
+        /// approve (nor may the run's starter) unless `allow_self_approval`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requester: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_self_approval: bool,
     },
     /// A person's decision, copied from the API's record into the history
     /// (the audit trail).

@@ -452,6 +452,25 @@ impl Planner<'_> {
             Some(Ok(d)) => self.now.checked_add_signed(d),
             Some(Err(e)) => return self.fail(step, format!("approval.timeout: {e}")),
         };
+        let (requester, allow_self_approval) = match &step.kind {
+            StepKind::Approval(spec) => {
+                let requester = match spec.requester.as_ref().map(|t| t.render(self.scope)) {
+                    None | Some(Ok(Value::Null)) => None,
+                    Some(Ok(Value::String(name))) if !name.trim().is_empty() => {
+                        Some(name.trim().to_string())
+                    }
+                    Some(Ok(other)) => {
+                        return self.fail(
+                            step,
+                            format!("approval.requester: expected a name, got {other}"),
+                        );
+                    }
+                    Some(Err(e)) => return self.fail(step, format!("approval.requester: {e}")),
+                };
+                (requester, spec.allow_self_approval)
+            }
+            _ => (None, false),
+        };
         self.record(Event::ApprovalRequested {
             step: step.id.clone(),
             approval: approval_id(&self.state.id, &step.id, level),
@@ -460,6 +479,8 @@ impl Planner<'_> {
             quorum: quorum.required(eligible.len()),
             eligible,
             due,
+            requester,
+            allow_self_approval,
         });
         Progress::Blocked
     }

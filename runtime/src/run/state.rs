@@ -143,6 +143,11 @@ pub struct ApprovalState {
     pub quorum: u32,
     pub due: Option<DateTime<Utc>>,
     pub decisions: Vec<DecisionRecord>,
+    /// See [`Event::ApprovalRequested`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requester: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_self_approval: bool,
 }
 
 /// One decision in a run's history.
@@ -278,6 +283,8 @@ impl RunState {
                 eligible,
                 quorum,
                 due,
+                requester,
+                allow_self_approval,
             } => {
                 let r = self.steps.entry(step.clone()).or_default();
                 r.state = StepState::Awaiting {
@@ -292,6 +299,8 @@ impl RunState {
                     quorum: *quorum,
                     due: *due,
                     decisions: Vec::new(),
+                    requester: requester.clone(),
+                    allow_self_approval: *allow_self_approval,
                 });
             }
             Event::ApprovalDecided {

@@ -346,9 +346,10 @@ impl Scheduler {
         };
         let run_id = uuid::Uuid::now_v7().to_string();
         let key = fire_key(&s.id, at);
+        let started_by = format!("schedule:{}", s.id);
         let (row, _) = self
             .worker
-            .start(workflow, &run_id, &s.spec.input, Some(&key))
+            .start(workflow, &run_id, &s.spec.input, Some(&key), &started_by)
             .await?;
         self.store
             .settle_fire(&s.id, at, Outcome::Fired, reason, Some(&row.id))

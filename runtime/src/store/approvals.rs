@@ -27,6 +27,70 @@ pub struct ApprovalRow {
     /// `pending` or `closed`.
     pub status: String,
     pub created_at: DateTime<Utc>,
+    /// Whose request it is (the step's `requester`, rendered when it
+    /// opened): with the run's starter, barred from deciding.
+    pub requester: Option<String>,
+    /// The step lets the starter and the requester decide.
+    pub allow_self_approval: bool,
+    /// Who started the run, read from it with the approval (opening one
+    /// ignores it): the four-eyes rule bars them too.
+    pub started_by: Option<String>,
+}
+
+/// A decision refused by the four-eyes rule: whoever asked for something
+/// (started the run, or is its requester) may not approve it, neither in
+/// person nor as someone's delegate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{person:?} {role} and may not decide approval {approval}: another approver must (the step may set allow_self_approval: true)"
+)]
+pub struct SelfApproval {
+    pub approval: String,
+    pub person: String,
+    /// What makes them the asker: "started run ID" or "is its requester".
+    pub role: String,
+}
+
+impl ApprovalRow {
+    /// Those who may not decide this approval: the run's starter and the
+    /// requester, unless the step allows self-approval.
+    pub fn barred(&self) -> Vec<String> {
+        if self.allow_self_approval {
+            return Vec::new();
+        }
+        let mut barred: Vec<String> = Vec::new();
+        for name in self.started_by.iter().chain(&self.requester) {
+            if !barred.iter().any(|b| b == name) {
+                barred.push(name.to_string());
+            }
+        }
+        barred
+    }
+
+    /// The four-eyes rule for a decision in which `people` take part: the
+    /// approver whose eligibility is used and whoever actually decides for
+    /// them (a delegate). Checking both keeps a starter from approving
+    /// through someone else's eligibility, or someone else's through theirs.
+    pub fn check_four_eyes(&self, people: &[&str]) -> Result<(), SelfApproval> {
+        if self.allow_self_approval {
+            return Ok(());
+        }
+        for person in people {
+            let role = if self.started_by.as_deref() == Some(person) {
+                format!("started run {}", self.run_id)
+            } else if self.requester.as_deref() == Some(person) {
+                "is its requester".to_string()
+            } else {
+                continue;
+            };
+            return Err(SelfApproval {
+                approval: self.id.clone(),
+                person: person.to_string(),
+                role,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// One person's decision.
@@ -65,8 +129,9 @@ impl Store {
     pub async fn open_approval(&self, a: &ApprovalRow) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO approvals (id, run_id, workflow, step, level, approvers, eligible, quorum, due_at, status, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO approvals (id, run_id, workflow, step, level, approvers, eligible, quorum, due_at, status, created_at, \
+             requester, allow_self_approval) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11, $12) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&a.id)
         .bind(&a.run_id)
@@ -78,6 +143,8 @@ impl Store {
         .bind(a.quorum as i64)
         .bind(a.due_at.map(|t| t.timestamp_millis()))
         .bind(a.created_at.timestamp_millis())
+        .bind(&a.requester)
+        .bind(a.allow_self_approval as i64)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 1 {
@@ -260,8 +327,12 @@ impl Store {
     }
 }
 
+/// The run's starter comes along in a subquery (a primary-key lookup), so
+/// a page of approvals costs no query per row.
 const SELECT_APPROVAL: &str = "SELECT id, run_id, workflow, step, level, approvers, eligible, quorum, \
-                               due_at, status, created_at FROM approvals";
+                               due_at, status, created_at, requester, allow_self_approval, \
+                               (SELECT r.started_by FROM runs r WHERE r.id = approvals.run_id) AS started_by \
+                               FROM approvals";
 
 fn approval_row(r: &sqlx::any::AnyRow) -> Result<ApprovalRow, StoreError> {
     let list = |column: &str| -> Result<Vec<String>, StoreError> {
@@ -284,6 +355,9 @@ fn approval_row(r: &sqlx::any::AnyRow) -> Result<ApprovalRow, StoreError> {
         due_at: due_at.map(to_time),
         status: r.try_get("status")?,
         created_at: to_time(r.try_get("created_at")?),
+        requester: r.try_get("requester")?,
+        allow_self_approval: r.try_get::<i64, _>("allow_self_approval")? != 0,
+        started_by: r.try_get("started_by")?,
     })
 }
 
@@ -480,5 +554,59 @@ impl Store {
         .bind(now_ms())
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn approval(started_by: Option<&str>, requester: Option<&str>, allow: bool) -> ApprovalRow {
+        ApprovalRow {
+            id: "r1/ok/0".into(),
+            run_id: "r1".into(),
+            workflow: "leave".into(),
+            step: "ok".into(),
+            level: 0,
+            approvers: vec!["max".into(), "ann".into()],
+            eligible: vec!["max".into(), "ann".into()],
+            quorum: 1,
+            due_at: None,
+            status: "pending".into(),
+            created_at: Utc::now(),
+            requester: requester.map(str::to_string),
+            allow_self_approval: allow,
+            started_by: started_by.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_starter_and_the_requester_are_barred_once_each_unless_allowed() {
+        assert_eq!(
+            approval(Some("max"), Some("max"), false).barred(),
+            vec!["max"]
+        );
+        assert_eq!(
+            approval(Some("svc:desk"), Some("max"), false).barred(),
+            vec!["svc:desk", "max"]
+        );
+        assert!(approval(Some("max"), Some("ann"), true).barred().is_empty());
+        assert!(approval(None, None, false).barred().is_empty());
+    }
+
+    #[test]
+    fn any_person_taking_part_who_asked_is_refused_and_says_why() {
+        let a = approval(Some("max"), Some("eve"), false);
+        assert_eq!(a.check_four_eyes(&["ann"]), Ok(()));
+        let starter = a.check_four_eyes(&["ann", "max"]).unwrap_err();
+        assert_eq!(starter.person, "max");
+        assert!(starter.to_string().contains("started run r1"), "{starter}");
+        let requester = a.check_four_eyes(&["ann", "eve"]).unwrap_err();
+        assert!(
+            requester.to_string().contains("\"eve\" is its requester"),
+            "{requester}"
+        );
+        let allowed = approval(Some("max"), Some("eve"), true);
+        assert_eq!(allowed.check_four_eyes(&["max", "eve"]), Ok(()));
     }
 }

@@ -23,7 +23,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::run::{Event, Recorded, RunState, Status, StepError};
 
-pub use approvals::{ApprovalRow, Decided, Decision, Delegation};
+pub use approvals::{ApprovalRow, Decided, Decision, Delegation, SelfApproval};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -143,6 +143,10 @@ pub struct RunRow {
     pub error: Option<StepError>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Who started it: a token's subject, `hook:NAME` or `schedule:ID`
+    /// (`None` for runs from before this was recorded). Approvals use it
+    /// to keep people from approving their own requests.
+    pub started_by: Option<String>,
 }
 
 /// An API token as stored: its secret is never kept, only its hash.
@@ -185,6 +189,8 @@ pub struct NewRun<'a> {
     pub version: u32,
     pub input: &'a Value,
     pub idempotency_key: Option<&'a str>,
+    /// Who starts it (see [`RunRow::started_by`]).
+    pub started_by: Option<&'a str>,
     /// Create it already claimed by this worker for this long, so the
     /// process that accepted it can drive it without a claim and a reload.
     pub lease: Option<(&'a str, Duration)>,
@@ -811,6 +817,7 @@ impl Store {
             version: new.version as i64,
             input: new.input.to_string(),
             idempotency_key: new.idempotency_key.map(str::to_string),
+            started_by: new.started_by.map(str::to_string),
             now,
             first_event,
             lease: new
@@ -846,6 +853,7 @@ impl Store {
             error: None,
             created_at: to_time(now),
             finished_at: None,
+            started_by: new.started_by.map(str::to_string),
         };
         Ok((row, true))
     }
@@ -882,7 +890,7 @@ impl Store {
 
     pub async fn run(&self, id: &str) -> Result<Option<RunRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, workflow, version, status, input, output, error, created_at, finished_at FROM runs WHERE id = $1",
+            "SELECT id, workflow, version, status, input, output, error, created_at, finished_at, started_by FROM runs WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -901,7 +909,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<RunRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, workflow, version, status, input, output, error, created_at, finished_at FROM runs \
+            "SELECT id, workflow, version, status, input, output, error, created_at, finished_at, started_by FROM runs \
              WHERE ($1 IS NULL OR workflow = $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3) \
              ORDER BY id DESC LIMIT $4",
         )
@@ -1449,6 +1457,7 @@ fn run_row(r: &sqlx::any::AnyRow) -> Result<RunRow, StoreError> {
             .transpose()?,
         created_at: to_time(r.try_get("created_at")?),
         finished_at: r.try_get::<Option<i64>, _>("finished_at")?.map(to_time),
+        started_by: r.try_get("started_by")?,
     })
 }
 
@@ -1542,6 +1551,7 @@ mod tests {
             version: 1,
             input,
             idempotency_key: None,
+            started_by: None,
             lease: None,
             placement: Placement::default(),
         }

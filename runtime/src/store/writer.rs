@@ -30,6 +30,7 @@ pub struct CreateRow {
     pub version: i64,
     pub input: String,
     pub idempotency_key: Option<String>,
+    pub started_by: Option<String>,
     pub now: i64,
     pub first_event: String,
     /// Created already claimed by this worker (owner, lease end).
@@ -182,9 +183,9 @@ fn reply(write: Write, result: Result<Done, StoreError>) {
 }
 
 /// The columns of a new run's VALUES row, in [`Kind::sql`]'s order.
-const CREATE_COLS: [Col; 10] = {
+const CREATE_COLS: [Col; 11] = {
     use Col::{Int, Text};
-    [Text, Text, Int, Text, Text, Int, Text, Int, Text, Int]
+    [Text, Text, Int, Text, Text, Int, Text, Int, Text, Int, Text]
 };
 
 /// The columns of an append's VALUES row, in [`append_sql`]'s order.
@@ -265,9 +266,9 @@ impl Kind {
         match self {
             Kind::Create | Kind::CreateKeyed => format!(
                 "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at, \
-                 lease_owner, lease_until, required_tags, concurrency_limit) \
+                 lease_owner, lease_until, required_tags, concurrency_limit, started_by) \
                  SELECT column1, column2, column3, 'pending', column4, column5, column6, column6, column6, \
-                 column7, column8, column9, column10 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL{}",
+                 column7, column8, column9, column10, column11 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL{}",
                 values(backend, rows, CREATE_COLS.len()),
                 if self == Kind::CreateKeyed {
                     " ON CONFLICT DO NOTHING"
@@ -348,7 +349,8 @@ impl<'a> Part<'a> {
                         .bind(row.lease.as_ref().map(|l| l.0.as_str()))
                         .bind(row.lease.as_ref().map(|l| l.1))
                         .bind(&row.placement.tags)
-                        .bind(row.placement.concurrency.map(i64::from));
+                        .bind(row.placement.concurrency.map(i64::from))
+                        .bind(&row.started_by);
                 }
             }
             Rows::Appends(rows) => {

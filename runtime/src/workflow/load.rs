@@ -671,6 +671,14 @@ impl<'a> Loader<'a> {
                     self.check_refs(with, step.pos, &format!("{field}.with"), &rules)
                 }
                 StepKind::Approval(a) => {
+                    if let Some(t) = &a.requester {
+                        self.check_refs(
+                            t,
+                            step.pos,
+                            &format!("{field}.approval.requester"),
+                            &rules,
+                        );
+                    }
                     for t in &a.approvers {
                         self.check_refs(
                             t,
@@ -810,7 +818,14 @@ impl<'a> Loader<'a> {
         let entries = self.mapping(
             node,
             field,
-            &["approvers", "quorum", "timeout", "on_timeout"],
+            &[
+                "approvers",
+                "quorum",
+                "timeout",
+                "on_timeout",
+                "requester",
+                "allow_self_approval",
+            ],
         )?;
         let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
         let approvers = match get("approvers") {
@@ -839,12 +854,102 @@ impl<'a> Loader<'a> {
                 "on_timeout needs a timeout",
             );
         }
+        let requester = match get("requester") {
+            Some(n) => Some(self.requester(n, &format!("{field}.requester"))?),
+            None => None,
+        };
+        let allow_self_approval = match get("allow_self_approval").map(|n| (n, &n.value)) {
+            None => false,
+            Some((_, NodeValue::Bool(b))) => *b,
+            Some((n, _)) => {
+                self.error(
+                    n.pos,
+                    format!("{field}.allow_self_approval"),
+                    format!("expected true or false, found {}", n.kind()),
+                );
+                false
+            }
+        };
+        if !allow_self_approval {
+            // Reported at the quorum when it is written out, else at the approval.
+            let pos = get("quorum").map_or(node.pos, |n| n.pos);
+            self.check_four_eyes_quorum(pos, field, &approvers, quorum, requester.as_ref());
+        }
         Some(Approval {
             approvers,
             quorum,
             timeout,
             on_timeout,
+            requester,
+            allow_self_approval,
         })
+    }
+
+    /// A requester is one name: a string, literal or an expression.
+    fn requester(&mut self, node: &Node, field: &str) -> Option<Template> {
+        if !matches!(node.value, NodeValue::Str(_)) {
+            self.error(
+                node.pos,
+                field,
+                format!(
+                    "expected a name or an expression such as ${{{{ input.employee }}}}, found {}",
+                    node.kind()
+                ),
+            );
+            return None;
+        }
+        self.template(node, field)
+    }
+
+    /// With only literal people as approvers and a literal requester, the
+    /// requester's exclusion is known now: a quorum that could then never
+    /// be met is an error here rather than a run stuck waiting. Groups and
+    /// expressions are resolved when the approval opens, so they are not
+    /// judged.
+    fn check_four_eyes_quorum(
+        &mut self,
+        pos: Pos,
+        field: &str,
+        approvers: &[Template],
+        quorum: Quorum,
+        requester: Option<&Template>,
+    ) {
+        let Some(Template::Literal(Value::String(requester))) = requester else {
+            return;
+        };
+        let requester = requester.trim();
+        let mut people: Vec<&str> = Vec::new();
+        for approver in approvers {
+            match approver {
+                Template::Literal(Value::String(name)) if !name.starts_with("group:") => {
+                    let name = name.trim();
+                    if !people.contains(&name) {
+                        people.push(name);
+                    }
+                }
+                _ => return,
+            }
+        }
+        if !people.contains(&requester) {
+            return;
+        }
+        let needed = match quorum {
+            Quorum::Any => 1,
+            Quorum::All => people.len(),
+            Quorum::Count(c) => (c as usize).min(people.len()),
+            Quorum::Percent(_) => quorum.required(people.len()) as usize,
+        };
+        let others = people.len() - 1;
+        if needed > others {
+            self.error(
+                pos,
+                format!("{field}.quorum"),
+                format!(
+                    "{needed} approval(s) needed but only {others} of the approvers ({}) may decide: {requester} is the requester and may not approve their own request (add approvers, lower the quorum, or set allow_self_approval: true)",
+                    people.join(", ")
+                ),
+            );
+        }
     }
 
     fn on_timeout(&mut self, node: &Node, field: &str) -> Option<OnTimeout> {

@@ -141,6 +141,13 @@ pub struct Approval {
     pub quorum: Quorum,
     pub timeout: Option<Duration>,
     pub on_timeout: OnTimeout,
+    /// Whose request this is (`requester: ${{ input.employee }}`), rendered
+    /// when the approval opens: like the run's starter, they may not
+    /// approve it themselves.
+    pub requester: Option<Template>,
+    /// Lets the starter and the requester decide (four eyes off), for
+    /// steps where a second person adds nothing.
+    pub allow_self_approval: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
