@@ -185,7 +185,17 @@ pub async fn decide(
         .ok_or_else(|| Problem::not_found(&format!("approval {id}")))?;
     // An approver decides for themselves; a delegate for the first
     // approver who handed them their approvals and has not decided yet.
-    let (decider, delegate) = if approval.eligible.iter().any(|name| name == by) {
+    // Members of an approver group through the identity provider are not
+    // in `eligible` (it lists the group's known members when the approval
+    // opened), so the caller's own groups are checked against the listed
+    // `group:NAME` approvers; they count only for the caller's own decision.
+    let by_idp_group = entered_by.is_none()
+        && approval.approvers.iter().any(|listed| {
+            listed
+                .strip_prefix("group:")
+                .is_some_and(|group| caller.approver_groups.iter().any(|g| g == group))
+        });
+    let (decider, delegate) = if by_idp_group || approval.eligible.iter().any(|name| name == by) {
         (by.to_string(), None)
     } else {
         let delegators = app.store.delegators_of(by).await?;
