@@ -161,7 +161,7 @@ pub struct OidcSettings {
     pub groups_claim: String,
     /// Tolerated difference between our clock and the provider's when
     /// checking `exp` and `nbf`.
-    #[serde(default = "default_clock_skew", with = "humantime_serde_like")]
+    #[serde(default = "default_clock_skew", with = "humantime_text")]
     pub clock_skew: std::time::Duration,
 }
 
@@ -189,7 +189,7 @@ fn default_clock_skew() -> std::time::Duration {
 }
 
 /// Durations written as humantime text (`60s`, `2m`).
-mod humantime_serde_like {
+mod humantime_text {
     use serde::Deserialize;
 
     pub fn deserialize<'de, D>(d: D) -> Result<std::time::Duration, D::Error>
@@ -897,6 +897,34 @@ secret = { env = "SNOW_HOOK_SECRET" }
         )
         .unwrap();
         assert_eq!(c.database(), "sqlite://db/s.db");
+    }
+
+    #[test]
+    fn single_sign_on_has_defaults_and_roles() {
+        let config = Config::parse(
+            "[auth.oidc]\nissuer = \"https://sso.example.com/realms/acme/\"\naudience = \"steward\"\n\n\
+             [auth.roles.cab-members]\nscopes = [\"approvals:decide\"]\napprover_groups = [\"cab\"]\n",
+            "steward.toml",
+        )
+        .unwrap();
+        let oidc = config.auth.oidc.unwrap();
+        assert_eq!(
+            oidc.jwks_url(),
+            "https://sso.example.com/realms/acme/.well-known/jwks.json"
+        );
+        assert_eq!(
+            (oidc.subject_claim.as_str(), oidc.groups_claim.as_str()),
+            ("sub", "groups")
+        );
+        assert_eq!(oidc.clock_skew, std::time::Duration::from_secs(60));
+        assert_eq!(config.auth.roles["cab-members"].approver_groups, ["cab"]);
+        let e = Config::parse(
+            "[auth.oidc]\nissuer = \"i\"\naudience = \"a\"\nclock_skew = \"soon\"\n",
+            "steward.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a duration"), "{e}");
+        assert!(Config::parse("[auth.oidc]\nissuer = \"i\"\n", "steward.toml").is_err());
     }
 
     #[test]
