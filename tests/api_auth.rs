@@ -154,6 +154,16 @@ fn a_jwt_from_the_identity_provider_authenticates_and_its_group_maps_to_scopes_a
     let approval = approval_of(&server, &run);
     assert_eq!(approval["approvers"], json!(["group:cab"]));
     let id = approval["id"].as_str().unwrap();
+    // max finds it among his own, though `cab` lists nobody.
+    let (status, body) = get_as(&server, &max, "/v1/approvals?approver=me");
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(body["items"][0]["id"], id, "{body:#}");
+    let (_, body) = get_as(
+        &server,
+        &sign(&claims("sam", &["service-desk"])),
+        "/v1/approvals?approver=me",
+    );
+    assert_eq!(body["items"], json!([]), "{body:#}");
 
     // Scopes without the approver group: allowed to decide, but not this.
     let desk = sign(&claims("sam", &["service-desk"]));
