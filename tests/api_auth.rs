@@ -251,6 +251,15 @@ fn bad_jwts_are_401() {
             "not valid yet",
         ),
         ("unknown kid", sign_with(&good, "forged-key"), "key id"),
+        (
+            "ES256 named for the RSA key",
+            format!(
+                "{}.{}.c2ln",
+                b64(&json!({"alg": "ES256", "kid": KID})),
+                b64(&good)
+            ),
+            "does not match",
+        ),
         ("tampered payload", tampered, "signature"),
     ];
     for (case, token, detail) in cases {

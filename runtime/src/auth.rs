@@ -204,6 +204,17 @@ impl Authenticator {
     }
 
     pub async fn authenticate(&self, secret: &str) -> Result<Principal, AuthError> {
+        let hash = hash_secret(secret);
+        if self.admin_hash.as_deref() == Some(hash.as_str()) {
+            return Ok(Principal {
+                token_id: "env:STEWARD_ADMIN_TOKEN".into(),
+                subject: ENV_ADMIN_SUBJECT.into(),
+                scopes: vec!["admin".into()],
+                approver_groups: Vec::new(),
+            });
+        }
+        // The operator's admin token may be any text, dots included, so it
+        // is recognised before a JWT's shape sends a bearer to the provider.
         if let Some(oidc) = self
             .oidc
             .as_ref()
@@ -215,15 +226,6 @@ impl Authenticator {
                 subject: identity.subject,
                 scopes: identity.scopes,
                 approver_groups: identity.approver_groups,
-            });
-        }
-        let hash = hash_secret(secret);
-        if self.admin_hash.as_deref() == Some(hash.as_str()) {
-            return Ok(Principal {
-                token_id: "env:STEWARD_ADMIN_TOKEN".into(),
-                subject: ENV_ADMIN_SUBJECT.into(),
-                scopes: vec!["admin".into()],
-                approver_groups: Vec::new(),
             });
         }
         let token = self

@@ -43,6 +43,8 @@ pub enum JwtError {
     UnknownKey(String),
     #[error("the JWT's signature does not verify")]
     Signature,
+    #[error("the JWT's algorithm does not match the kind of its key")]
+    KeyMismatch,
     #[error("the JWT expired (exp is past, beyond the allowed clock skew)")]
     Expired,
     #[error("the JWT is not valid yet (nbf is ahead, beyond the allowed clock skew)")]
@@ -261,7 +263,7 @@ fn refusal(e: jsonwebtoken::errors::Error) -> JwtError {
         ErrorKind::InvalidIssuer => JwtError::Issuer,
         ErrorKind::InvalidAudience => JwtError::Audience,
         ErrorKind::MissingRequiredClaim(claim) => JwtError::MissingClaim(claim.clone()),
-        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => JwtError::Signature,
+        ErrorKind::InvalidAlgorithm => JwtError::KeyMismatch,
         ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
             JwtError::Malformed("its payload or signature does not decode".into())
         }
