@@ -117,6 +117,8 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
             .auth
             .roles
             .values()
+            // Without a provider nobody is a member through it.
+            .filter(|_| config.auth.oidc.is_some())
             .flat_map(|role| role.approver_groups.iter().cloned()),
     );
     groups.refresh(&store).await?;
