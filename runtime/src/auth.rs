@@ -30,6 +30,10 @@ pub struct Principal {
     /// recorded as made by it.
     pub subject: String,
     pub scopes: Vec<String>,
+    /// Approver groups (`cab` for `group:cab`) the identity provider says
+    /// the subject belongs to; empty for Steward's own tokens, whose
+    /// subjects are members through `[groups]` and `PUT /v1/groups`.
+    pub approver_groups: Vec<String>,
 }
 
 impl Principal {
@@ -57,6 +61,9 @@ pub enum AuthError {
     /// rather than to look for a typo.
     #[error("token {token_id} expired at {at}")]
     Expired { token_id: String, at: DateTime<Utc> },
+    /// A JWT from the identity provider that does not pass a check.
+    #[error(transparent)]
+    Jwt(#[from] crate::oidc::JwtError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -175,6 +182,8 @@ pub struct Authenticator {
     admin_hash: Option<String>,
     /// When this process last wrote each token's `last_used_at` (Unix ms).
     touched: Arc<Mutex<HashMap<String, i64>>>,
+    /// `[auth.oidc]`, when single sign-on is configured.
+    oidc: Option<Arc<crate::oidc::Oidc>>,
 }
 
 impl Authenticator {
@@ -184,7 +193,14 @@ impl Authenticator {
             store,
             admin_hash: admin_secret.filter(|s| !s.is_empty()).map(hash_secret),
             touched: Arc::default(),
+            oidc: None,
         }
+    }
+
+    /// Also accepts the identity provider's JWTs.
+    pub fn with_oidc(mut self, oidc: crate::oidc::Oidc) -> Authenticator {
+        self.oidc = Some(Arc::new(oidc));
+        self
     }
 
     pub async fn authenticate(&self, secret: &str) -> Result<Principal, AuthError> {
@@ -194,6 +210,22 @@ impl Authenticator {
                 token_id: "env:STEWARD_ADMIN_TOKEN".into(),
                 subject: ENV_ADMIN_SUBJECT.into(),
                 scopes: vec!["admin".into()],
+                approver_groups: Vec::new(),
+            });
+        }
+        // The operator's admin token may be any text, dots included, so it
+        // is recognised before a JWT's shape sends a bearer to the provider.
+        if let Some(oidc) = self
+            .oidc
+            .as_ref()
+            .filter(|_| crate::oidc::looks_like_jwt(secret))
+        {
+            let identity = oidc.validate(secret).await?;
+            return Ok(Principal {
+                token_id: "oidc".into(),
+                subject: identity.subject,
+                scopes: identity.scopes,
+                approver_groups: identity.approver_groups,
             });
         }
         let token = self
@@ -213,6 +245,7 @@ impl Authenticator {
             token_id: token.id,
             subject: token.subject,
             scopes: token.scopes,
+            approver_groups: Vec::new(),
         })
     }
 
@@ -251,11 +284,13 @@ mod tests {
             token_id: "a".into(),
             subject: "admin".into(),
             scopes: vec!["admin".into()],
+            approver_groups: Vec::new(),
         };
         let reader = Principal {
             token_id: "r".into(),
             subject: "svc:dashboard".into(),
             scopes: vec!["runs:read".into()],
+            approver_groups: Vec::new(),
         };
         assert!(admin.allows("runs:write") && admin.allows("approvals:decide"));
         assert!(reader.allows("runs:read") && !reader.allows("runs:write"));
@@ -264,6 +299,7 @@ mod tests {
             token_id: "p".into(),
             subject: "max".into(),
             scopes: vec!["approvals:decide".into()],
+            approver_groups: Vec::new(),
         };
         assert!(approver.allows("runs:read|approvals:decide"));
         assert!(reader.allows("runs:read|approvals:decide"));

@@ -38,6 +38,9 @@ pub struct Config {
     pub api: ApiSettings,
     pub scheduler: SchedulerSettings,
     pub retention: RetentionSettings,
+    /// Single sign-on: JWTs from an identity provider, and what its groups
+    /// grant.
+    pub auth: AuthSettings,
     /// `STEWARD_ADMIN_TOKEN`: an admin API token that lives only in the
     /// environment (never read from the file).
     #[serde(skip)]
@@ -126,6 +129,90 @@ where
     }
 }
 
+/// `[auth]`: who besides Steward's own tokens may call the API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Unset: only Steward's tokens authenticate.
+    pub oidc: Option<OidcSettings>,
+    /// `[auth.roles.IDP-GROUP]`: what membership of an identity-provider
+    /// group grants a JWT's subject.
+    pub roles: BTreeMap<String, RoleSettings>,
+}
+
+/// `[auth.oidc]`: the identity provider whose JWTs are bearer tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSettings {
+    /// Must equal the token's `iss`, e.g. `https://sso.example.com/realms/acme`.
+    pub issuer: String,
+    /// Must be among the token's `aud`, so a token minted for another
+    /// application is refused.
+    pub audience: String,
+    /// Unset: `{issuer}/.well-known/jwks.json`. Public keys only, so it
+    /// holds nothing secret.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// The claim decisions are recorded as; Keycloak's readable one is
+    /// `preferred_username`.
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Tolerated difference between our clock and the provider's when
+    /// checking `exp` and `nbf`.
+    #[serde(default = "default_clock_skew", with = "humantime_text")]
+    pub clock_skew: std::time::Duration,
+}
+
+impl OidcSettings {
+    pub fn jwks_url(&self) -> String {
+        self.jwks_url.clone().unwrap_or_else(|| {
+            format!(
+                "{}/.well-known/jwks.json",
+                self.issuer.trim_end_matches('/')
+            )
+        })
+    }
+}
+
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+fn default_clock_skew() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
+/// Durations written as humantime text (`60s`, `2m`).
+mod humantime_text {
+    use serde::Deserialize;
+
+    pub fn deserialize<'de, D>(d: D) -> Result<std::time::Duration, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration such as 60s or 2m: {e}"))
+        })
+    }
+}
+
+/// `[auth.roles.NAME]`: the scopes and approver groups an identity-provider
+/// group stands for.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleSettings {
+    pub scopes: Vec<String>,
+    /// Names of approver groups (`cab` for `group:cab`) its members belong to.
+    pub approver_groups: Vec<String>,
+}
+
 /// Bounds on what the API accepts.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -175,6 +262,7 @@ impl Default for Config {
             api: ApiSettings::default(),
             scheduler: SchedulerSettings::default(),
             retention: RetentionSettings::default(),
+            auth: AuthSettings::default(),
             admin_token: None,
         }
     }
@@ -541,6 +629,7 @@ impl std::fmt::Debug for Config {
             api,
             scheduler,
             retention,
+            auth,
             admin_token,
         } = self;
         f.debug_struct("Config")
@@ -562,6 +651,7 @@ impl std::fmt::Debug for Config {
             .field("api", api)
             .field("scheduler", scheduler)
             .field("retention", retention)
+            .field("auth", auth)
             .field("admin_token", &admin_token.as_ref().map(|_| REDACTED))
             .finish()
     }
@@ -807,6 +897,34 @@ secret = { env = "SNOW_HOOK_SECRET" }
         )
         .unwrap();
         assert_eq!(c.database(), "sqlite://db/s.db");
+    }
+
+    #[test]
+    fn single_sign_on_has_defaults_and_roles() {
+        let config = Config::parse(
+            "[auth.oidc]\nissuer = \"https://sso.example.com/realms/acme/\"\naudience = \"steward\"\n\n\
+             [auth.roles.cab-members]\nscopes = [\"approvals:decide\"]\napprover_groups = [\"cab\"]\n",
+            "steward.toml",
+        )
+        .unwrap();
+        let oidc = config.auth.oidc.unwrap();
+        assert_eq!(
+            oidc.jwks_url(),
+            "https://sso.example.com/realms/acme/.well-known/jwks.json"
+        );
+        assert_eq!(
+            (oidc.subject_claim.as_str(), oidc.groups_claim.as_str()),
+            ("sub", "groups")
+        );
+        assert_eq!(oidc.clock_skew, std::time::Duration::from_secs(60));
+        assert_eq!(config.auth.roles["cab-members"].approver_groups, ["cab"]);
+        let e = Config::parse(
+            "[auth.oidc]\nissuer = \"i\"\naudience = \"a\"\nclock_skew = \"soon\"\n",
+            "steward.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a duration"), "{e}");
+        assert!(Config::parse("[auth.oidc]\nissuer = \"i\"\n", "steward.toml").is_err());
     }
 
     #[test]

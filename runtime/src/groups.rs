@@ -3,7 +3,7 @@
 //! process sees them). A group is expanded when an approval opens; changing
 //! it later does not change who may decide approvals already open.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -29,6 +29,10 @@ impl GroupSource {
 struct Directory {
     configured: BTreeMap<String, Vec<String>>,
     stored: BTreeMap<String, Vec<String>>,
+    /// Groups `[auth.roles]` grants through the identity provider: their
+    /// members are only known from each caller's JWT, so they exist even
+    /// when nobody is listed here.
+    identity_provider: BTreeSet<String>,
 }
 
 /// A shared, refreshable view of every group; cheap to clone.
@@ -44,18 +48,34 @@ impl Groups {
             inner: Arc::new(RwLock::new(Directory {
                 configured,
                 stored: BTreeMap::new(),
+                identity_provider: BTreeSet::new(),
             })),
         }
     }
 
+    /// Also knows the approver groups `[auth.roles]` names, so an approval
+    /// for `group:cab` opens even when `cab` has members only in the
+    /// identity provider.
+    pub fn with_identity_provider_groups(self, names: impl IntoIterator<Item = String>) -> Groups {
+        self.inner.write().unwrap().identity_provider.extend(names);
+        self
+    }
+
+    /// Whether members of `name` may also come from the identity provider.
+    pub fn from_identity_provider(&self, name: &str) -> bool {
+        self.inner.read().unwrap().identity_provider.contains(name)
+    }
+
     /// The members of `name`; a group in `steward.toml` wins over a stored
-    /// one of the same name (the API refuses to create one).
+    /// one of the same name (the API refuses to create one). A group only
+    /// the identity provider fills has no members listed here.
     pub fn members(&self, name: &str) -> Option<Vec<String>> {
         let dir = self.inner.read().unwrap();
         dir.configured
             .get(name)
             .or_else(|| dir.stored.get(name))
             .cloned()
+            .or_else(|| dir.identity_provider.contains(name).then(Vec::new))
     }
 
     pub fn source(&self, name: &str) -> Option<GroupSource> {

@@ -13,6 +13,7 @@ pub mod groups;
 pub mod hooks;
 pub mod itsm_sim;
 pub mod metrics;
+pub mod oidc;
 pub mod plugin_build;
 pub mod plugins;
 pub mod report;

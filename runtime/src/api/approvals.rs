@@ -52,7 +52,7 @@ pub struct ListQuery {
 
 /// Pending approvals, oldest first; `approver=NAME` keeps those NAME may
 /// decide (directly or through a group), and `approver=me` those the
-/// caller's subject may.
+/// caller's subject may, including through the identity provider's groups.
 pub async fn list(
     State(app): State<Arc<AppState>>,
     Extension(caller): Extension<Principal>,
@@ -73,7 +73,26 @@ pub async fn list(
         Some("me") => Some(caller.subject.as_str()),
         other => other,
     };
-    let rows = app.store.pending_approvals(approver, limit).await?;
+    let mut rows = app.store.pending_approvals(approver, limit).await?;
+    if query.approver.as_deref() == Some("me") && !caller.approver_groups.is_empty() {
+        // Groups the identity provider fills are not expanded into the
+        // stored approvers, so the approvals listing one of the caller's
+        // groups are picked from the oldest pending ones.
+        let mine: Vec<String> = caller
+            .approver_groups
+            .iter()
+            .map(|g| format!("group:{g}"))
+            .collect();
+        for row in app.store.pending_approvals(None, 500).await? {
+            if row.approvers.iter().any(|a| mine.contains(a))
+                && !rows.iter().any(|r| r.id == row.id)
+            {
+                rows.push(row);
+            }
+        }
+        rows.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        rows.truncate(limit as usize);
+    }
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
         items.push(describe(row, &app.store.approval_decisions(&row.id).await?));
@@ -196,7 +215,17 @@ pub async fn decide(
         .ok_or_else(|| Problem::not_found(&format!("approval {id}")))?;
     // An approver decides for themselves; a delegate for the first
     // approver who handed them their approvals and has not decided yet.
-    let (decider, delegate) = if approval.eligible.iter().any(|name| name == by) {
+    // Members of an approver group through the identity provider are not
+    // in `eligible` (it lists the group's known members when the approval
+    // opened), so the caller's own groups are checked against the listed
+    // `group:NAME` approvers; they count only for the caller's own decision.
+    let by_idp_group = entered_by.is_none()
+        && approval.approvers.iter().any(|listed| {
+            listed
+                .strip_prefix("group:")
+                .is_some_and(|group| caller.approver_groups.iter().any(|g| g == group))
+        });
+    let (decider, delegate) = if by_idp_group || approval.eligible.iter().any(|name| name == by) {
         (by.to_string(), None)
     } else {
         let delegators = app.store.delegators_of(by).await?;

@@ -81,7 +81,11 @@ fn build() -> Value {
         "security": [{ "bearer": [] }],
         "paths": paths,
         "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "securitySchemes": { "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A Steward token (`stw_...`, from POST /v1/tokens or `steward token create`) or, when `[auth.oidc]` is configured, a JWT from the identity provider (RS256, ES256 or EdDSA), whose groups map to scopes through `[auth.roles]`."
+            } },
             "responses": {
                 "Problem": {
                     "description": "An error",

@@ -166,8 +166,34 @@ impl From<crate::auth::AuthError> for Problem {
                 ),
             )
             .with("expired_at", json!(at)),
+            AuthError::Jwt(e) => Problem::from(e),
             AuthError::Store(e) => Problem::from(e),
         }
+    }
+}
+
+/// A refused identity-provider JWT: 401 `invalid-jwt`, the detail naming
+/// the check that failed (never the token). When the provider's keys cannot
+/// be fetched the fault is not the caller's: 503 with `Retry-After`.
+impl From<crate::oidc::JwtError> for Problem {
+    fn from(e: crate::oidc::JwtError) -> Problem {
+        if let crate::oidc::JwtError::KeysUnavailable(_) = e {
+            tracing::warn!("{e}");
+            let mut problem = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "identity-provider-unavailable",
+                "Identity provider unavailable",
+                "the identity provider's signing keys cannot be fetched right now; retry shortly",
+            );
+            problem.retry_after = Some(60);
+            return problem;
+        }
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid-jwt",
+            "Invalid JWT",
+            e.to_string(),
+        )
     }
 }
 

@@ -112,7 +112,15 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let groups = Groups::new(config.groups.clone());
+    let groups = Groups::new(config.groups.clone()).with_identity_provider_groups(
+        config
+            .auth
+            .roles
+            .values()
+            // Without a provider nobody is a member through it.
+            .filter(|_| config.auth.oidc.is_some())
+            .flat_map(|role| role.approver_groups.iter().cloned()),
+    );
     groups.refresh(&store).await?;
     groups.spawn_refresh(store.clone(), std::time::Duration::from_secs(2));
     let executor = Executor::new(set.engine.clone(), config.env_json())
@@ -164,7 +172,13 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
         Some(keep) if executes => Some(steward::store::retention::spawn(store.clone(), keep)),
         _ => None,
     };
-    let auth = Authenticator::new(store.clone(), config.admin_token.as_deref());
+    let mut auth = Authenticator::new(store.clone(), config.admin_token.as_deref());
+    if let Some(oidc) = &config.auth.oidc {
+        auth = auth.with_oidc(steward::oidc::Oidc::new(
+            oidc.clone(),
+            config.auth.roles.clone(),
+        )?);
+    }
     if role != Role::WorkerOnly {
         bootstrap_admin_token(config, &store).await?;
     }

@@ -441,7 +441,13 @@ impl Planner<'_> {
                 }
             }
         }
-        if eligible.is_empty() {
+        // A group the identity provider fills has members nobody can list
+        // in advance: whoever's JWT says so may decide.
+        let from_identity_provider = listed.iter().any(|name| {
+            name.strip_prefix("group:")
+                .is_some_and(|group| self.groups.from_identity_provider(group))
+        });
+        if eligible.is_empty() && !from_identity_provider {
             return self.fail(
                 step,
                 "approval.approvers: nobody may decide (the list is empty)".into(),
