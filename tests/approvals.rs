@@ -55,6 +55,22 @@ fn start() -> (tempfile::TempDir, std::path::PathBuf, Server) {
 }
 
 /// Starts a server on SQLite, or on PostgreSQL with `database` lines.
+/// [`start_on`] a schema of its own in the test PostgreSQL; `None` (and
+/// a line saying `test` was skipped) when there is none.
+fn start_on_postgres(
+    test: &str,
+    schema_prefix: &str,
+) -> Option<(tempfile::TempDir, std::path::PathBuf, Server)> {
+    let Some(url) = common::postgres_url() else {
+        eprintln!("{test}: SKIPPED: STEWARD_TEST_DATABASE_URL is not set");
+        return None;
+    };
+    let schema = common::unique_schema(schema_prefix);
+    Some(start_on(Some(format!(
+        "database = {url:?}\ndatabase_schema = {schema:?}"
+    ))))
+}
+
 fn start_on(database: Option<String>) -> (tempfile::TempDir, std::path::PathBuf, Server) {
     let dir = tempfile::tempdir().unwrap();
     let workflows = dir.path().join("workflows");
@@ -204,17 +220,12 @@ fn concurrent_decisions_give_one_consistent_outcome() {
 
 #[test]
 fn concurrent_decisions_give_one_consistent_outcome_on_postgres() {
-    let Some(url) = common::postgres_url() else {
-        eprintln!(
-            "concurrent_decisions_give_one_consistent_outcome_on_postgres: SKIPPED: \
-             STEWARD_TEST_DATABASE_URL is not set"
-        );
+    let Some((_dir, _config, server)) = start_on_postgres(
+        "concurrent_decisions_give_one_consistent_outcome_on_postgres",
+        "approvals",
+    ) else {
         return;
     };
-    let schema = common::unique_schema("approvals");
-    let (_dir, _config, server) = start_on(Some(format!(
-        "database = {url:?}\ndatabase_schema = {schema:?}"
-    )));
     concurrent_decisions(&server);
     server.kill();
 }
@@ -664,17 +675,12 @@ fn the_requester_cannot_approve_their_own_run_while_another_approver_can() {
 
 #[test]
 fn the_requester_cannot_approve_their_own_run_while_another_approver_can_on_postgres() {
-    let Some(url) = common::postgres_url() else {
-        eprintln!(
-            "the_requester_cannot_approve_their_own_run_while_another_approver_can_on_postgres: \
-             SKIPPED: STEWARD_TEST_DATABASE_URL is not set"
-        );
+    let Some((_dir, _config, server)) = start_on_postgres(
+        "the_requester_cannot_approve_their_own_run_while_another_approver_can_on_postgres",
+        "four_eyes",
+    ) else {
         return;
     };
-    let schema = common::unique_schema("four_eyes");
-    let (_dir, _config, server) = start_on(Some(format!(
-        "database = {url:?}\ndatabase_schema = {schema:?}"
-    )));
     four_eyes(&server);
     server.kill();
 }
