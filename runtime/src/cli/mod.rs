@@ -180,6 +180,7 @@ async fn token_create(
             subject,
             scopes,
             expires_in,
+            by: "cli",
         },
     )
     .await?;

@@ -246,6 +246,17 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        // Whoever called: an admin entering it, else a delegate, else the
+        // approver in person.
+        let actor = entered_by.or(delegate).unwrap_or(by);
+        let mut detail = serde_json::json!({"decision": decision, "by": by});
+        if let Some(entered_by) = entered_by {
+            detail["entered_by"] = entered_by.into();
+        }
+        if let Some(delegate) = delegate {
+            detail["delegate"] = delegate.into();
+        }
+        super::audit::record(&mut tx, actor, "approval.decide", id, &detail).await?;
         tx.commit().await?;
         self.announce();
         Ok(Decided::Recorded(Decision {
