@@ -1504,6 +1504,24 @@ fn every_audited_action_appears_once_with_its_actor() {
     assert_eq!(rest[0]["action"], "token.create");
     let (status, body) = server.send_json("GET", "/v1/audit?cursor=nope", &json!({}));
     assert_eq!(status, 400, "{body:#}");
+    // The CLI lists the same, filtered.
+    let cli = std::process::Command::new(common::steward_bin())
+        .args(["audit", "--actor", "max", "--limit", "5"])
+        .env("STEWARD_SERVER", server.url(""))
+        .env("STEWARD_TOKEN", common::server::ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("approval.decide") && text.contains(approval_id),
+        "{text}"
+    );
     // Nothing changes or deletes an entry.
     match server.request("DELETE", "/v1/audit").call() {
         Err(ureq::Error::Status(status, _)) => assert_eq!(status, 405),
