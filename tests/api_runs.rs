@@ -1438,6 +1438,31 @@ fn every_audited_action_appears_once_with_its_actor() {
         &json!({"decision": "approve"}),
     );
     assert_eq!(status, 201, "{body:#}");
+    // max hands his approvals to eve and takes them back; the admin
+    // cancels a second run.
+    let (status, delegation) = server.send_json_as(
+        max_secret,
+        "POST",
+        "/v1/delegations",
+        &json!({"from": "max", "to": "eve"}),
+    );
+    assert_eq!(status, 201, "{delegation:#}");
+    let delegation_id = delegation["id"].as_str().unwrap();
+    let ended = ureq::request(
+        "DELETE",
+        &server.url(&format!("/v1/delegations/{delegation_id}")),
+    )
+    .set("Authorization", &format!("Bearer {max_secret}"))
+    .call()
+    .unwrap();
+    assert_eq!(ended.status(), 204);
+    let second = server.start_run("audited", json!({}));
+    let (status, body) = server.send_json(
+        "POST",
+        &format!("/v1/runs/{second}/cancel"),
+        &json!({"reason": "not needed"}),
+    );
+    assert_eq!(status, 202, "{body:#}");
     // Reading the log takes the admin scope.
     let (status, body) = server.send_json_as(max_secret, "GET", "/v1/audit", &json!({}));
     assert_eq!(status, 403, "{body:#}");
@@ -1465,6 +1490,9 @@ fn every_audited_action_appears_once_with_its_actor() {
         .collect();
     let expected: Vec<(String, String, String)> = [
         ("token.revoke", max_id, "admin"),
+        ("run.cancel", &second, "admin"),
+        ("delegation.end", delegation_id, "max"),
+        ("delegation.set", delegation_id, "max"),
         ("approval.decide", approval_id, "max"),
         ("workflow.deploy", "audited@1", "admin"),
         ("token.create", max_id, "admin"),
@@ -1473,10 +1501,13 @@ fn every_audited_action_appears_once_with_its_actor() {
     .map(|(a, t, w)| (a.to_string(), t.to_string(), w.to_string()))
     .collect();
     assert_eq!(seen, expected, "newest first: {by_people:#?}");
-    let decided = &by_people[1]["detail"];
+    assert_eq!(by_people[1]["detail"]["reason"], "not needed");
+    let set = &by_people[3]["detail"];
+    assert_eq!((&set["from"], &set["to"]), (&json!("max"), &json!("eve")));
+    let decided = &by_people[4]["detail"];
     assert_eq!(decided["decision"], "approve", "{decided:#}");
     assert_eq!(decided["by"], "max", "{decided:#}");
-    let created = &by_people[3]["detail"];
+    let created = &by_people[6]["detail"];
     assert_eq!(created["subject"], "max", "{created:#}");
     assert_eq!(
         created["scopes"],
@@ -1489,9 +1520,10 @@ fn every_audited_action_appears_once_with_its_actor() {
     );
 
     // Filters, and paging by cursor.
-    let mine = audit(&server, "?actor=max");
+    let mine = audit(&server, "?actor=max&action=approval.decide");
     assert_eq!(mine.len(), 1, "{mine:#?}");
-    assert_eq!(mine[0]["action"], "approval.decide");
+    assert_eq!(mine[0]["target"], approval_id);
+    assert_eq!(audit(&server, "?actor=max").len(), 3);
     let creations = audit(&server, "?action=token.create&actor=admin");
     assert_eq!(creations.len(), 1, "{creations:#?}");
     assert_eq!(creations[0]["target"], max_id);
@@ -1500,13 +1532,22 @@ fn every_audited_action_appears_once_with_its_actor() {
     assert_eq!(first["items"][0]["action"], "token.revoke");
     let cursor = first["next_cursor"].as_str().unwrap();
     let rest = audit(&server, &format!("?actor=admin&limit=2&cursor={cursor}"));
-    assert_eq!(rest.len(), 1, "{rest:#?}");
-    assert_eq!(rest[0]["action"], "token.create");
+    assert_eq!(rest.len(), 2, "{rest:#?}");
+    assert_eq!(rest[0]["action"], "workflow.deploy");
+    assert_eq!(rest[1]["action"], "token.create");
     let (status, body) = server.send_json("GET", "/v1/audit?cursor=nope", &json!({}));
     assert_eq!(status, 400, "{body:#}");
     // The CLI lists the same, filtered.
     let cli = std::process::Command::new(common::steward_bin())
-        .args(["audit", "--actor", "max", "--limit", "5"])
+        .args([
+            "audit",
+            "--actor",
+            "max",
+            "--action",
+            "approval.decide",
+            "--limit",
+            "5",
+        ])
         .env("STEWARD_SERVER", server.url(""))
         .env("STEWARD_TOKEN", common::server::ADMIN_TOKEN)
         .output()

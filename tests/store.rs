@@ -271,7 +271,7 @@ async fn a_claim_reads_pending_cancels_and_a_renewal_keeps_only_the_runs_named()
             store.create_run(new_run(id, &input, None)).await.unwrap();
         }
         store
-            .request_cancel("r2", "duplicate ticket")
+            .request_cancel("r2", "duplicate ticket", "test")
             .await
             .unwrap();
         let mut claimed = store
@@ -503,7 +503,7 @@ async fn every_write_of_a_mixed_batch_gets_its_own_answer() {
             6
         );
         store
-            .request_cancel("cancelled", "not needed")
+            .request_cancel("cancelled", "not needed", "test")
             .await
             .unwrap();
 
@@ -1243,9 +1243,18 @@ async fn a_change_that_fails_writes_no_audit_entry() {
             1
         );
 
-        // Revoking an unknown token and redeploying a version with other
-        // text are refused, and leave nothing either.
+        // Revoking an unknown token or delegation, cancelling an unknown
+        // run and redeploying a version with other text are refused, and
+        // leave nothing either.
         assert!(!store.revoke_token("no-such-token", "admin").await.unwrap());
+        assert!(!store.revoke_delegation("no-such", "admin").await.unwrap());
+        assert!(matches!(
+            store
+                .request_cancel("no-such-run", "why", "admin")
+                .await
+                .unwrap(),
+            steward::store::CancelRequest::NotFound
+        ));
         store
             .deploy_workflow("demo", 1, "name: demo", "admin")
             .await

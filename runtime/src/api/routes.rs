@@ -276,9 +276,9 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .ok_empty(204, "Revoked"),
         Route::get("/v1/audit", audit::list)
             .scope("admin")
-            .summary("The audit log, newest first: approval decisions, token creations and revocations, workflow deploys, each with its actor; read-only")
+            .summary("The audit log, newest first: approval decisions, delegations set and ended, run cancels, token creations and revocations, workflow deploys, each with its actor; read-only")
             .query("actor", json!({"type": "string"}))
-            .query("action", json!({"type": "string", "enum": ["approval.decide", "token.create", "token.revoke", "workflow.deploy"]}))
+            .query("action", json!({"type": "string", "enum": ["approval.decide", "delegation.set", "delegation.end", "run.cancel", "token.create", "token.revoke", "workflow.deploy"]}))
             .query("target", json!({"type": "string"}))
             .query("from", json!({"type": "string", "format": "date-time", "description": "Inclusive"}))
             .query("to", json!({"type": "string", "format": "date-time", "description": "Exclusive"}))

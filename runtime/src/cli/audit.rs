@@ -12,11 +12,13 @@ pub struct AuditArgs {
     /// Only what this subject did (`max`, `svc:NAME`, `admin`, `system`).
     #[arg(long)]
     actor: Option<String>,
-    /// Only this action (`approval.decide`, `token.create`, `token.revoke`,
+    /// Only this action (`approval.decide`, `delegation.set`,
+    /// `delegation.end`, `run.cancel`, `token.create`, `token.revoke`,
     /// `workflow.deploy`).
     #[arg(long)]
     action: Option<String>,
-    /// Only entries about this approval id, token id or `NAME@VERSION`.
+    /// Only entries about this approval, delegation, run or token id, or
+    /// `NAME@VERSION`.
     #[arg(long)]
     target: Option<String>,
     #[arg(long, default_value_t = 20)]

@@ -16,10 +16,12 @@ pub struct AuditEntry {
     pub at: chrono::DateTime<chrono::Utc>,
     /// The caller's subject (`max`, `svc:NAME`, `admin`, ...).
     pub actor: String,
-    /// What was done: `approval.decide`, `token.create`, `token.revoke`,
+    /// What was done: `approval.decide`, `delegation.set`,
+    /// `delegation.end`, `run.cancel`, `token.create`, `token.revoke`,
     /// `workflow.deploy`.
     pub action: String,
-    /// What it was done to: an approval or token id, `NAME@VERSION`.
+    /// What it was done to: an approval, delegation, run or token id, or
+    /// `NAME@VERSION`.
     pub target: String,
     pub detail: Value,
 }

@@ -1004,12 +1004,15 @@ impl Store {
     }
 
     /// Asks for a run to be cancelled: recorded for the worker driving it,
-    /// and the run made due so a parked one is picked up at once.
+    /// and the run made due so a parked one is picked up at once; logged as
+    /// `actor` cancelling it when the request took, and only then.
     pub async fn request_cancel(
         &self,
         id: &str,
         reason: &str,
+        actor: &str,
     ) -> Result<CancelRequest, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE runs SET cancel_requested = $2, wake_at = $3 \
              WHERE id = $1 AND status NOT IN ('succeeded', 'failed', 'rejected', 'cancelled')",
@@ -1017,12 +1020,16 @@ impl Store {
         .bind(id)
         .bind(reason)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 1 {
+            let detail = serde_json::json!({"reason": reason});
+            audit::record(&mut tx, actor, "run.cancel", id, &detail).await?;
+            tx.commit().await?;
             self.announce();
             return Ok(CancelRequest::Requested);
         }
+        tx.rollback().await?;
         Ok(match self.run(id).await? {
             Some(row) => CancelRequest::AlreadyFinished(row.status),
             None => CancelRequest::NotFound,
