@@ -968,6 +968,7 @@ fn the_openapi_document_describes_every_route() {
         ("/v1/tokens", "post"),
         ("/v1/tokens", "get"),
         ("/v1/tokens/{id}", "delete"),
+        ("/v1/audit", "get"),
         ("/v1/hooks/{name}", "post"),
         ("/v1/schedules", "get"),
         ("/v1/schedules", "post"),
@@ -1401,4 +1402,171 @@ impl Drop for Stopped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The audit entries `query` selects (admin token), newest first.
+fn audit(server: &Server, query: &str) -> Vec<Value> {
+    let (status, body) = server.send_json("GET", &format!("/v1/audit{query}"), &json!({}));
+    assert_eq!(status, 200, "{body:#}");
+    body["items"].as_array().unwrap().clone()
+}
+
+#[test]
+fn every_audited_action_appears_once_with_its_actor() {
+    let (_dir, server) = server();
+    // The admin creates a token for max, deploys a workflow only max
+    // approves, and starts it; max decides with his own token; the admin
+    // revokes max's token.
+    let max = server.create_token("max", &["approvals:decide"]);
+    let max_id = max["id"].as_str().unwrap();
+    let max_secret = max["token"].as_str().unwrap();
+    let yaml =
+        "name: audited\nversion: 1\nsteps:\n  - id: ok\n    approval:\n      approvers: [max]\n";
+    let deployed = server
+        .request("PUT", "/v1/workflows/audited")
+        .set("content-type", "application/yaml")
+        .send_string(yaml)
+        .unwrap();
+    assert_eq!(deployed.status(), 201);
+    let run = server.start_run("audited", json!({}));
+    let approval = server.approval_of(&run, "max");
+    let approval_id = approval["id"].as_str().unwrap();
+    let (status, body) = server.send_json_as(
+        max_secret,
+        "POST",
+        &format!("/v1/approvals/{approval_id}"),
+        &json!({"decision": "approve"}),
+    );
+    assert_eq!(status, 201, "{body:#}");
+    // max hands his approvals to eve and takes them back; the admin
+    // cancels a second run.
+    let (status, delegation) = server.send_json_as(
+        max_secret,
+        "POST",
+        "/v1/delegations",
+        &json!({"from": "max", "to": "eve"}),
+    );
+    assert_eq!(status, 201, "{delegation:#}");
+    let delegation_id = delegation["id"].as_str().unwrap();
+    let ended = ureq::request(
+        "DELETE",
+        &server.url(&format!("/v1/delegations/{delegation_id}")),
+    )
+    .set("Authorization", &format!("Bearer {max_secret}"))
+    .call()
+    .unwrap();
+    assert_eq!(ended.status(), 204);
+    let second = server.start_run("audited", json!({}));
+    let (status, body) = server.send_json(
+        "POST",
+        &format!("/v1/runs/{second}/cancel"),
+        &json!({"reason": "not needed"}),
+    );
+    assert_eq!(status, 202, "{body:#}");
+    // Reading the log takes the admin scope.
+    let (status, body) = server.send_json_as(max_secret, "GET", "/v1/audit", &json!({}));
+    assert_eq!(status, 403, "{body:#}");
+    let revoked = server
+        .request("DELETE", &format!("/v1/tokens/{max_id}"))
+        .call()
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+
+    // Each change once, with who made it; the workflows loaded at start
+    // are the server's own (`system`).
+    let by_people: Vec<Value> = audit(&server, "?limit=500")
+        .into_iter()
+        .filter(|e| e["actor"] != "system")
+        .collect();
+    let seen: Vec<(String, String, String)> = by_people
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["target"].as_str().unwrap().to_string(),
+                e["actor"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("token.revoke", max_id, "admin"),
+        ("run.cancel", &second, "admin"),
+        ("delegation.end", delegation_id, "max"),
+        ("delegation.set", delegation_id, "max"),
+        ("approval.decide", approval_id, "max"),
+        ("workflow.deploy", "audited@1", "admin"),
+        ("token.create", max_id, "admin"),
+    ]
+    .iter()
+    .map(|(a, t, w)| (a.to_string(), t.to_string(), w.to_string()))
+    .collect();
+    assert_eq!(seen, expected, "newest first: {by_people:#?}");
+    assert_eq!(by_people[1]["detail"]["reason"], "not needed");
+    let set = &by_people[3]["detail"];
+    assert_eq!((&set["from"], &set["to"]), (&json!("max"), &json!("eve")));
+    let decided = &by_people[4]["detail"];
+    assert_eq!(decided["decision"], "approve", "{decided:#}");
+    assert_eq!(decided["by"], "max", "{decided:#}");
+    let created = &by_people[6]["detail"];
+    assert_eq!(created["subject"], "max", "{created:#}");
+    assert_eq!(
+        created["scopes"],
+        json!(["approvals:decide"]),
+        "{created:#}"
+    );
+    assert!(
+        !by_people.iter().any(|e| e.to_string().contains(max_secret)),
+        "a secret reached the log"
+    );
+
+    // Filters, and paging by cursor.
+    let mine = audit(&server, "?actor=max&action=approval.decide");
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    assert_eq!(mine[0]["target"], approval_id);
+    assert_eq!(audit(&server, "?actor=max").len(), 3);
+    let creations = audit(&server, "?action=token.create&actor=admin");
+    assert_eq!(creations.len(), 1, "{creations:#?}");
+    assert_eq!(creations[0]["target"], max_id);
+    let (status, first) = server.send_json("GET", "/v1/audit?actor=admin&limit=2", &json!({}));
+    assert_eq!(status, 200, "{first:#}");
+    assert_eq!(first["items"][0]["action"], "token.revoke");
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let rest = audit(&server, &format!("?actor=admin&limit=2&cursor={cursor}"));
+    assert_eq!(rest.len(), 2, "{rest:#?}");
+    assert_eq!(rest[0]["action"], "workflow.deploy");
+    assert_eq!(rest[1]["action"], "token.create");
+    let (status, body) = server.send_json("GET", "/v1/audit?cursor=nope", &json!({}));
+    assert_eq!(status, 400, "{body:#}");
+    // The CLI lists the same, filtered.
+    let cli = std::process::Command::new(common::steward_bin())
+        .args([
+            "audit",
+            "--actor",
+            "max",
+            "--action",
+            "approval.decide",
+            "--limit",
+            "5",
+        ])
+        .env("STEWARD_SERVER", server.url(""))
+        .env("STEWARD_TOKEN", common::server::ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("approval.decide") && text.contains(approval_id),
+        "{text}"
+    );
+    // Nothing changes or deletes an entry.
+    match server.request("DELETE", "/v1/audit").call() {
+        Err(ureq::Error::Status(status, _)) => assert_eq!(status, 405),
+        other => panic!("DELETE /v1/audit: {other:?}"),
+    }
+    server.kill();
 }

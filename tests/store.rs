@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 use steward::run::{Event, Recorded, RunState, Status};
-use steward::store::{NewRun, Store, StoreError, StoreOptions};
+use steward::store::{AuditFilter, NewRun, Store, StoreError, StoreOptions};
 
 /// Runs `check` on a fresh SQLite store and, when configured, a fresh
 /// PostgreSQL schema.
@@ -271,7 +271,7 @@ async fn a_claim_reads_pending_cancels_and_a_renewal_keeps_only_the_runs_named()
             store.create_run(new_run(id, &input, None)).await.unwrap();
         }
         store
-            .request_cancel("r2", "duplicate ticket")
+            .request_cancel("r2", "duplicate ticket", "test")
             .await
             .unwrap();
         let mut claimed = store
@@ -327,15 +327,15 @@ async fn a_claim_reads_pending_cancels_and_a_renewal_keeps_only_the_runs_named()
 async fn workflow_versions_are_immutable_and_kv_is_per_plugin() {
     on_every_backend("versions", |store| async move {
         store
-            .deploy_workflow("demo", 1, "name: demo")
+            .deploy_workflow("demo", 1, "name: demo", "test")
             .await
             .unwrap();
         store
-            .deploy_workflow("demo", 1, "name: demo")
+            .deploy_workflow("demo", 1, "name: demo", "test")
             .await
             .unwrap();
         let err = store
-            .deploy_workflow("demo", 1, "name: demo # changed")
+            .deploy_workflow("demo", 1, "name: demo # changed", "test")
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::VersionConflict { .. }), "{err}");
@@ -503,7 +503,7 @@ async fn every_write_of_a_mixed_batch_gets_its_own_answer() {
             6
         );
         store
-            .request_cancel("cancelled", "not needed")
+            .request_cancel("cancelled", "not needed", "test")
             .await
             .unwrap();
 
@@ -1164,8 +1164,127 @@ async fn retention_deletes_old_finished_runs_with_their_rows_and_keeps_the_rest(
             assert!(!store.events(id).await.unwrap().is_empty(), "{id}");
         }
         assert_eq!(store.run(&open).await.unwrap().unwrap().status, "pending");
+        // The audit log outlives the runs it speaks of.
+        let decided = AuditFilter {
+            target: Some(&approval.id),
+            ..Default::default()
+        };
+        assert_eq!(store.audit_entries(&decided, 10).await.unwrap().len(), 1);
         // A second sweep finds nothing more.
         assert_eq!(store.sweep_finished_runs(cutoff, 2).await.unwrap(), 0);
         store.close().await;
     }
+}
+
+/// A change that does not happen leaves no audit entry: the entry is
+/// written in the change's transaction, so it cannot outlive a refusal.
+#[tokio::test]
+async fn a_change_that_fails_writes_no_audit_entry() {
+    on_every_backend("audit", |store| async move {
+        let input = json!({});
+        let run = id_at(Utc::now());
+        store.create_run(new_run(&run, &input, None)).await.unwrap();
+        let approval = steward::store::ApprovalRow {
+            id: format!("{run}/ask"),
+            run_id: run.clone(),
+            workflow: "demo".into(),
+            step: "ask".into(),
+            level: 0,
+            approvers: vec!["ana".into(), "ben".into()],
+            eligible: vec!["ana".into(), "ben".into()],
+            quorum: 1,
+            due_at: None,
+            status: "pending".into(),
+            created_at: Utc::now(),
+            requester: None,
+            allow_self_approval: false,
+            started_by: None,
+        };
+        store.open_approval(&approval).await.unwrap();
+        let decided = store
+            .decide(&approval.id, "ana", "approve", None, None, None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(decided, steward::store::Decided::Recorded(_)),
+            "{decided:?}"
+        );
+        let of_approval = AuditFilter {
+            target: Some(&approval.id),
+            ..Default::default()
+        };
+        let entries = store.audit_entries(&of_approval, 10).await.unwrap();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].actor, "ana");
+        assert_eq!(entries[0].action, "approval.decide");
+        assert_eq!(
+            entries[0].detail,
+            json!({"decision": "approve", "by": "ana"})
+        );
+
+        // The same person again (the first decision stands), and someone
+        // else once the approval is closed: neither is a change.
+        let again = store
+            .decide(&approval.id, "ana", "reject", None, None, None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(again, steward::store::Decided::Already(_)),
+            "{again:?}"
+        );
+        store.close_approval(&approval.id).await.unwrap();
+        let late = store
+            .decide(&approval.id, "ben", "reject", None, None, None)
+            .await
+            .unwrap();
+        assert!(matches!(late, steward::store::Decided::Closed), "{late:?}");
+        assert_eq!(
+            store.audit_entries(&of_approval, 10).await.unwrap().len(),
+            1
+        );
+
+        // Revoking an unknown token or delegation, cancelling an unknown
+        // run and redeploying a version with other text are refused, and
+        // leave nothing either.
+        assert!(!store.revoke_token("no-such-token", "admin").await.unwrap());
+        assert!(!store.revoke_delegation("no-such", "admin").await.unwrap());
+        assert!(matches!(
+            store
+                .request_cancel("no-such-run", "why", "admin")
+                .await
+                .unwrap(),
+            steward::store::CancelRequest::NotFound
+        ));
+        store
+            .deploy_workflow("demo", 1, "name: demo", "admin")
+            .await
+            .unwrap();
+        store
+            .deploy_workflow("demo", 1, "name: demo", "admin")
+            .await
+            .unwrap();
+        let err = store
+            .deploy_workflow("demo", 1, "name: demo # changed", "admin")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::VersionConflict { .. }), "{err}");
+        let all = store
+            .audit_entries(&AuditFilter::default(), 100)
+            .await
+            .unwrap();
+        let seen: Vec<(&str, &str)> = all
+            .iter()
+            .map(|e| (e.action.as_str(), e.target.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("workflow.deploy", "demo@1"),
+                ("approval.decide", approval.id.as_str())
+            ],
+            "{all:?}"
+        );
+        store.close().await;
+    })
+    .await;
 }

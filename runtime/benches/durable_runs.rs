@@ -106,7 +106,10 @@ async fn measure(label: &str, url: &str, options: StoreOptions) {
     }
     for source in [one.to_string(), chain] {
         catalog
-            .deploy(load_str(&source, "bench.yaml", &catalog.plugins()).unwrap())
+            .deploy(
+                load_str(&source, "bench.yaml", &catalog.plugins()).unwrap(),
+                "bench",
+            )
             .await
             .unwrap();
     }

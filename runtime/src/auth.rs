@@ -150,7 +150,14 @@ pub struct NewToken<'a> {
     pub subject: String,
     pub scopes: Vec<String>,
     pub expires_in: Option<chrono::Duration>,
+    /// Who creates it, for the audit log: the caller's subject, or
+    /// [`SYSTEM_ACTOR`] / `cli` when no caller is involved.
+    pub by: &'a str,
 }
+
+/// The audit log's actor for what the server does of its own accord
+/// (its first admin token, the workflows it loads at start).
+pub const SYSTEM_ACTOR: &str = "system";
 
 /// Creates a token; the secret is returned once and never stored.
 pub async fn issue_token(
@@ -171,7 +178,7 @@ pub async fn issue_token(
         expires_at: new.expires_in.map(|d| now + d),
         last_used_at: None,
     };
-    store.create_token(&token).await?;
+    store.create_token(&token, new.by).await?;
     Ok((token, secret))
 }
 

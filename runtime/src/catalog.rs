@@ -45,10 +45,15 @@ impl Catalog {
     /// Records a validated workflow in the store and makes it the latest of
     /// its name when its version is the highest. `true` when this version
     /// is new; deploying the same text again changes nothing.
-    pub async fn deploy(&self, workflow: Workflow) -> Result<(Arc<Workflow>, bool), CatalogError> {
+    /// `actor` is who deploys it, for the audit log.
+    pub async fn deploy(
+        &self,
+        workflow: Workflow,
+        actor: &str,
+    ) -> Result<(Arc<Workflow>, bool), CatalogError> {
         let created = self
             .store
-            .deploy_workflow(&workflow.name, workflow.version, &workflow.source)
+            .deploy_workflow(&workflow.name, workflow.version, &workflow.source, actor)
             .await?;
         let workflow = Arc::new(workflow);
         self.versions

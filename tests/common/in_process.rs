@@ -23,7 +23,10 @@ pub async fn deployed(store: &Store, workflow: &str) -> (Arc<Catalog>, Executor)
     .unwrap();
     let catalog = Arc::new(Catalog::new(store.clone(), set.names()));
     catalog
-        .deploy(load_str(workflow, "workflow.yaml", &catalog.plugins()).unwrap())
+        .deploy(
+            load_str(workflow, "workflow.yaml", &catalog.plugins()).unwrap(),
+            "test",
+        )
         .await
         .unwrap();
     (catalog, Executor::new(set.engine.clone(), json!({})))

@@ -374,7 +374,9 @@ pub async fn delegate(
         ends_at: body.ends_at,
         created_at: now,
     };
-    app.store.create_delegation(&delegation).await?;
+    app.store
+        .create_delegation(&delegation, &caller.subject)
+        .await?;
     Ok((StatusCode::CREATED, Json(json!(delegation))))
 }
 
@@ -396,7 +398,7 @@ pub async fn revoke_delegation(
         };
         own_delegation(&caller, &d.from, Some(&d.to))?;
     }
-    if app.store.revoke_delegation(&id).await? {
+    if app.store.revoke_delegation(&id, &caller.subject).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::not_found(&format!("delegation {id}")))

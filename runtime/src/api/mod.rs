@@ -1,6 +1,7 @@
 //! The REST API (axum). Only this module knows HTTP.
 
 mod approvals;
+mod audit;
 mod auth;
 mod body;
 mod groups;

@@ -13,7 +13,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use serde_json::{Value, json};
 
 use super::{
-    AppState, approvals, groups, hooks, metrics, plugins, reports, runs, schedules, tokens,
+    AppState, approvals, audit, groups, hooks, metrics, plugins, reports, runs, schedules, tokens,
     workflows,
 };
 use crate::config::ApiSettings;
@@ -274,6 +274,17 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .scope("admin")
             .summary("Revoke a token")
             .ok_empty(204, "Revoked"),
+        Route::get("/v1/audit", audit::list)
+            .scope("admin")
+            .summary("The audit log, newest first: approval decisions, delegations set and ended, run cancels, token creations and revocations, workflow deploys, each with its actor; read-only")
+            .query("actor", json!({"type": "string"}))
+            .query("action", json!({"type": "string", "enum": ["approval.decide", "delegation.set", "delegation.end", "run.cancel", "token.create", "token.revoke", "workflow.deploy"]}))
+            .query("target", json!({"type": "string"}))
+            .query("from", json!({"type": "string", "format": "date-time", "description": "Inclusive"}))
+            .query("to", json!({"type": "string", "format": "date-time", "description": "Exclusive"}))
+            .query("limit", json!({"type": "integer", "minimum": 1, "maximum": 500}))
+            .query("cursor", json!({"type": "string"}))
+            .ok(200, "A page", "application/json", json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}, "next_cursor": {"type": ["string", "null"]}}})),
         Route::post("/v1/hooks/{name}", hooks::deliver)
             .summary("Webhook trigger: a signed delivery starts the hook's workflow with the body as input")
             .header_required("Steward-Signature", json!({"type": "string", "description": "t=UNIX_SECONDS,v1=HEX: HMAC-SHA256 with the hook's secret over t + \".\" + the raw body; t within 300 s"}))

@@ -240,13 +240,18 @@ impl Example for CancelRun {
 /// run already finished.
 pub async fn cancel(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     PathParam(id): PathParam<String>,
     OptionalJsonBody(body): OptionalJsonBody<CancelRun>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let reason = body
         .reason
         .unwrap_or_else(|| "cancelled through the API".to_string());
-    match app.store.request_cancel(&id, &reason).await? {
+    match app
+        .store
+        .request_cancel(&id, &reason, &caller.subject)
+        .await?
+    {
         CancelRequest::Requested => {
             app.worker.wake();
             let row = app

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -12,7 +12,8 @@ use super::body::{Example, JsonBody};
 use super::path::PathParam;
 use super::{AppState, Problem};
 use crate::auth::{
-    NewToken, issue_token, parse_expires_in, parse_scopes, parse_subject, service_subject,
+    NewToken, Principal, issue_token, parse_expires_in, parse_scopes, parse_subject,
+    service_subject,
 };
 use crate::store::StoredToken;
 
@@ -51,6 +52,7 @@ fn describe(token: &StoredToken) -> Value {
 /// 201 with the secret, shown this once.
 pub async fn create(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     JsonBody(body): JsonBody<CreateToken>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let scopes = parse_scopes(&body.scopes).map_err(|e| {
@@ -79,6 +81,7 @@ pub async fn create(
             subject,
             scopes,
             expires_in,
+            by: &caller.subject,
         },
     )
     .await?;
@@ -98,9 +101,10 @@ pub async fn list(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Probl
 /// 204 when revoked, 404 when there is no live token with this id.
 pub async fn revoke(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, Problem> {
-    if app.store.revoke_token(&id).await? {
+    if app.store.revoke_token(&id, &caller.subject).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::not_found(&format!("token {id}")))

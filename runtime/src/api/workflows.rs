@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 
 use super::body::read_body;
 use super::path::PathParam;
 use super::{AppState, Problem};
+use crate::auth::Principal;
 use crate::catalog::CatalogError;
 use crate::store::StoreError;
 use crate::workflow::{Workflow, load_str};
@@ -62,6 +63,7 @@ const YAML_TYPES: [&str; 5] = [
 /// the version is deployed with other content.
 pub async fn deploy(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     PathParam(name): PathParam<String>,
     request: Request,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
@@ -113,7 +115,7 @@ pub async fn deploy(
             ),
         ));
     }
-    match app.catalog.deploy(workflow).await {
+    match app.catalog.deploy(workflow, &caller.subject).await {
         Ok((workflow, created)) => {
             let status = if created {
                 StatusCode::CREATED

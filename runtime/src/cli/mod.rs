@@ -1,5 +1,6 @@
 //! Command-line interface, as the README's CLI section describes it.
 
+mod audit;
 mod dev;
 mod plugin;
 mod run;
@@ -70,6 +71,13 @@ pub enum Command {
     Runs {
         #[command(subcommand)]
         command: runs::RunsCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The server's audit log, newest first (admin token).
+    Audit {
+        #[command(flatten)]
+        args: audit::AuditArgs,
         #[command(flatten)]
         remote: Remote,
     },
@@ -180,6 +188,7 @@ async fn token_create(
             subject,
             scopes,
             expires_in,
+            by: "cli",
         },
     )
     .await?;
@@ -272,6 +281,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev { command } => dev::dispatch(command).await,
         Command::Runs { command, remote } => runs::dispatch(
             command,
+            remote.server.trim_end_matches('/'),
+            remote.token.as_deref(),
+        ),
+        Command::Audit { args, remote } => audit::dispatch(
+            args,
             remote.server.trim_end_matches('/'),
             remote.token.as_deref(),
         ),

@@ -74,7 +74,7 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
                 Ok(w) => {
                     let file = w.file.clone();
                     let (name, version) = (w.name.clone(), w.version);
-                    match catalog.deploy(w).await {
+                    match catalog.deploy(w, steward::auth::SYSTEM_ACTOR).await {
                         Ok((w, _)) => {
                             tracing::info!(workflow = %w.name, version = w.version, "loaded {file}")
                         }
@@ -341,6 +341,7 @@ async fn bootstrap_admin_token(config: &Config, store: &Store) -> anyhow::Result
             subject: ENV_ADMIN_SUBJECT.to_string(),
             scopes: vec!["admin".into()],
             expires_in: None,
+            by: steward::auth::SYSTEM_ACTOR,
         },
     )
     .await?;

@@ -251,7 +251,11 @@ impl Scheduler {
                     .await?
                 {
                     self.store
-                        .request_cancel(&previous, &format!("schedule {}: {reason}", s.id))
+                        .request_cancel(
+                            &previous,
+                            &format!("schedule {}: {reason}", s.id),
+                            &format!("schedule:{}", s.id),
+                        )
                         .await?;
                     self.worker.wake();
                     self.start(s, at, Some(&reason), report).await?;

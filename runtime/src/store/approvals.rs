@@ -246,6 +246,17 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        // Whoever called: an admin entering it, else a delegate, else the
+        // approver in person.
+        let actor = entered_by.or(delegate).unwrap_or(by);
+        let mut detail = serde_json::json!({"decision": decision, "by": by});
+        if let Some(entered_by) = entered_by {
+            detail["entered_by"] = entered_by.into();
+        }
+        if let Some(delegate) = delegate {
+            detail["delegate"] = delegate.into();
+        }
+        super::audit::record(&mut tx, actor, "approval.decide", id, &detail).await?;
         tx.commit().await?;
         self.announce();
         Ok(Decided::Recorded(Decision {
@@ -492,7 +503,9 @@ pub struct Delegation {
 }
 
 impl Store {
-    pub async fn create_delegation(&self, d: &Delegation) -> Result<(), StoreError> {
+    /// Records a delegation, and `actor` setting it in the audit log.
+    pub async fn create_delegation(&self, d: &Delegation, actor: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO delegations (id, from_name, to_name, starts_at, ends_at, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -503,8 +516,16 @@ impl Store {
         .bind(d.starts_at.timestamp_millis())
         .bind(d.ends_at.map(|t| t.timestamp_millis()))
         .bind(d.created_at.timestamp_millis())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let detail = serde_json::json!({
+            "from": d.from,
+            "to": d.to,
+            "starts_at": d.starts_at,
+            "ends_at": d.ends_at,
+        });
+        super::audit::record(&mut tx, actor, "delegation.set", &d.id, &detail).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -532,16 +553,28 @@ impl Store {
             .collect()
     }
 
-    /// `true` when a live delegation with this id was revoked.
-    pub async fn revoke_delegation(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE delegations SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+    /// `true` when a live delegation with this id was revoked, which is
+    /// logged as `actor` ending it; nothing is logged otherwise.
+    pub async fn revoke_delegation(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let revoked = sqlx::query(
+            "UPDATE delegations SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
+             RETURNING from_name, to_name",
         )
         .bind(id)
         .bind(now_ms())
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let Some(row) = revoked else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let from: String = row.try_get("from_name")?;
+        let to: String = row.try_get("to_name")?;
+        let detail = serde_json::json!({"from": from, "to": to});
+        super::audit::record(&mut tx, actor, "delegation.end", id, &detail).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Who has delegated to `name` at this moment.

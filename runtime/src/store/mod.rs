@@ -7,6 +7,7 @@
 
 mod announce;
 mod approvals;
+mod audit;
 mod groups;
 mod health;
 mod migrate;
@@ -24,6 +25,7 @@ use sqlx::{AnyPool, Row};
 use crate::run::{Event, Recorded, RunState, Status, StepError};
 
 pub use approvals::{ApprovalRow, Decided, Decision, Delegation, SelfApproval};
+pub use audit::{AuditEntry, AuditFilter};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -709,19 +711,22 @@ impl Store {
         }
     }
 
-    /// Records a workflow version; deploying the same text again is a no-op.
+    /// Records a workflow version, and `actor` deploying it in the audit
+    /// log; deploying the same text again is a no-op and is not logged.
     pub async fn deploy_workflow(
         &self,
         name: &str,
         version: u32,
         source: &str,
+        actor: &str,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let existing: Option<String> = sqlx::query_scalar(
             "SELECT source FROM workflow_versions WHERE name = $1 AND version = $2",
         )
         .bind(name)
         .bind(version as i64)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         match existing {
             Some(s) if s == source => Ok(false),
@@ -730,7 +735,7 @@ impl Store {
                 version,
             }),
             None => {
-                sqlx::query(
+                let inserted = sqlx::query(
                     "INSERT INTO workflow_versions (name, version, source, deployed_at) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT DO NOTHING",
                 )
@@ -738,8 +743,20 @@ impl Store {
                 .bind(version as i64)
                 .bind(source)
                 .bind(now_ms())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                // Another process deployed it first: its entry is the one.
+                if inserted.rows_affected() == 1 {
+                    audit::record(
+                        &mut tx,
+                        actor,
+                        "workflow.deploy",
+                        &format!("{name}@{version}"),
+                        &serde_json::json!({"name": name, "version": version}),
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
                 Ok(true)
             }
         }
@@ -987,12 +1004,15 @@ impl Store {
     }
 
     /// Asks for a run to be cancelled: recorded for the worker driving it,
-    /// and the run made due so a parked one is picked up at once.
+    /// and the run made due so a parked one is picked up at once; logged as
+    /// `actor` cancelling it when the request took, and only then.
     pub async fn request_cancel(
         &self,
         id: &str,
         reason: &str,
+        actor: &str,
     ) -> Result<CancelRequest, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE runs SET cancel_requested = $2, wake_at = $3 \
              WHERE id = $1 AND status NOT IN ('succeeded', 'failed', 'rejected', 'cancelled')",
@@ -1000,12 +1020,16 @@ impl Store {
         .bind(id)
         .bind(reason)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 1 {
+            let detail = serde_json::json!({"reason": reason});
+            audit::record(&mut tx, actor, "run.cancel", id, &detail).await?;
+            tx.commit().await?;
             self.announce();
             return Ok(CancelRequest::Requested);
         }
+        tx.rollback().await?;
         Ok(match self.run(id).await? {
             Some(row) => CancelRequest::AlreadyFinished(row.status),
             None => CancelRequest::NotFound,
@@ -1243,8 +1267,10 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a new API token (only the secret's hash).
-    pub async fn create_token(&self, token: &StoredToken) -> Result<(), StoreError> {
+    /// Stores a new API token (only the secret's hash), and `actor`
+    /// creating it in the audit log (never the secret).
+    pub async fn create_token(&self, token: &StoredToken, actor: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO api_tokens (id, name, secret_hash, scopes, created_at, subject, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -1256,8 +1282,17 @@ impl Store {
         .bind(token.created_at.timestamp_millis())
         .bind(&token.subject)
         .bind(token.expires_at.map(|t| t.timestamp_millis()))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        audit::record(
+            &mut tx,
+            actor,
+            "token.create",
+            &token.id,
+            &serde_json::json!({"subject": token.subject, "scopes": token.scopes}),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1312,16 +1347,33 @@ impl Store {
         )
     }
 
-    /// Revokes a token; false when there is no live token with this id.
-    pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+    /// Revokes a token, and logs `actor` revoking it; false (and nothing
+    /// logged) when there is no live token with this id.
+    pub async fn revoke_token(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let revoked = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
+             RETURNING id, name, secret_hash, scopes, subject, created_at, expires_at, last_used_at",
         )
         .bind(id)
         .bind(now_ms())
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let Some(row) = revoked else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let token = token_row(&row)?;
+        audit::record(
+            &mut tx,
+            actor,
+            "token.revoke",
+            id,
+            &serde_json::json!({"subject": token.subject, "scopes": token.scopes}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Runs not finished, per status (pending, running, waiting), for the
