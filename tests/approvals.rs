@@ -893,3 +893,71 @@ fn runs_record_who_started_them() {
     }
     server.kill();
 }
+
+/// A decision racing the revocation of the token making it: either the
+/// decision was made (201, recorded once on the approval and once in the
+/// audit log) or the token was gone first (401, recorded nowhere); the
+/// revocation is logged once either way.
+#[test]
+fn a_decision_racing_its_token_s_revocation_leaves_a_consistent_log() {
+    let (_dir, _config, server) = start();
+    let server = std::sync::Arc::new(server);
+    let mut outcomes = std::collections::BTreeMap::new();
+    for round in 0..8 {
+        let run = server.start_run("change", json!({}));
+        let id = server.approval_of(&run, "ana")["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let token = server.create_token("ana", &["approvals:decide"]);
+        let (token_id, secret) = (
+            token["id"].as_str().unwrap().to_string(),
+            token["token"].as_str().unwrap().to_string(),
+        );
+        let decide = {
+            let (server, id) = (server.clone(), id.clone());
+            std::thread::spawn(move || {
+                // Staggered so that either side wins in some rounds.
+                std::thread::sleep(Duration::from_millis(round % 4));
+                server.send_json_as(
+                    &secret,
+                    "POST",
+                    &format!("/v1/approvals/{id}"),
+                    &json!({ "decision": "approve" }),
+                )
+            })
+        };
+        let revoked = server
+            .request("DELETE", &format!("/v1/tokens/{token_id}"))
+            .call()
+            .unwrap();
+        assert_eq!(revoked.status(), 204);
+        let (status, body) = decide.join().unwrap();
+        assert!(status == 201 || status == 401, "{status}: {body:#}");
+        *outcomes.entry(status).or_insert(0) += 1;
+
+        let decided = usize::from(status == 201);
+        let on_approval = approval(&server, &id)["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["by"] == "ana")
+            .count();
+        assert_eq!(on_approval, decided, "round {round}: {status} {body:#}");
+        let logged = |query: String| -> usize {
+            let (status, body) = server.send_json("GET", &query, &Value::Null);
+            assert_eq!(status, 200, "{body:#}");
+            body["items"].as_array().unwrap().len()
+        };
+        assert_eq!(
+            logged(format!("/v1/audit?action=approval.decide&target={id}")),
+            decided,
+            "round {round}: the log and the approval disagree"
+        );
+        assert_eq!(
+            logged(format!("/v1/audit?action=token.revoke&target={token_id}")),
+            1
+        );
+    }
+    eprintln!("decision vs revocation outcomes (status: rounds): {outcomes:?}");
+}
