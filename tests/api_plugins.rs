@@ -86,6 +86,17 @@ fn an_uploaded_plugin_serves_workflows_and_survives_a_restart() {
         &[("manifest", &manifest), ("component", &wasm)],
     );
     assert_eq!(status, 200, "a second upload replaces the first");
+    // Each upload is audited, with the caller and the component's hash.
+    let (status, log) = server.send_json(
+        "GET",
+        "/v1/audit?action=plugin.upload&target=hostile",
+        &json!({}),
+    );
+    assert_eq!(status, 200, "{log:#}");
+    let uploads = log["items"].as_array().unwrap();
+    assert_eq!(uploads.len(), 2, "{log:#}");
+    assert!(uploads.iter().all(|e| e["actor"] == "admin"), "{log:#}");
+    assert_eq!(uploads[0]["detail"]["sha256"], body["sha256"], "{log:#}");
     server.kill();
 
     let server = Server::start(&config);

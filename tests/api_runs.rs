@@ -1412,6 +1412,75 @@ fn audit(server: &Server, query: &str) -> Vec<Value> {
 }
 
 #[test]
+fn group_and_schedule_changes_are_audited() {
+    let (_dir, server) = server();
+    let (status, body) = server.send_json(
+        "PUT",
+        "/v1/groups/reviewers",
+        &json!({"members": ["dana", "eli"]}),
+    );
+    assert_eq!(status, 201, "{body:#}");
+    let (status, created) = server.send_json(
+        "POST",
+        "/v1/schedules",
+        &json!({"workflow": "weekly-sla-review", "cron": "0 0 9 * * *"}),
+    );
+    assert_eq!(status, 201, "{created:#}");
+    let id = created["id"].as_str().unwrap();
+    let (status, body) = server.send_json(
+        "PATCH",
+        &format!("/v1/schedules/{id}"),
+        &json!({"cron": "0 30 9 * * *"}),
+    );
+    assert_eq!(status, 200, "{body:#}");
+    // A PATCH that changes nothing records nothing.
+    let (status, body) = server.send_json(
+        "PATCH",
+        &format!("/v1/schedules/{id}"),
+        &json!({"cron": "0 30 9 * * *"}),
+    );
+    assert_eq!(status, 200, "{body:#}");
+    let deleted = server
+        .request("DELETE", &format!("/v1/schedules/{id}"))
+        .call()
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let removed = server
+        .request("DELETE", "/v1/groups/reviewers")
+        .call()
+        .unwrap();
+    assert_eq!(removed.status(), 204);
+
+    let by_admin = audit(&server, "?actor=admin&limit=500");
+    let seen: Vec<(&str, &str)> = by_admin
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["target"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("group.delete", "reviewers"),
+            ("schedule.delete", id),
+            ("schedule.update", id),
+            ("schedule.create", id),
+            ("group.set", "reviewers"),
+        ],
+        "newest first: {by_admin:#?}"
+    );
+    assert_eq!(by_admin[4]["detail"]["members"], json!(["dana", "eli"]));
+    assert_eq!(
+        by_admin[3]["detail"],
+        json!({"workflow": "weekly-sla-review", "cron": "0 0 9 * * *"})
+    );
+    assert_eq!(by_admin[2]["detail"]["cron"], "0 30 9 * * *");
+    assert_eq!(by_admin[1]["detail"]["workflow"], "weekly-sla-review");
+    // The schedules of the workflows' triggers, synced at start, are the
+    // server's own.
+    let synced = audit(&server, "?action=schedule.create&actor=system");
+    assert!(!synced.is_empty(), "{synced:#?}");
+}
+
+#[test]
 fn every_audited_action_appears_once_with_its_actor() {
     let (_dir, server) = server();
     // The admin creates a token for max, deploys a workflow only max

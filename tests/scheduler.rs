@@ -74,7 +74,12 @@ impl Rig {
             last_run_id: None,
             queued_fire_at: None,
         };
-        assert!(self.store.create_schedule(&schedule).await.unwrap());
+        assert!(
+            self.store
+                .create_schedule(&schedule, "system")
+                .await
+                .unwrap()
+        );
     }
 
     /// The fire times recorded as fired, oldest first, each with its run.
@@ -303,7 +308,10 @@ async fn misses_after_a_crash_between_recording_a_fire_and_moving_the_clock_are_
     .await;
     let mut schedule = rig.store.schedule("every-second").await.unwrap().unwrap();
     schedule.spec.catch_up = steward::schedule::CatchUp::None;
-    rig.store.update_schedule(&schedule).await.unwrap();
+    rig.store
+        .update_schedule(&schedule, "system")
+        .await
+        .unwrap();
     // The fire at 10:00:00 was recorded, then the process died before the
     // schedule's clock moved past it.
     assert!(

@@ -64,7 +64,7 @@ impl Catalog {
             .latest(&workflow.name)
             .is_some_and(|w| w.version == workflow.version)
         {
-            crate::schedule::sync_triggers(&self.store, &workflow).await?;
+            crate::schedule::sync_triggers(&self.store, &workflow, actor).await?;
         }
         Ok((workflow, created))
     }
@@ -77,7 +77,8 @@ impl Catalog {
         for (name, version, source) in self.store.latest_workflows().await? {
             match load_str(&source, &format!("{name}@{version}"), &self.plugins()) {
                 Ok(w) => {
-                    crate::schedule::sync_triggers(&self.store, &w).await?;
+                    crate::schedule::sync_triggers(&self.store, &w, crate::auth::SYSTEM_ACTOR)
+                        .await?;
                     self.versions
                         .write()
                         .unwrap()

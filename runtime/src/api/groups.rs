@@ -3,15 +3,16 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::{Example, JsonBody};
 use super::path::PathParam;
 use super::{AppState, Problem};
+use crate::auth::Principal;
 use crate::groups::GroupSource;
 
 #[derive(Deserialize)]
@@ -81,6 +82,7 @@ fn valid_name(name: &str) -> bool {
 /// `PUT /v1/groups/{name}` (admin): 201 new, 200 replaced.
 pub async fn set(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<GroupBody>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
@@ -109,7 +111,10 @@ pub async fn set(
             "members: a group needs at least one member (DELETE removes a group)".into(),
         ));
     }
-    let created = app.store.set_group(&name, &members).await?;
+    let created = app
+        .store
+        .set_group(&name, &members, &caller.subject)
+        .await?;
     app.groups.refresh(&app.store).await?;
     let status = if created {
         StatusCode::CREATED
@@ -122,12 +127,13 @@ pub async fn set(
 /// `DELETE /v1/groups/{name}` (admin): 204.
 pub async fn delete(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     PathParam(name): PathParam<String>,
 ) -> Result<StatusCode, Problem> {
     if app.groups.source(&name) == Some(GroupSource::Config) {
         return Err(configured(&name));
     }
-    if !app.store.delete_group(&name).await? {
+    if !app.store.delete_group(&name, &caller.subject).await? {
         return Err(Problem::not_found(&format!("group {name}")));
     }
     app.groups.refresh(&app.store).await?;

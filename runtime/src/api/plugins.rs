@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 
 use super::path::PathParam;
 use super::{AppState, Problem};
+use crate::auth::Principal;
 use crate::engine::{LoadedPlugin, digest};
 use crate::plugins::{UPLOADED, load_uploaded};
 use crate::store::UploadedPlugin;
@@ -68,6 +69,7 @@ fn bad_upload(detail: String) -> Problem {
 /// built-in or configured plugin's name.
 pub async fn upload(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     PathParam(name): PathParam<String>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
@@ -145,7 +147,7 @@ pub async fn upload(
                 e.to_string(),
             )
         })?;
-    let created = app.store.save_plugin(&plugin).await?;
+    let created = app.store.save_plugin(&plugin, &caller.subject).await?;
     app.catalog.add_plugin(&name);
     tracing::info!(plugin = %name, sha256 = %plugin.digest, created, "plugin uploaded");
     let status = if created {

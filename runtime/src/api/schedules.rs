@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::body::{Example, JsonBody};
 use super::path::PathParam;
 use super::{AppState, Problem};
+use crate::auth::Principal;
 use crate::schedule::{
     CatchUp, CronSchedule, InvalidSchedule, Overlap, Schedule, ScheduleSpec, Source, parse_window,
 };
@@ -195,6 +196,7 @@ async fn load(app: &AppState, id: &str) -> Result<Schedule, Problem> {
 /// `POST /v1/schedules`: 201 with the new schedule.
 pub async fn create(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     JsonBody(fields): JsonBody<ScheduleFields>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let missing = |field: &str| {
@@ -217,7 +219,9 @@ pub async fn create(
         last_run_id: None,
         queued_fire_at: None,
     };
-    app.store.create_schedule(&schedule).await?;
+    app.store
+        .create_schedule(&schedule, &caller.subject)
+        .await?;
     app.scheduler.wake();
     Ok((StatusCode::CREATED, Json(detail(&app, &schedule).await?)))
 }
@@ -271,6 +275,7 @@ fn from_workflow(s: &Schedule) -> Problem {
 /// fire times that passed while paused are not caught up.
 pub async fn update(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     PathParam(id): PathParam<String>,
     JsonBody(fields): JsonBody<ScheduleFields>,
 ) -> Result<Json<Value>, Problem> {
@@ -290,7 +295,11 @@ pub async fn update(
     if spec != before {
         schedule.spec = spec;
         schedule.updated_at = now;
-        if !app.store.update_schedule(&schedule).await? {
+        if !app
+            .store
+            .update_schedule(&schedule, &caller.subject)
+            .await?
+        {
             return Err(Problem::not_found(&format!("schedule {id}")));
         }
         app.scheduler.wake();
@@ -301,13 +310,14 @@ pub async fn update(
 /// `DELETE /v1/schedules/{id}`: 204; runs it started are not touched.
 pub async fn delete(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, Problem> {
     let schedule = load(&app, &id).await?;
     if schedule.source == Source::Workflow {
         return Err(from_workflow(&schedule));
     }
-    if !app.store.delete_schedule(&id).await? {
+    if !app.store.delete_schedule(&id, &caller.subject).await? {
         return Err(Problem::not_found(&format!("schedule {id}")));
     }
     Ok(StatusCode::NO_CONTENT)

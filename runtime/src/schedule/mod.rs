@@ -246,10 +246,11 @@ pub const FIRE_KEY_PREFIX: &str = "schedule:";
 /// Keeps the schedules of a workflow's `triggers` in step with its latest
 /// version: new triggers get a schedule, changed ones are updated (keeping
 /// a pause set over the API, and the clock unless the cron changed),
-/// removed ones are deleted.
+/// removed ones are deleted, each audited as done by `actor`.
 pub async fn sync_triggers(
     store: &crate::store::Store,
     workflow: &crate::workflow::Workflow,
+    actor: &str,
 ) -> Result<(), crate::store::StoreError> {
     let now = Utc::now();
     let existing: Vec<Schedule> = store
@@ -277,7 +278,7 @@ pub async fn sync_triggers(
                     last_run_id: None,
                     queued_fire_at: None,
                 };
-                store.create_schedule(&schedule).await?;
+                store.create_schedule(&schedule, actor).await?;
             }
             Some(old) => {
                 spec.paused = old.spec.paused;
@@ -290,14 +291,14 @@ pub async fn sync_triggers(
                     if clock_changed {
                         schedule.next_fire_at = cron.next_after(now);
                     }
-                    store.update_schedule(&schedule).await?;
+                    store.update_schedule(&schedule, actor).await?;
                 }
             }
         }
         wanted.push(id);
     }
     for old in existing.iter().filter(|s| !wanted.contains(&s.id)) {
-        store.delete_schedule(&old.id).await?;
+        store.delete_schedule(&old.id, actor).await?;
     }
     Ok(())
 }

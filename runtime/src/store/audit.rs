@@ -17,11 +17,12 @@ pub struct AuditEntry {
     /// The caller's subject (`max`, `svc:NAME`, `admin`, ...).
     pub actor: String,
     /// What was done: `approval.decide`, `delegation.set`,
-    /// `delegation.end`, `run.cancel`, `token.create`, `token.revoke`,
-    /// `workflow.deploy`.
+    /// `delegation.end`, `group.set`, `group.delete`, `plugin.upload`,
+    /// `run.cancel`, `schedule.create`, `schedule.update`,
+    /// `schedule.delete`, `token.create`, `token.revoke`, `workflow.deploy`.
     pub action: String,
-    /// What it was done to: an approval, delegation, run or token id, or
-    /// `NAME@VERSION`.
+    /// What it was done to: an approval, delegation, run, schedule or token
+    /// id, a group or plugin name, or `NAME@VERSION`.
     pub target: String,
     pub detail: Value,
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
-use super::{Store, StoreError, now_ms};
+use super::{Store, StoreError, audit, now_ms};
 
 impl Store {
     /// Every stored group with its members.
@@ -22,37 +22,62 @@ impl Store {
             .collect()
     }
 
-    /// Creates or replaces a group; `true` when it is new.
-    pub async fn set_group(&self, name: &str, members: &[String]) -> Result<bool, StoreError> {
-        let members = serde_json::to_string(members).expect("names serialise");
+    /// Creates or replaces a group, and `actor` setting it in the audit
+    /// log; `true` when it is new.
+    pub async fn set_group(
+        &self,
+        name: &str,
+        members: &[String],
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        let stored = serde_json::to_string(members).expect("names serialise");
+        let mut tx = self.pool.begin().await?;
         let updated =
             sqlx::query("UPDATE approver_groups SET members = $2, updated_at = $3 WHERE name = $1")
                 .bind(name)
-                .bind(&members)
+                .bind(&stored)
                 .bind(now_ms())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
-        if updated.rows_affected() == 1 {
-            return Ok(false);
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO approver_groups (name, members, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET members = $2, updated_at = $3",
+        let created = if updated.rows_affected() == 1 {
+            false
+        } else {
+            let inserted = sqlx::query(
+                "INSERT INTO approver_groups (name, members, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET members = $2, updated_at = $3",
+            )
+            .bind(name)
+            .bind(&stored)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            inserted.rows_affected() == 1
+        };
+        audit::record(
+            &mut tx,
+            actor,
+            "group.set",
+            name,
+            &serde_json::json!({ "members": members }),
         )
-        .bind(name)
-        .bind(&members)
-        .bind(now_ms())
-        .execute(&self.pool)
         .await?;
-        Ok(inserted.rows_affected() == 1)
+        tx.commit().await?;
+        Ok(created)
     }
 
-    /// Deletes a stored group; `false` when there was none.
-    pub async fn delete_group(&self, name: &str) -> Result<bool, StoreError> {
+    /// Deletes a stored group, and `actor` deleting it in the audit log;
+    /// `false` (nothing recorded) when there was none.
+    pub async fn delete_group(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM approver_groups WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        audit::record(&mut tx, actor, "group.delete", name, &serde_json::json!({})).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }

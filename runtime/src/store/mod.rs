@@ -1409,9 +1409,13 @@ impl Store {
         )
     }
 
-    /// Saves an uploaded plugin, replacing one of the same name; `true`
-    /// when the name is new.
-    pub async fn save_plugin(&self, plugin: &UploadedPlugin) -> Result<bool, StoreError> {
+    /// Saves an uploaded plugin, replacing one of the same name, and
+    /// `actor` uploading it in the audit log; `true` when the name is new.
+    pub async fn save_plugin(
+        &self,
+        plugin: &UploadedPlugin,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let existed: Option<String> =
             sqlx::query_scalar("SELECT name FROM uploaded_plugins WHERE name = $1")
@@ -1430,6 +1434,14 @@ impl Store {
         .bind(&plugin.digest)
         .bind(now_ms())
         .execute(&mut *tx)
+        .await?;
+        audit::record(
+            &mut tx,
+            actor,
+            "plugin.upload",
+            &plugin.name,
+            &serde_json::json!({ "sha256": plugin.digest }),
+        )
         .await?;
         tx.commit().await?;
         Ok(existed.is_none())

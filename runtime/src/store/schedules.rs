@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{Store, StoreError, now_ms, to_time};
+use super::{Store, StoreError, audit, now_ms, to_time};
 use crate::schedule::{
     CatchUp, Fire, InvalidSchedule, Outcome, Overlap, Schedule, ScheduleSpec, Source,
 };
@@ -38,6 +38,11 @@ fn bind_spec<'q>(
         .bind(spec.catch_up.as_str())
         .bind(spec.catch_up_window.as_millis() as i64)
         .bind(spec.paused as i64)
+}
+
+/// What the audit log keeps of a schedule change.
+fn spec_detail(s: &Schedule) -> serde_json::Value {
+    serde_json::json!({ "workflow": s.spec.workflow, "cron": s.spec.cron })
 }
 
 fn schedule_row(r: &sqlx::any::AnyRow) -> Result<Schedule, StoreError> {
@@ -71,8 +76,10 @@ fn schedule_row(r: &sqlx::any::AnyRow) -> Result<Schedule, StoreError> {
 }
 
 impl Store {
-    /// Stores a new schedule; `false` when its id is taken.
-    pub async fn create_schedule(&self, s: &Schedule) -> Result<bool, StoreError> {
+    /// Stores a new schedule, and `actor` creating it in the audit log;
+    /// `false` (nothing recorded) when its id is taken.
+    pub async fn create_schedule(&self, s: &Schedule, actor: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let query = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO schedules ({COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
@@ -86,14 +93,21 @@ impl Store {
             .bind(ms(s.next_fire_at))
             .bind(s.last_run_id.as_deref())
             .bind(ms(s.queued_fire_at))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        audit::record(&mut tx, actor, "schedule.create", &s.id, &spec_detail(s)).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Replaces what the owner set and where the clock stands (after an
-    /// edit, a pause or a resume); `false` when the schedule is gone.
-    pub async fn update_schedule(&self, s: &Schedule) -> Result<bool, StoreError> {
+    /// edit, a pause or a resume), and `actor` changing it in the audit log;
+    /// `false` (nothing recorded) when the schedule is gone.
+    pub async fn update_schedule(&self, s: &Schedule, actor: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let query = sqlx::query(
             "UPDATE schedules SET workflow = $2, cron = $3, timezone = $4, input = $5, overlap = $6, \
              catch_up = $7, catch_up_window_ms = $8, paused = $9, updated_at = $10, next_fire_at = $11 \
@@ -103,9 +117,14 @@ impl Store {
         let done = bind_spec(query, &s.spec)
             .bind(s.updated_at.timestamp_millis())
             .bind(ms(s.next_fire_at))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        audit::record(&mut tx, actor, "schedule.update", &s.id, &spec_detail(s)).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Moves a schedule's clock after a scheduler pass. The next fire time
@@ -130,9 +149,19 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a schedule and its fire history; `false` when it did not exist.
-    pub async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+    /// Deletes a schedule and its fire history, and `actor` deleting it in
+    /// the audit log; `false` (nothing recorded) when it did not exist.
+    pub async fn delete_schedule(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query("SELECT workflow, cron FROM schedules WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let workflow: String = row.try_get("workflow")?;
+        let cron: String = row.try_get("cron")?;
         sqlx::query("DELETE FROM schedule_fires WHERE schedule_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -141,8 +170,13 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let detail = serde_json::json!({ "workflow": workflow, "cron": cron });
+        audit::record(&mut tx, actor, "schedule.delete", id, &detail).await?;
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(true)
     }
 
     pub async fn schedule(&self, id: &str) -> Result<Option<Schedule>, StoreError> {
