@@ -27,6 +27,9 @@ const EXPONENT: &str = "AQAB";
 /// Its public key as PEM, the "secret" of the HS256 key-confusion forgery.
 const PUBLIC_KEY_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAtx7d+zQXY3vQxDqIU7DI\nPQ3Fi7sIMfoPbYRwGZWDJKIWNmd/rK4to2j8uPqtqiQM7gtP2MMS4na9c/XlVbJq\nt4xHlIO/T8EW8NUwwf3XnO8sjVo3ZBA9h2SOt37Qx9Z6XM3mVnR50Psqwr2JYV+Q\nS+D9F6BmSLgR0+CYWRbGAaYJx9n1iTgV/IgTMfO2EPg+0pF8KGCbgvdi2KKCK/AU\njMleouiVYLt7dK+N9clmxz0YmpxvblQaMoTg2s3sKM9YK+JYZJ9R4dudxkKzaiRJ\nzRMK5iFo+XC8x9QJi9ShrtANMlnuMgq6ktQaGinVp/0mASeRDVsdqE6AQMZYk/4+\ntwIDAQAB\n-----END PUBLIC KEY-----\n";
 
+/// Two CAB members must approve; the CAB is filled only by the identity
+/// provider.
+const CHANGE_BY_TWO: &str = "name: change-by-two\nversion: 1\nsteps:\n  - id: cab\n    approval:\n      approvers: [group:cab]\n      quorum: 2\n";
 const CHANGE: &str = "name: change\nversion: 1\nsteps:\n  - id: cab\n    approval:\n      approvers: [group:cab]\n  - id: done\n    uses: transform\n    with: { approved_by: \"${{ steps.cab.output.approved_by }}\" }\noutput: ${{ steps.done.output }}\n";
 
 fn jwks(with_key: bool) -> Vec<u8> {
@@ -57,6 +60,7 @@ fn start(idp: &TestServer) -> (tempfile::TempDir, Server) {
     let workflows = dir.path().join("workflows");
     std::fs::create_dir_all(&workflows).unwrap();
     std::fs::write(workflows.join("change.yaml"), CHANGE).unwrap();
+    std::fs::write(workflows.join("change-by-two.yaml"), CHANGE_BY_TWO).unwrap();
     let config = write_config(
         dir.path(),
         Some(&workflows),
@@ -194,6 +198,40 @@ fn a_jwt_from_the_identity_provider_authenticates_and_its_group_maps_to_scopes_a
     let finished = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
     assert_eq!(finished[0]["status"], "succeeded", "{:#}", finished[0]);
     assert_eq!(finished[0]["output"]["approved_by"], json!(["max"]));
+}
+
+/// Members nobody can count in advance do not shrink a quorum: `quorum: 2`
+/// over a group only the identity provider fills needs two people.
+#[test]
+fn a_quorum_over_an_identity_provider_group_needs_that_many_people() {
+    let idp = identity_provider(Arc::new(AtomicBool::new(true)));
+    let (_dir, server) = start(&idp);
+    let run = server.start_run("change-by-two", json!({}));
+    let approval = approval_of(&server, &run);
+    assert_eq!(approval["quorum"], 2, "{approval:#}");
+    let id = approval["id"].as_str().unwrap();
+    let decide = |who: &str| {
+        server.send_json_as(
+            &sign(&claims(who, &["cab-members"])),
+            "POST",
+            &format!("/v1/approvals/{id}"),
+            &json!({"decision": "approve"}),
+        )
+    };
+    let (status, body) = decide("max");
+    assert_eq!(status, 201, "{body:#}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        server.run(&run)["status"],
+        "waiting",
+        "one CAB member is not two"
+    );
+    let (status, body) = decide("max");
+    assert_eq!(status, 200, "the same person twice counts once: {body:#}");
+    let (status, body) = decide("ann");
+    assert_eq!(status, 201, "{body:#}");
+    let finished = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(20));
+    assert_eq!(finished[0]["status"], "succeeded", "{:#}", finished[0]);
 }
 
 #[test]

@@ -482,7 +482,11 @@ impl Planner<'_> {
             approval: approval_id(&self.state.id, &step.id, level),
             level,
             approvers: listed,
-            quorum: quorum.required(eligible.len()),
+            quorum: if from_identity_provider {
+                quorum.required_open(eligible.len())
+            } else {
+                quorum.required(eligible.len())
+            },
             eligible,
             due,
             requester,

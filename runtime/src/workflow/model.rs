@@ -172,6 +172,18 @@ pub enum OnTimeout {
 }
 
 impl Quorum {
+    /// Approvals needed when the approvers include a group the identity
+    /// provider fills, whose members nobody can count in advance: a count
+    /// is taken as written (two approvals are two people, however few are
+    /// known yet); `all` and percentages can only be counted over the
+    /// `eligible` people known.
+    pub fn required_open(self, eligible: usize) -> u32 {
+        match self {
+            Quorum::Count(c) => c.max(1),
+            _ => self.required(eligible),
+        }
+    }
+
     /// Approvals needed out of `eligible` people (at least one, at most all).
     pub fn required(self, eligible: usize) -> u32 {
         let n = eligible.max(1) as u32;
@@ -317,6 +329,15 @@ impl Workflow {
 #[cfg(test)]
 mod tests {
     use super::Quorum;
+
+    #[test]
+    fn a_count_over_an_identity_provider_group_is_taken_as_written() {
+        assert_eq!(Quorum::Count(2).required_open(0), 2);
+        assert_eq!(Quorum::Count(2).required_open(1), 2);
+        assert_eq!(Quorum::Count(0).required_open(0), 1);
+        assert_eq!(Quorum::Any.required_open(0), 1);
+        assert_eq!(Quorum::All.required_open(2), 2);
+    }
 
     #[test]
     fn quorum_counts_approvals_needed() {
