@@ -101,6 +101,14 @@ fn build() -> Value {
 mod tests {
     use super::*;
 
+    /// The audit entry schema names exactly the actions the log records.
+    #[test]
+    fn audit_actions_match_the_store() {
+        let schemas: Value = serde_json::from_str(SCHEMAS).unwrap();
+        let listed = &schemas["AuditEntry"]["properties"]["action"]["enum"];
+        assert_eq!(*listed, serde_json::json!(crate::store::AUDIT_ACTIONS));
+    }
+
     /// Every `$ref` points at a schema that exists.
     #[test]
     fn references_resolve() {

@@ -278,7 +278,7 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .scope("admin")
             .summary("The audit log, newest first: approval decisions, delegations set and ended, run cancels, token creations and revocations, workflow deploys, each with its actor; read-only")
             .query("actor", json!({"type": "string"}))
-            .query("action", json!({"type": "string", "enum": ["approval.decide", "delegation.set", "delegation.end", "run.cancel", "token.create", "token.revoke", "workflow.deploy"]}))
+            .query("action", json!({"type": "string", "enum": crate::store::AUDIT_ACTIONS}))
             .query("target", json!({"type": "string"}))
             .query("from", json!({"type": "string", "format": "date-time", "description": "Inclusive"}))
             .query("to", json!({"type": "string", "format": "date-time", "description": "Exclusive"}))

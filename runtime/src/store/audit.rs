@@ -27,6 +27,24 @@ pub struct AuditEntry {
     pub detail: Value,
 }
 
+/// Every action the log records; `/openapi.json` lists the same (a test
+/// holds them together), and [`record`] refuses any other in debug builds.
+pub const AUDIT_ACTIONS: [&str; 13] = [
+    "approval.decide",
+    "delegation.set",
+    "delegation.end",
+    "run.cancel",
+    "token.create",
+    "token.revoke",
+    "workflow.deploy",
+    "group.set",
+    "group.delete",
+    "schedule.create",
+    "schedule.update",
+    "schedule.delete",
+    "plugin.upload",
+];
+
 /// Which entries to list; every field narrows.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter<'a> {
@@ -49,6 +67,10 @@ pub(crate) async fn record(
     target: &str,
     detail: &Value,
 ) -> Result<(), StoreError> {
+    debug_assert!(
+        AUDIT_ACTIONS.contains(&action),
+        "{action} is not in AUDIT_ACTIONS"
+    );
     sqlx::query(
         "INSERT INTO audit_log (id, at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5, $6)",
     )

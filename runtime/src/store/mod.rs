@@ -25,7 +25,7 @@ use sqlx::{AnyPool, Row};
 use crate::run::{Event, Recorded, RunState, Status, StepError};
 
 pub use approvals::{ApprovalRow, Decided, Decision, Delegation, SelfApproval};
-pub use audit::{AuditEntry, AuditFilter};
+pub use audit::{AUDIT_ACTIONS, AuditEntry, AuditFilter};
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
