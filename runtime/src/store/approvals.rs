@@ -127,7 +127,7 @@ impl Store {
     /// Opens an approval (idempotent: a worker re-driving the run after a
     /// crash opens the same one again).
     pub async fn open_approval(&self, a: &ApprovalRow) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO approvals (id, run_id, workflow, step, level, approvers, eligible, quorum, due_at, status, created_at, \
              requester, allow_self_approval) \
@@ -201,7 +201,7 @@ impl Store {
         entered_by: Option<&str>,
     ) -> Result<Decided, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let run_id: Option<String> = sqlx::query_scalar(
             "UPDATE approvals SET status = status WHERE id = $1 AND status = 'pending' RETURNING run_id",
         )
@@ -505,7 +505,7 @@ pub struct Delegation {
 impl Store {
     /// Records a delegation, and `actor` setting it in the audit log.
     pub async fn create_delegation(&self, d: &Delegation, actor: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO delegations (id, from_name, to_name, starts_at, ends_at, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -556,7 +556,7 @@ impl Store {
     /// `true` when a live delegation with this id was revoked, which is
     /// logged as `actor` ending it; nothing is logged otherwise.
     pub async fn revoke_delegation(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let revoked = sqlx::query(
             "UPDATE delegations SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
              RETURNING from_name, to_name",

@@ -31,7 +31,7 @@ impl Store {
         actor: &str,
     ) -> Result<bool, StoreError> {
         let stored = serde_json::to_string(members).expect("names serialise");
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let updated =
             sqlx::query("UPDATE approver_groups SET members = $2, updated_at = $3 WHERE name = $1")
                 .bind(name)
@@ -68,7 +68,7 @@ impl Store {
     /// Deletes a stored group, and `actor` deleting it in the audit log;
     /// `false` (nothing recorded) when there was none.
     pub async fn delete_group(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query("DELETE FROM approver_groups WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)

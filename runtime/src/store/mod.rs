@@ -593,6 +593,20 @@ fn private_sqlite_files(file: &std::path::Path) -> std::io::Result<()> {
 }
 
 impl Store {
+    /// A transaction that will write. On SQLite it takes the write lock at
+    /// `BEGIN IMMEDIATE`, where waiting honours the busy timeout: a
+    /// deferred transaction that reads first and writes later fails at once
+    /// with "database is locked" when another connection committed in
+    /// between, which the API would answer 503.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Connects, tunes SQLite (WAL, synchronous, busy timeout) and applies
     /// migrations.
     pub async fn open(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
@@ -720,7 +734,7 @@ impl Store {
         source: &str,
         actor: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let existing: Option<String> = sqlx::query_scalar(
             "SELECT source FROM workflow_versions WHERE name = $1 AND version = $2",
         )
@@ -1012,7 +1026,7 @@ impl Store {
         reason: &str,
         actor: &str,
     ) -> Result<CancelRequest, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE runs SET cancel_requested = $2, wake_at = $3 \
              WHERE id = $1 AND status NOT IN ('succeeded', 'failed', 'rejected', 'cancelled')",
@@ -1270,7 +1284,7 @@ impl Store {
     /// Stores a new API token (only the secret's hash), and `actor`
     /// creating it in the audit log (never the secret).
     pub async fn create_token(&self, token: &StoredToken, actor: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO api_tokens (id, name, secret_hash, scopes, created_at, subject, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -1350,7 +1364,7 @@ impl Store {
     /// Revokes a token, and logs `actor` revoking it; false (and nothing
     /// logged) when there is no live token with this id.
     pub async fn revoke_token(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let revoked = sqlx::query(
             "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
              RETURNING id, name, secret_hash, scopes, subject, created_at, expires_at, last_used_at",
@@ -1416,7 +1430,7 @@ impl Store {
         plugin: &UploadedPlugin,
         actor: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let existed: Option<String> =
             sqlx::query_scalar("SELECT name FROM uploaded_plugins WHERE name = $1")
                 .bind(&plugin.name)

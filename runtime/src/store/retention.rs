@@ -48,7 +48,7 @@ impl Store {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT id FROM runs WHERE id < $1 AND finished_at < $2 \
              AND status NOT IN ('pending', 'running', 'waiting') ORDER BY id LIMIT $3{lock}"

@@ -79,7 +79,7 @@ impl Store {
     /// Stores a new schedule, and `actor` creating it in the audit log;
     /// `false` (nothing recorded) when its id is taken.
     pub async fn create_schedule(&self, s: &Schedule, actor: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let query = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO schedules ({COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
@@ -107,7 +107,7 @@ impl Store {
     /// edit, a pause or a resume), and `actor` changing it in the audit log;
     /// `false` (nothing recorded) when the schedule is gone.
     pub async fn update_schedule(&self, s: &Schedule, actor: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let query = sqlx::query(
             "UPDATE schedules SET workflow = $2, cron = $3, timezone = $4, input = $5, overlap = $6, \
              catch_up = $7, catch_up_window_ms = $8, paused = $9, updated_at = $10, next_fire_at = $11 \
@@ -152,7 +152,7 @@ impl Store {
     /// Deletes a schedule and its fire history, and `actor` deleting it in
     /// the audit log; `false` (nothing recorded) when it did not exist.
     pub async fn delete_schedule(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let Some(row) = sqlx::query("SELECT workflow, cron FROM schedules WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
