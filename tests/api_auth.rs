@@ -2,7 +2,7 @@
 //! provider is a local HTTP server publishing a JWKS; tokens are signed
 //! here with a test-only key pair.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,7 @@
 //! Signed webhooks over real HTTP: good, wrong, stale, replayed and
 //! rotated-secret deliveries.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Uploading plugins over HTTP: checked against the world, served at once,
 //! kept across restarts.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The run endpoints over real HTTP: status codes, idempotency keys and the
 //! problem+json error shape.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Deploying workflows over HTTP: validated first, versioned, kept across
 //! restarts.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

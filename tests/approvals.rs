@@ -1,7 +1,7 @@
 //! Approval steps over real HTTP: quorum, outsiders, rejection, escalation
 //! on timeout, concurrent decisions, and a restart while waiting.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! source, a real HTTP server, retries, parallel steps, timers, and a
 //! plugin scaffolded by `steward plugin new`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -4,7 +4,7 @@
 //! same idempotency key. On SQLite, and on PostgreSQL when
 //! `STEWARD_TEST_DATABASE_URL` is set.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

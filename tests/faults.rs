@@ -3,7 +3,7 @@
 //! and a plugin that blocks past its step's timeout neither outlives it
 //! nor delays other runs.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

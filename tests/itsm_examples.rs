@@ -4,7 +4,7 @@
 //! the ServiceNow Table API and chat webhooks over real sockets, approvals
 //! given through the API, SLA escalations observed at the simulator.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! its own, built to wasm for use): run natively here so that the README's
 //! one test command runs them too.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

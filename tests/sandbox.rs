@@ -1,7 +1,7 @@
 //! The sandbox against hostile plugins built from `tests/plugins`: CPU and
 //! memory limits, HTTP and secret grants, crashes, and bad plugin files.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Several processes on one PostgreSQL: `steward serve --no-worker` takes
 //! requests, `steward worker` processes execute runs and fire schedules.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

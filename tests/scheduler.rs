@@ -3,7 +3,7 @@
 //! database making one run per fire time (on SQLite and, when
 //! `STEWARD_TEST_DATABASE_URL` is set, PostgreSQL).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! overlap policies with a slow workflow, triggers declared in workflows,
 //! and the 4xx answers that name the bad field.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

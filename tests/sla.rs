@@ -2,7 +2,7 @@
 //! once each at their time, 100% marks the run breached, pauses stop the
 //! clock, and a restart neither loses nor repeats an escalation.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

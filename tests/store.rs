@@ -2,7 +2,7 @@
 //! `STEWARD_TEST_DATABASE_URL` is set) PostgreSQL, each test on a database
 //! or schema of its own.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -94,8 +94,9 @@ async fn appended_events_and_status_are_durable() {
         for r in &history {
             state.apply(r);
         }
-        let done = Recorded::now(
+        let done = Recorded::at(
             2,
+            chrono::Utc::now(),
             Event::RunSucceeded {
                 output: json!({"ok": true}),
             },
@@ -472,7 +473,11 @@ async fn concurrent_writes_commit_together_and_a_bad_one_fails_alone() {
             tasks.spawn(async move {
                 let mut state = RunState::new(&id, "demo", 1, Utc::now());
                 let seq = if i == 7 { 1 } else { 2 };
-                let done = Recorded::now(seq, Event::RunSucceeded { output: json!(i) });
+                let done = Recorded::at(
+                    seq,
+                    chrono::Utc::now(),
+                    Event::RunSucceeded { output: json!(i) },
+                );
                 state.apply(&done);
                 (i, store.append(&state, &[done], None, None).await)
             });
@@ -536,8 +541,8 @@ async fn every_write_of_a_mixed_batch_gets_its_own_answer() {
             let store = store.clone();
             tasks.spawn(async move {
                 let mut state = RunState::new(id, "demo", 1, Utc::now());
-                let started = Recorded::now(2, Event::RunStarted { input: json!({}) });
-                let done = Recorded::now(3, Event::RunSucceeded { output: json!(id) });
+                let started = Recorded::at(2, chrono::Utc::now(), Event::RunStarted { input: json!({}) });
+                let done = Recorded::at(3, chrono::Utc::now(), Event::RunSucceeded { output: json!(id) });
                 state.apply(&started);
                 state.apply(&done);
                 let appended = store
@@ -636,8 +641,9 @@ async fn a_write_that_does_not_apply_is_not_committed_with_its_batch() {
                 tasks.spawn(async move {
                     let id = format!("b{n}");
                     let mut state = RunState::new(&id, "demo", 1, Utc::now());
-                    let step = Recorded::now(
+                    let step = Recorded::at(
                         round as u64 + 2,
+                        chrono::Utc::now(),
                         Event::StepStarted {
                             step: format!("s{round}"),
                             attempt: 1,
@@ -767,7 +773,11 @@ async fn a_worker_that_lost_the_lease_cannot_write() {
             ["r1"]
         );
         let mut state = RunState::new("r1", "demo", 1, Utc::now());
-        let done = Recorded::now(2, Event::RunSucceeded { output: json!(1) });
+        let done = Recorded::at(
+            2,
+            chrono::Utc::now(),
+            Event::RunSucceeded { output: json!(1) },
+        );
         state.apply(&done);
         let err = store
             .append(&state, std::slice::from_ref(&done), None, Some("w2"))

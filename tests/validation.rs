@@ -2,7 +2,7 @@
 //! line and column, and the field. Cases are data: a workflow and what the
 //! error must say.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

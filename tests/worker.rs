@@ -1,7 +1,7 @@
 //! The worker in-process, against a real store and engine: how it takes
 //! work that nothing announced.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -68,7 +68,7 @@ impl steward::executor::Journal for CountingJournal {
         _: &steward::run::RunState,
         events: &[steward::run::Recorded],
         _: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, steward::run::JournalError> {
         self.writes.push(
             events
                 .iter()
@@ -85,22 +85,25 @@ impl steward::executor::Journal for CountingJournal {
         Ok(None)
     }
 
-    async fn cancel_requested(&mut self, _: &str) -> Result<Option<String>, String> {
+    async fn cancel_requested(
+        &mut self,
+        _: &str,
+    ) -> Result<Option<String>, steward::run::JournalError> {
         Ok(None)
     }
 
     async fn approval_decisions(
         &mut self,
         _: &steward::store::ApprovalRow,
-    ) -> Result<Vec<steward::store::Decision>, String> {
+    ) -> Result<Vec<steward::store::Decision>, steward::run::JournalError> {
         Ok(Vec::new())
     }
 
-    async fn close_approval(&mut self, _: &str) -> Result<(), String> {
+    async fn close_approval(&mut self, _: &str) -> Result<(), steward::run::JournalError> {
         Ok(())
     }
 
-    async fn close_run_approvals(&mut self, _: &str) -> Result<(), String> {
+    async fn close_run_approvals(&mut self, _: &str) -> Result<(), steward::run::JournalError> {
         Ok(())
     }
 }

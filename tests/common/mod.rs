@@ -13,8 +13,10 @@ use steward::plugin_build::{BuiltComponent, build_components, ensure_wasm_target
 
 /// The repository root.
 pub fn root() -> PathBuf {
+    // runtime/steward -> the repository root.
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+        .ancestors()
+        .nth(2)
         .unwrap()
         .to_path_buf()
 }

@@ -1,0 +1,165 @@
+//! The events that make up a run's history. A run's state is a fold over
+//! them ([`super::state::RunState`]); the store only has to append and
+//! replay them, so local and durable runs share one interpreter.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Why a step or a run failed, as shown to users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepError {
+    pub message: String,
+    pub retryable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl StepError {
+    pub fn fatal(message: impl Into<String>) -> StepError {
+        StepError {
+            message: message.into(),
+            retryable: false,
+            code: None,
+        }
+    }
+}
+
+/// One entry in a run's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        input: Value,
+    },
+    /// An attempt began; if the process dies now, the attempt is re-run
+    /// under the same idempotency key.
+    StepStarted {
+        step: String,
+        attempt: u32,
+        input: Value,
+    },
+    StepSucceeded {
+        step: String,
+        attempt: u32,
+        output: Value,
+    },
+    /// `retry_at` is set when another attempt will follow.
+    StepFailed {
+        step: String,
+        attempt: u32,
+        error: StepError,
+        retry_at: Option<DateTime<Utc>>,
+    },
+    StepSkipped {
+        step: String,
+    },
+    TimerStarted {
+        step: String,
+        until: DateTime<Utc>,
+    },
+    TimerFired {
+        step: String,
+    },
+    /// An approval (or, at `level` 1 and up, its escalation) opened:
+    /// `eligible` may decide, `quorum` approvals finish the step.
+    ApprovalRequested {
+        step: String,
+        approval: String,
+        level: u32,
+        approvers: Vec<String>,
+        eligible: Vec<String>,
+        quorum: u32,
+        due: Option<DateTime<Utc>>,
+        /// The step's `requester`, rendered when it opened: they may not
+        /// approve (nor may the run's starter) unless `allow_self_approval`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requester: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_self_approval: bool,
+    },
+    /// A person's decision, copied from the API's record into the history
+    /// (the audit trail).
+    ApprovalDecided {
+        step: String,
+        approval: String,
+        by: String,
+        decision: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+        decided_at: DateTime<Utc>,
+        /// Who decided in `by`'s place, through a delegation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delegate: Option<String>,
+        /// The admin who entered the decision on `by`'s behalf.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entered_by: Option<String>,
+    },
+    /// The SLA clock started with the run: its priority and, when the SLA
+    /// has a target for it, the resolution target in milliseconds.
+    SlaStarted {
+        priority: String,
+        target_ms: Option<u64>,
+        /// The response target, when the SLA sets one for this priority.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        response_target_ms: Option<u64>,
+    },
+    /// The SLA's resolution target passed; the run keeps going.
+    SlaBreached,
+    /// The response target passed with no response; the run keeps going.
+    SlaResponseBreached,
+    RunSucceeded {
+        output: Value,
+    },
+    /// An approval was rejected (by a person, or by its timeout).
+    RunRejected {
+        step: String,
+        reason: String,
+    },
+    RunFailed {
+        error: StepError,
+    },
+    RunCancelled {
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The step the event is about, if any.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            Event::StepStarted { step, .. }
+            | Event::StepSucceeded { step, .. }
+            | Event::StepFailed { step, .. }
+            | Event::StepSkipped { step }
+            | Event::TimerStarted { step, .. }
+            | Event::TimerFired { step }
+            | Event::ApprovalRequested { step, .. }
+            | Event::ApprovalDecided { step, .. }
+            | Event::RunRejected { step, .. } => Some(step),
+            _ => None,
+        }
+    }
+}
+
+impl Recorded {
+    /// Stamps `event` as number `seq` at `at`, to the millisecond the
+    /// store keeps, so a replayed history equals the one recorded.
+    pub fn at(seq: u64, at: DateTime<Utc>, event: Event) -> Recorded {
+        use chrono::SubsecRound;
+        Recorded {
+            seq,
+            at: at.trunc_subsecs(3),
+            event,
+        }
+    }
+}
+
+/// An event with its place and time in the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recorded {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub event: Event,
+}

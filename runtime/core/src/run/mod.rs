@@ -1,0 +1,15 @@
+//! Runs: the event history, the state folded from it, and the interpreter
+//! that plans the next step.
+//!
+//! Architecture invariant: this module knows neither wasmtime, SQL nor
+//! HTTP. It sees plugins by name and time as a value passed in.
+
+pub mod event;
+pub mod journal;
+pub mod plan;
+pub mod state;
+
+pub use event::{Event, Recorded, StepError};
+pub use journal::JournalError;
+pub use plan::{Action, Plan, PlanContext, approval_id, idempotency_key, outcome_event, plan};
+pub use state::{RunState, Status, StepRecord, StepState};

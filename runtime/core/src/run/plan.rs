@@ -1,0 +1,776 @@
+//! The interpreter: from a workflow and a run's state, decide what happens
+//! next. Pure: no clock of its own, no I/O. The executor records what the
+//! plan says, calls plugins, and asks again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use super::event::{Event, StepError};
+use super::state::{RunState, StepRecord, StepState, clock_add};
+use crate::groups::GroupSnapshot;
+use crate::workflow::expr::Scope;
+use crate::workflow::model::{OnTimeout, Quorum, Sla, StepKind, WaitFor};
+use crate::workflow::{Step, Workflow};
+
+/// Something the executor must do now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Record the event (it needs no outside work).
+    Record(Event),
+    /// Start attempt `attempt` of a plugin step.
+    Call {
+        step: String,
+        attempt: u32,
+        plugin: String,
+        input: Value,
+        timeout: Option<Duration>,
+    },
+}
+
+/// What to do now, and when to look again if nothing finishes before.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub wake_at: Option<DateTime<Utc>>,
+}
+
+impl Plan {
+    fn wake(&mut self, at: DateTime<Utc>) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+}
+
+/// The stable idempotency key of a step of a run: every attempt, and a
+/// re-run after a crash, carries the same one.
+pub fn idempotency_key(run_id: &str, step: &str) -> String {
+    format!("{run_id}/{step}")
+}
+
+/// What the operator configured that plans depend on.
+#[derive(Debug, Clone, Default)]
+pub struct PlanContext {
+    /// `env.*` in expressions.
+    pub env: Value,
+    /// Business-hours calendars SLA clocks may run on.
+    pub calendars: BTreeMap<String, crate::calendar::Calendar>,
+}
+
+/// The id of the approval a step opens at `level` (0, then escalations).
+pub fn approval_id(run_id: &str, step: &str, level: u32) -> String {
+    format!("{run_id}.{step}.{level}")
+}
+
+/// Decides the next actions for `state`.
+pub fn plan(
+    workflow: &Workflow,
+    state: &RunState,
+    context: &PlanContext,
+    groups: &GroupSnapshot,
+    now: DateTime<Utc>,
+) -> Plan {
+    let env = &context.env;
+    let mut plan = Plan::default();
+    if state.status.is_terminal() {
+        return plan;
+    }
+    let scope = Scope {
+        input: state.input.clone(),
+        steps: state.outputs(),
+        run: serde_json::json!({
+            "id": state.id,
+            "workflow": state.workflow,
+            "version": state.version,
+            "started_at": state.started_at.to_rfc3339(),
+        }),
+        env: env.clone(),
+    };
+    let mut planner = Planner {
+        state,
+        scope: &scope,
+        groups,
+        calendars: &context.calendars,
+        now,
+        plan: &mut plan,
+    };
+    if let Some(sla) = &workflow.sla
+        && state.sla.is_none()
+    {
+        planner.start_sla(sla);
+    }
+    let progress = planner.sequence(&workflow.steps);
+    if let (Progress::Blocked, Some(sla)) = (&progress, &workflow.sla) {
+        planner.sla(sla);
+    }
+    match progress {
+        Progress::Done => {
+            let output = match &workflow.output {
+                Some(template) => template.render(&scope),
+                None => Ok(scope.steps.clone()),
+            };
+            plan.actions.push(Action::Record(match output {
+                Ok(output) => Event::RunSucceeded { output },
+                Err(e) => Event::RunFailed {
+                    error: StepError::fatal(format!("output: {e}")),
+                },
+            }));
+        }
+        Progress::Failed(error) => plan
+            .actions
+            .push(Action::Record(Event::RunFailed { error })),
+        Progress::Blocked => {}
+    }
+    plan
+}
+
+/// What a call's result means for the step: success, a retry later, or
+/// failure.
+pub fn outcome_event(
+    step: &Step,
+    attempt: u32,
+    result: Result<Value, StepError>,
+    now: DateTime<Utc>,
+) -> Event {
+    match result {
+        Ok(output) => Event::StepSucceeded {
+            step: step.id.clone(),
+            attempt,
+            output,
+        },
+        Err(error) => {
+            // A delay past the calendar's end means: no further attempt.
+            let retry_at = (error.retryable && attempt < step.retry.max_attempts)
+                .then(|| {
+                    chrono::Duration::from_std(step.retry.delay_after(attempt))
+                        .ok()
+                        .and_then(|d| now.checked_add_signed(d))
+                })
+                .flatten();
+            Event::StepFailed {
+                step: step.id.clone(),
+                attempt,
+                error,
+                retry_at,
+            }
+        }
+    }
+}
+
+enum Progress {
+    Done,
+    Blocked,
+    Failed(StepError),
+}
+
+struct Planner<'a> {
+    state: &'a RunState,
+    scope: &'a Scope,
+    groups: &'a GroupSnapshot,
+    calendars: &'a BTreeMap<String, crate::calendar::Calendar>,
+    now: DateTime<Utc>,
+    plan: &'a mut Plan,
+}
+
+impl Planner<'_> {
+    /// Steps run one after another: the first unfinished one decides.
+    fn sequence(&mut self, steps: &[Step]) -> Progress {
+        for step in steps {
+            match self.step(step) {
+                Progress::Done => continue,
+                other => return other,
+            }
+        }
+        Progress::Done
+    }
+
+    fn step(&mut self, step: &Step) -> Progress {
+        let record = self.state.step(&step.id);
+        match record.state {
+            StepState::Succeeded | StepState::Skipped => Progress::Done,
+            StepState::Failed => {
+                let error = record.error.unwrap_or_else(|| StepError::fatal("failed"));
+                Progress::Failed(StepError {
+                    message: format!("step {} failed: {}", step.id, error.message),
+                    ..error
+                })
+            }
+            StepState::Running { .. } => Progress::Blocked,
+            StepState::Retrying { attempt, at } => {
+                if self.now >= at {
+                    self.start(step, attempt + 1);
+                } else {
+                    self.plan.wake(at);
+                }
+                Progress::Blocked
+            }
+            StepState::Waiting { until } => {
+                if self.now >= until {
+                    self.record(Event::TimerFired {
+                        step: step.id.clone(),
+                    });
+                } else {
+                    self.plan.wake(until);
+                }
+                Progress::Blocked
+            }
+            StepState::Awaiting { .. } => self.awaiting(step, &record),
+            StepState::Pending => self.pending(step),
+        }
+    }
+
+    /// The clock starts with the run; its target comes from the priority.
+    fn start_sla(&mut self, sla: &Sla) {
+        let priority = match sla.priority.render(self.scope) {
+            Ok(Value::String(p)) => p.trim().to_uppercase(),
+            Ok(other) => other.to_string(),
+            Err(e) => format!("(priority failed: {e})"),
+        };
+        let target_ms = sla.resolution.get(&priority).map(|d| d.as_millis() as u64);
+        let response_target_ms = sla.response.get(&priority).map(|d| d.as_millis() as u64);
+        self.record(Event::SlaStarted {
+            priority,
+            target_ms,
+            response_target_ms,
+        });
+    }
+
+    /// Escalations fire once each when the elapsed share of the target
+    /// reaches theirs; at 100% the run is marked breached. The response
+    /// target, when set, is breached when it passes with no response.
+    fn sla(&mut self, sla: &Sla) {
+        let Some(clock) = &self.state.sla else {
+            return;
+        };
+        let pause = sla.pause_while.as_deref();
+        // A calendar the configuration lacks was reported at start; the
+        // clock then runs around the clock rather than never.
+        let calendar = sla.calendar.as_ref().and_then(|c| self.calendars.get(c));
+        let elapsed = self.state.sla_elapsed(pause, calendar, self.now);
+        let running = !self.state.sla_is_paused(pause);
+        let mut thresholds = Vec::new();
+        if let Some(response_ms) = clock.response_target_ms
+            && !clock.response_breached
+            && self
+                .state
+                .sla_responded_at(sla.responded_when.as_deref())
+                .is_none()
+        {
+            let target = chrono::Duration::milliseconds(response_ms as i64);
+            if elapsed >= target {
+                self.record(Event::SlaResponseBreached);
+            } else {
+                thresholds.push(target);
+            }
+        }
+        if let Some(target_ms) = clock.target_ms {
+            let share_at = |percent: f64| {
+                chrono::Duration::milliseconds((target_ms as f64 * percent / 100.0) as i64)
+            };
+            for escalation in &sla.escalations {
+                if self.state.steps.contains_key(&escalation.step.id) {
+                    continue; // fired already: once each
+                }
+                let threshold = share_at(escalation.at_percent);
+                if elapsed >= threshold {
+                    self.start(&escalation.step, 1);
+                } else {
+                    thresholds.push(threshold);
+                }
+            }
+            if !clock.breached {
+                let target = share_at(100.0);
+                if elapsed >= target {
+                    self.record(Event::SlaBreached);
+                } else {
+                    thresholds.push(target);
+                }
+            }
+        }
+        if running
+            && let Some(next) = thresholds.into_iter().min()
+            && let Some(at) = clock_add(calendar, self.now, next - elapsed)
+        {
+            self.plan.wake(at);
+        }
+    }
+
+    /// An open approval: one rejection rejects the run, `quorum`
+    /// approvals finish the step, the timeout applies `on_timeout`.
+    fn awaiting(&mut self, step: &Step, record: &StepRecord) -> Progress {
+        let (StepKind::Approval(spec), Some(open)) = (&step.kind, &record.approval) else {
+            return self.fail(step, "approval: the run's history lost its approval".into());
+        };
+        if let Some(no) = open.decisions.iter().find(|d| d.decision == "reject") {
+            let comment = no
+                .comment
+                .as_deref()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            self.record(Event::RunRejected {
+                step: step.id.clone(),
+                reason: format!("{} rejected step {}{comment}", no.by, step.id),
+            });
+            return Progress::Blocked;
+        }
+        let approved: Vec<&str> = open
+            .decisions
+            .iter()
+            .filter(|d| d.decision == "approve")
+            .map(|d| d.by.as_str())
+            .collect();
+        if approved.len() as u32 >= open.quorum {
+            self.record(Event::StepSucceeded {
+                step: step.id.clone(),
+                attempt: 1,
+                output: serde_json::json!({
+                    "decision": "approved",
+                    "approved_by": approved,
+                    "level": open.level,
+                }),
+            });
+            return Progress::Blocked;
+        }
+        let Some(due) = open.due else {
+            return Progress::Blocked;
+        };
+        if self.now < due {
+            self.plan.wake(due);
+            return Progress::Blocked;
+        }
+        // Timed out: the rule of this level applies.
+        let mut rule = &spec.on_timeout;
+        for _ in 0..open.level {
+            match rule {
+                OnTimeout::Escalate { then, .. } => rule = then,
+                _ => break,
+            }
+        }
+        match rule {
+            OnTimeout::Reject => {
+                self.record(Event::RunRejected {
+                    step: step.id.clone(),
+                    reason: format!(
+                        "no decision on step {} within its timeout ({} of {} approvals)",
+                        step.id,
+                        approved.len(),
+                        open.quorum
+                    ),
+                });
+                Progress::Blocked
+            }
+            OnTimeout::Approve => {
+                self.record(Event::StepSucceeded {
+                    step: step.id.clone(),
+                    attempt: 1,
+                    output: serde_json::json!({
+                        "decision": "approved",
+                        "approved_by": approved,
+                        "level": open.level,
+                        "timed_out": true,
+                    }),
+                });
+                Progress::Blocked
+            }
+            OnTimeout::Escalate {
+                to,
+                quorum,
+                timeout,
+                ..
+            } => self.request_approval(step, open.level + 1, to, *quorum, *timeout),
+        }
+    }
+
+    /// Opens the approval of `step` at `level` for `approvers`.
+    fn request_approval(
+        &mut self,
+        step: &Step,
+        level: u32,
+        approvers: &[crate::workflow::expr::Template],
+        quorum: Quorum,
+        timeout: Option<Duration>,
+    ) -> Progress {
+        let mut listed = Vec::new();
+        for template in approvers {
+            match template.render(self.scope) {
+                Ok(Value::String(name)) if !name.trim().is_empty() => {
+                    listed.push(name.trim().to_string())
+                }
+                Ok(Value::Array(names)) => {
+                    for name in names {
+                        match name {
+                            Value::String(n) if !n.trim().is_empty() => {
+                                listed.push(n.trim().to_string())
+                            }
+                            other => {
+                                return self.fail(
+                                    step,
+                                    format!("approval.approvers: expected names, got {other}"),
+                                );
+                            }
+                        }
+                    }
+                }
+                Ok(other) => {
+                    return self.fail(
+                        step,
+                        format!("approval.approvers: expected a name, got {other}"),
+                    );
+                }
+                Err(e) => return self.fail(step, format!("approval.approvers: {e}")),
+            }
+        }
+        let mut eligible: Vec<String> = Vec::new();
+        for name in &listed {
+            let members = match name.strip_prefix("group:") {
+                Some(group) => match self.groups.members(group) {
+                    Some(members) => members,
+                    None => {
+                        return self.fail(
+                            step,
+                            format!("approval.approvers: group {group} is not defined: add it under [groups] in steward.toml or with PUT /v1/groups/{group}"),
+                        );
+                    }
+                },
+                None => vec![name.clone()],
+            };
+            for member in members {
+                if !eligible.contains(&member) {
+                    eligible.push(member);
+                }
+            }
+        }
+        // A group the identity provider fills has members nobody can list
+        // in advance: whoever's JWT says so may decide.
+        let from_identity_provider = listed.iter().any(|name| {
+            name.strip_prefix("group:")
+                .is_some_and(|group| self.groups.from_identity_provider(group))
+        });
+        if eligible.is_empty() && !from_identity_provider {
+            return self.fail(
+                step,
+                "approval.approvers: nobody may decide (the list is empty)".into(),
+            );
+        }
+        let due = match timeout.map(chrono::Duration::from_std) {
+            None => None,
+            Some(Ok(d)) => self.now.checked_add_signed(d),
+            Some(Err(e)) => return self.fail(step, format!("approval.timeout: {e}")),
+        };
+        let (requester, allow_self_approval) = match &step.kind {
+            StepKind::Approval(spec) => {
+                let requester = match spec.requester.as_ref().map(|t| t.render(self.scope)) {
+                    None | Some(Ok(Value::Null)) => None,
+                    Some(Ok(Value::String(name))) if !name.trim().is_empty() => {
+                        Some(name.trim().to_string())
+                    }
+                    Some(Ok(other)) => {
+                        return self.fail(
+                            step,
+                            format!("approval.requester: expected a name, got {other}"),
+                        );
+                    }
+                    Some(Err(e)) => return self.fail(step, format!("approval.requester: {e}")),
+                };
+                (requester, spec.allow_self_approval)
+            }
+            _ => (None, false),
+        };
+        self.record(Event::ApprovalRequested {
+            step: step.id.clone(),
+            approval: approval_id(&self.state.id, &step.id, level),
+            level,
+            approvers: listed,
+            quorum: if from_identity_provider {
+                quorum.required_open(eligible.len())
+            } else {
+                quorum.required(eligible.len())
+            },
+            eligible,
+            due,
+            requester,
+            allow_self_approval,
+        });
+        Progress::Blocked
+    }
+
+    fn pending(&mut self, step: &Step) -> Progress {
+        if let Some(when) = &step.when {
+            match when.render(self.scope) {
+                Ok(Value::Bool(true)) => {}
+                Ok(Value::Bool(false)) | Ok(Value::Null) => {
+                    self.record(Event::StepSkipped {
+                        step: step.id.clone(),
+                    });
+                    return Progress::Blocked;
+                }
+                Ok(other) => {
+                    return self.fail(step, format!("when: expected true or false, got {other}"));
+                }
+                Err(e) => return self.fail(step, format!("when: {e}")),
+            }
+        }
+        match &step.kind {
+            StepKind::Plugin { .. } => {
+                self.start(step, 1);
+                Progress::Blocked
+            }
+            StepKind::Wait(wait) => match self.deadline(wait) {
+                Ok(until) => {
+                    self.record(Event::TimerStarted {
+                        step: step.id.clone(),
+                        until,
+                    });
+                    Progress::Blocked
+                }
+                Err(e) => self.fail(step, format!("wait: {e}")),
+            },
+            StepKind::Parallel(branches) => self.parallel(step, branches),
+            StepKind::Approval(spec) => {
+                self.request_approval(step, 0, &spec.approvers, spec.quorum, spec.timeout)
+            }
+        }
+    }
+
+    /// Every branch advances on its own; the group finishes when all have,
+    /// and fails as soon as one branch fails.
+    fn parallel(&mut self, group: &Step, branches: &[Step]) -> Progress {
+        // A failed branch fails the group before any sibling starts again.
+        if let Some(failed) = branches
+            .iter()
+            .find(|b| self.state.step(&b.id).state == StepState::Failed)
+            && let Progress::Failed(error) = self.step(failed)
+        {
+            self.record(Event::StepFailed {
+                step: group.id.clone(),
+                attempt: 1,
+                error,
+                retry_at: None,
+            });
+            return Progress::Blocked;
+        }
+        let mut all_done = true;
+        let mut outputs = Map::new();
+        for branch in branches {
+            match self.step(branch) {
+                Progress::Done => {
+                    let record = self.state.step(&branch.id);
+                    if record.state == StepState::Succeeded {
+                        outputs.insert(branch.id.clone(), record.output.unwrap_or(Value::Null));
+                    }
+                }
+                Progress::Blocked => all_done = false,
+                Progress::Failed(error) => {
+                    self.record(Event::StepFailed {
+                        step: group.id.clone(),
+                        attempt: 1,
+                        error: error.clone(),
+                        retry_at: None,
+                    });
+                    return Progress::Blocked;
+                }
+            }
+        }
+        if all_done {
+            self.record(Event::StepSucceeded {
+                step: group.id.clone(),
+                attempt: 1,
+                output: Value::Object(outputs),
+            });
+        }
+        Progress::Blocked
+    }
+
+    fn start(&mut self, step: &Step, attempt: u32) {
+        let StepKind::Plugin { uses, with } = &step.kind else {
+            return;
+        };
+        match with.render(self.scope) {
+            Ok(input) => self.plan.actions.push(Action::Call {
+                step: step.id.clone(),
+                attempt,
+                plugin: uses.clone(),
+                input,
+                timeout: step.timeout,
+            }),
+            Err(e) => {
+                self.fail(step, format!("with: {e}"));
+            }
+        }
+    }
+
+    fn deadline(&self, wait: &WaitFor) -> Result<DateTime<Utc>, String> {
+        match wait {
+            WaitFor::Duration(d) => {
+                let d = chrono::Duration::from_std(*d).map_err(|e| e.to_string())?;
+                self.now
+                    .checked_add_signed(d)
+                    .ok_or_else(|| "the wait ends too far in the future".to_string())
+            }
+            WaitFor::Until(template) => match template.render(self.scope)? {
+                // An expression may give a duration (`90d`) as well as a time.
+                Value::String(text) => match humantime::parse_duration(&text) {
+                    Ok(d) => self.deadline(&WaitFor::Duration(d)),
+                    Err(_) => DateTime::parse_from_rfc3339(&text)
+                        .map(|t| t.with_timezone(&Utc))
+                        .map_err(|e| {
+                            format!(
+                                "{text:?} is neither a duration (10m, 90d) nor an RFC 3339 time: {e}"
+                            )
+                        }),
+                },
+                other => Err(format!(
+                    "expected a duration or an RFC 3339 time, got {other}"
+                )),
+            },
+        }
+    }
+
+    fn record(&mut self, event: Event) {
+        self.plan.actions.push(Action::Record(event));
+    }
+
+    fn fail(&mut self, step: &Step, message: String) -> Progress {
+        self.record(Event::StepFailed {
+            step: step.id.clone(),
+            attempt: 1,
+            error: StepError::fatal(format!("steps.{}.{message}", step.id)),
+            retry_at: None,
+        });
+        Progress::Blocked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::event::Recorded;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_friday_evening_p3_breaches_on_business_time() {
+        let yaml = "name: desk\nsla:\n  priority: ${{ input.priority }}\n  resolution: { P3: 30h }\n  calendar: office-hours\nsteps:\n  - id: fix\n    approval:\n      approvers: [ana]\n";
+        let plugins = ["transform".to_string()].into();
+        let workflow = crate::workflow::load_str(yaml, "desk.yaml", &plugins).unwrap();
+        let calendar: toml::Value = toml::from_str(
+            "timezone = \"Europe/Berlin\"\nhours = { mon-fri = \"08:00-18:00\" }\nholidays = [\"2026-12-01\"]\n",
+        )
+        .unwrap();
+        let context = PlanContext {
+            calendars: [(
+                "office-hours".to_string(),
+                crate::calendar::Calendar::parse("office-hours", &calendar).unwrap(),
+            )]
+            .into(),
+            ..PlanContext::default()
+        };
+        // Accepted on Friday 2026-11-27 at 19:00 in Berlin, after hours.
+        let friday = at("2026-11-27T18:00:00Z");
+        let mut state = RunState::new("r1", "desk", 1, friday);
+        let mut seq = 0;
+        let mut apply = |state: &mut RunState, event: Event| {
+            seq += 1;
+            state.apply(&Recorded {
+                seq,
+                at: friday,
+                event,
+            });
+        };
+        apply(
+            &mut state,
+            Event::RunStarted {
+                input: serde_json::json!({"priority": "P3"}),
+            },
+        );
+        let first = plan(
+            &workflow,
+            &state,
+            &context,
+            &GroupSnapshot::default(),
+            friday,
+        );
+        assert!(first.actions.contains(&Action::Record(Event::SlaStarted {
+            priority: "P3".into(),
+            target_ms: Some(30 * 3_600_000),
+            response_target_ms: None,
+        })));
+        for action in first.actions {
+            if let Action::Record(event) = action {
+                apply(&mut state, event);
+            }
+        }
+        // 30 working hours: Mon 30 Nov, (Tue 1 Dec is a holiday), Wed 2
+        // and Thu 3 Dec → due Thursday 18:00 Berlin.
+        let next = plan(
+            &workflow,
+            &state,
+            &context,
+            &GroupSnapshot::default(),
+            friday,
+        );
+        assert_eq!(next.wake_at, Some(at("2026-12-03T17:00:00Z")));
+        let due = plan(
+            &workflow,
+            &state,
+            &context,
+            &GroupSnapshot::default(),
+            at("2026-12-03T17:00:00Z"),
+        );
+        assert!(
+            due.actions.contains(&Action::Record(Event::SlaBreached)),
+            "{due:?}"
+        );
+        let before = plan(
+            &workflow,
+            &state,
+            &context,
+            &GroupSnapshot::default(),
+            at("2026-12-03T16:59:00Z"),
+        );
+        assert!(!before.actions.contains(&Action::Record(Event::SlaBreached)));
+    }
+
+    #[test]
+    fn a_wait_expression_may_give_a_duration_or_a_time() {
+        let yaml = "name: w\nsteps:\n  - id: pause\n    wait: ${{ input.after }}\n";
+        let plugins = ["transform".to_string()].into();
+        let workflow = crate::workflow::load_str(yaml, "w.yaml", &plugins).unwrap();
+        let now = at("2026-11-26T10:00:00Z");
+        let deadline_for = |after: &str| {
+            let mut state = RunState::new("r1", "w", 1, now);
+            state.apply(&Recorded {
+                seq: 1,
+                at: now,
+                event: Event::RunStarted {
+                    input: serde_json::json!({ "after": after }),
+                },
+            });
+            plan(
+                &workflow,
+                &state,
+                &PlanContext::default(),
+                &GroupSnapshot::default(),
+                now,
+            )
+            .actions
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Record(Event::TimerStarted { until, .. }) => Some(Ok(until)),
+                Action::Record(Event::StepFailed { error, .. }) => Some(Err(error.message)),
+                _ => None,
+            })
+            .expect("the wait starts or fails")
+        };
+        assert_eq!(deadline_for("90d"), Ok(at("2027-02-24T10:00:00Z")));
+        assert_eq!(
+            deadline_for("2026-12-24T09:00:00Z"),
+            Ok(at("2026-12-24T09:00:00Z"))
+        );
+        let bad = deadline_for("soon").unwrap_err();
+        assert!(bad.contains("neither a duration"), "{bad}");
+    }
+}
