@@ -1,34 +1,64 @@
-//! Every example in `examples/` end to end against `steward dev itsm-sim`:
+//! Every example in `examples/` end to end against the `itsm-sim` stand-in:
 //! the real binary serving `examples/steward.toml` (addresses and paths
-//! moved into a temp dir), the simulator as a separate process speaking
-//! the ServiceNow Table API and chat webhooks over real sockets, approvals
-//! given through the API, SLA escalations observed at the simulator.
+//! moved into a temp dir), the simulator served from its library in a
+//! thread of the test, speaking the ServiceNow Table API and chat webhooks
+//! over real sockets, approvals given through the API, SLA escalations
+//! observed at the simulator.
 
 use crate::common;
 
+use std::future::IntoFuture as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::server::{ADMIN_TOKEN, Server, free_port, json_of};
 use serde_json::{Value, json};
 
-/// `steward dev itsm-sim` on a free port, killed on drop.
+/// `itsm-sim` as `cargo run -p itsm-sim` starts it (demo data, basic auth
+/// steward:steward), on a free port in its own thread and tokio runtime;
+/// stopped on drop.
 struct Sim {
-    child: Child,
     port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Sim {
     fn start() -> Sim {
-        let port = free_port();
-        let child = Command::new(common::steward_bin())
-            .args(["dev", "itsm-sim", "--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let sim = Sim { child, port };
+        let router = itsm_sim::router(itsm_sim::Options {
+            credentials: itsm_sim::Credentials {
+                basic: Some(("steward".into(), "steward".into())),
+                token: None,
+            },
+            demo_data: true,
+            seed: None,
+        })
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            // Stopping drops the runtime and with it every open connection,
+            // as killing the simulator's process would.
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                tokio::select! {
+                    served = axum::serve(listener, router).into_future() => served.unwrap(),
+                    _ = stopped => {}
+                }
+            });
+        });
+        let sim = Sim {
+            port,
+            stop: Some(stop),
+            thread: Some(thread),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while ureq::get(&sim.url("/chat")).call().is_err() {
             assert!(Instant::now() < deadline, "itsm-sim did not come up");
@@ -112,8 +142,12 @@ impl Sim {
 
 impl Drop for Sim {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -18,7 +18,6 @@ pub mod config;
 pub mod executor;
 pub mod groups;
 pub mod hooks;
-pub mod itsm_sim;
 pub mod metrics;
 pub mod oidc;
 pub mod plugin_build;

@@ -1,7 +1,6 @@
 //! Command-line interface, as the README's CLI section describes it.
 
 mod audit;
-mod dev;
 mod plugin;
 mod run;
 mod runs;
@@ -114,11 +113,6 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
-    },
-    /// Tools for trying Steward out locally.
-    Dev {
-        #[command(subcommand)]
-        command: dev::DevCommand,
     },
     /// Write, build and look into plugins.
     Plugin {
@@ -233,7 +227,7 @@ impl std::io::Write for StderrOrNothing {
 /// Logs go to stderr; `STEWARD_LOG` (or `RUST_LOG`) overrides the level.
 pub fn init_logging(command: &Command) {
     let default = match command {
-        Command::Serve { .. } | Command::Worker { .. } | Command::Dev { .. } => "info",
+        Command::Serve { .. } | Command::Worker { .. } => "info",
         Command::Run { .. } => "warn,steward::progress=info",
         _ => "warn",
     };
@@ -278,7 +272,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => run::run(&file, &input, &load_config(config)?).await,
         Command::Validate { files, config } => validate::validate(&files, &load_config(config)?),
         Command::Plugin { command } => plugin::dispatch(command),
-        Command::Dev { command } => dev::dispatch(command).await,
         Command::Runs { command, remote } => runs::dispatch(
             command,
             remote.server.trim_end_matches('/'),

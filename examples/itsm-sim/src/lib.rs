@@ -1,7 +1,9 @@
-//! `steward dev itsm-sim`: a small local stand-in for the systems ITSM
-//! workflows talk to, so every example runs end to end on a laptop with no
-//! external account. It is a separate server the plugins reach over real
-//! HTTP, never a shortcut inside the runtime:
+//! A small local stand-in for the systems ITSM workflows talk to, so every
+//! example runs end to end on a laptop with no external account. It is a
+//! separate server the plugins reach over real HTTP, never a shortcut
+//! inside the runtime, and a crate of its own so the product binary does
+//! not carry it. `cargo run --release -p itsm-sim` serves it; the tests
+//! serve [`router`] on a socket of their own. It answers with:
 //!
 //! - the ServiceNow Table API subset (`/api/now/table/{table}`): list with
 //!   encoded queries, read, create with numbers (INC0010001), update with
