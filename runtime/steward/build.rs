@@ -13,6 +13,7 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     // runtime/steward -> the repository root.
     let root = manifest_dir.ancestors().nth(2).unwrap().to_path_buf();
+    // sdk/ holds the SDK and the plugins' shared `sdk/table-api`.
     for watched in ["plugins", "sdk", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use steward_sdk::{Context, Error, config, kv};
-use table_api::{Instance, RecordRef, field_text};
+use steward_table_api::{Instance, RecordRef, field_text};
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -97,7 +97,7 @@ fn from_cmdb(instance: &Instance, name: &str) -> Result<Output, Error> {
     // Exact match only: the owner found here routes approvals, so a name
     // that adds query terms is refused, and a record whose name is not the
     // one asked for is not taken.
-    let query = table_api::equals_query("name", name)?;
+    let query = steward_table_api::equals_query("name", name)?;
     let record = instance
         .query("cmdb_ci", &query, 1)?
         .into_iter()

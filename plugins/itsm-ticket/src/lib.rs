@@ -19,7 +19,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use steward_sdk::{Context, Error, config};
-use table_api::{Instance, RecordRef, field_text};
+use steward_table_api::{Instance, RecordRef, field_text};
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -118,7 +118,11 @@ fn create(
     }
     let key = &ctx.idempotency_key;
     if let Some(existing) = instance
-        .query(table, &table_api::equals_query("correlation_id", key)?, 1)?
+        .query(
+            table,
+            &steward_table_api::equals_query("correlation_id", key)?,
+            1,
+        )?
         .into_iter()
         .next()
     {
