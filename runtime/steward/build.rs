@@ -2,12 +2,10 @@
 //! embeds them in the binary, so `cargo run -- serve` needs no manual step.
 //! Cargo re-runs this only when the plugins, the SDK or the WIT change.
 
-#[path = "src/plugin_build.rs"]
-#[allow(dead_code)]
-mod plugin_build;
-
 use std::fmt::Write as _;
 use std::path::PathBuf;
+
+use steward_plugin_build as plugin_build;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -1,9 +1,9 @@
 //! Builds plugin crates into `wasm32-wasip2` components with a nested cargo.
 //!
-//! Used three ways: by `runtime/build.rs` (first-party plugins, so a plain
-//! `cargo build` produces them), by `steward plugin build`, and by the test
-//! suite for its hostile fixture plugins. It depends on `std` only so the
-//! build script can include this very file.
+//! Used three ways: by `runtime/steward/build.rs` (first-party plugins, so a
+//! plain `cargo build` produces them), by `steward plugin build`, and by the
+//! test suite for its hostile fixture plugins. It depends on `std` only
+//! because it is also a build-dependency, compiled for the build script.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
