@@ -316,7 +316,7 @@ fn a_wait_beyond_the_calendar_fails_the_step_instead_of_the_process() {
     );
 }
 
-/// Input that is not JSON is a usage error (exit 2), as the README says;
+/// Input that is not JSON is a usage error (exit 2), as `docs/operations.md` says;
 /// a run that waits tells its user until when, instead of sitting silent.
 #[test]
 fn bad_input_json_exits_2_and_a_waiting_run_says_until_when() {

@@ -68,7 +68,7 @@ pub fn steward_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_steward"))
 }
 
-/// PostgreSQL for tests, from `STEWARD_TEST_DATABASE_URL` (see the README's tests section).
+/// PostgreSQL for tests, from `STEWARD_TEST_DATABASE_URL` (see the README).
 pub fn postgres_url() -> Option<String> {
     std::env::var("STEWARD_TEST_DATABASE_URL")
         .ok()

@@ -1,4 +1,4 @@
-//! Command-line interface, as the README's CLI section describes it.
+//! Command-line interface; `docs/operations.md` is its reference.
 
 mod audit;
 mod plugin;
