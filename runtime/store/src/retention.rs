@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Backend, Store, StoreError, bind_padded, numbered};
+use crate::params::{bind_padded, numbered};
+use crate::{Backend, Store, StoreError};
 
 /// Runs deleted per transaction.
 pub const BATCH: usize = 500;
