@@ -10,9 +10,9 @@ use sqlx::Row;
 
 use steward_core::run::Recorded;
 
-use crate::params::{bind_padded, numbered, numbered_rows};
+use crate::params::{bind_padded, numbered};
 use crate::runs::row_events;
-use crate::{Backend, Store, StoreError, now_ms, to_time};
+use crate::{Backend, Store, StoreError, dialect, now_ms, to_time};
 
 /// A run this worker just claimed, with its history, ready to drive.
 #[derive(Debug, Clone)]
@@ -27,25 +27,29 @@ pub struct ClaimedRun {
     pub cancel_requested: Option<String>,
 }
 
-/// A claim statement with its parameters: $1 owner, $2 lease end, $3 now,
-/// $4 how many, then the tag sets.
 /// The claim of runs free of a concurrency limit, for `tag_sets` sets of
-/// required tags; parameters as [`claim_query`] binds them.
+/// required tags; parameters as [`claim_query`] binds them. Concurrent
+/// claimers skip each other's rows where the database locks them.
 fn claim_free_sql(backend: Backend, tag_sets: usize) -> String {
-    let lock = match backend {
-        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-        Backend::Sqlite => "",
-    };
     format!(
-        "UPDATE runs SET lease_owner = $1, lease_until = $2 WHERE id IN (\
-           SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at <= $3 \
-           AND (lease_until IS NULL OR lease_until < $3) AND concurrency_limit IS NULL \
-           AND required_tags IN ({}) ORDER BY wake_at LIMIT $4{lock}) \
+        "UPDATE runs SET lease_owner = $1, lease_until = $2
+         WHERE id IN (
+             SELECT id FROM runs
+             WHERE wake_at IS NOT NULL AND wake_at <= $3
+               AND (lease_until IS NULL OR lease_until < $3)
+               AND concurrency_limit IS NULL
+               AND required_tags IN ({tags})
+             ORDER BY wake_at
+             LIMIT $4{lock}
+         )
          RETURNING id, workflow, version, created_at, cancel_requested",
-        numbered(5, tag_sets)
+        tags = numbered(5, tag_sets),
+        lock = dialect::skip_locked(backend),
     )
 }
 
+/// A claim statement with its parameters: $1 owner, $2 lease end, $3 now,
+/// $4 how many, then the tag sets.
 fn claim_query(
     sql: String,
     owner: &str,
@@ -130,21 +134,7 @@ impl Store {
         // Padded with NULLs to a power of two, so the statement is one of a
         // few and stays prepared.
         let padded = claimed.len().next_power_of_two();
-        let sql = match self.backend {
-            Backend::Sqlite => format!(
-                "SELECT run_id, seq, at, body FROM run_events WHERE run_id IN ({}) ORDER BY run_id, seq",
-                numbered(1, padded)
-            ),
-            // One index lookup per run, whatever the statistics say: with
-            // none yet (a young table) PostgreSQL scanned every event for
-            // an `IN` list.
-            Backend::Postgres => format!(
-                "SELECT e.run_id, e.seq, e.at, e.body FROM (VALUES {}) AS c(id) \
-                 CROSS JOIN LATERAL (SELECT run_id, seq, at, body FROM run_events \
-                 WHERE run_id = c.id ORDER BY seq) e",
-                numbered_rows(1, padded)
-            ),
-        };
+        let sql = dialect::histories_sql(self.backend, padded);
         let ids: Vec<String> = claimed.iter().map(|c| c.id.clone()).collect();
         let rows = bind_padded(sqlx::query(sqlx::AssertSqlSafe(sql)), &ids)
             .fetch_all(&self.hot)
@@ -222,25 +212,37 @@ impl Store {
         tag_sets: &[String],
     ) -> Result<Vec<ClaimedRun>, StoreError> {
         let now = now_ms();
+        // `rn`: the run's place in its workflow's queue; `busy`: the runs
+        // of its workflow leased now; `cap`: the workflow's limit.
         let sql = format!(
-            "UPDATE runs SET lease_owner = $1, lease_until = $2 WHERE id IN (\
-               SELECT id FROM (\
-                 SELECT c.id, c.concurrency_limit AS cap, \
-                   ROW_NUMBER() OVER (PARTITION BY c.workflow ORDER BY c.wake_at, c.id) AS rn, \
-                   (SELECT COUNT(*) FROM runs o WHERE o.workflow = c.workflow \
-                      AND o.concurrency_limit IS NOT NULL AND o.lease_until >= $3) AS busy \
-                 FROM runs c WHERE c.concurrency_limit IS NOT NULL AND c.wake_at IS NOT NULL \
-                   AND c.wake_at <= $3 AND (c.lease_until IS NULL OR c.lease_until < $3) \
-                   AND c.required_tags IN ({})) ranked \
-               WHERE rn + busy <= cap ORDER BY rn LIMIT $4) \
+            "UPDATE runs SET lease_owner = $1, lease_until = $2
+             WHERE id IN (
+                 SELECT id FROM (
+                     SELECT c.id,
+                            c.concurrency_limit AS cap,
+                            ROW_NUMBER() OVER (
+                                PARTITION BY c.workflow ORDER BY c.wake_at, c.id
+                            ) AS rn,
+                            (SELECT COUNT(*) FROM runs o
+                             WHERE o.workflow = c.workflow
+                               AND o.concurrency_limit IS NOT NULL
+                               AND o.lease_until >= $3) AS busy
+                     FROM runs c
+                     WHERE c.concurrency_limit IS NOT NULL
+                       AND c.wake_at IS NOT NULL AND c.wake_at <= $3
+                       AND (c.lease_until IS NULL OR c.lease_until < $3)
+                       AND c.required_tags IN ({tags})
+                 ) ranked
+                 WHERE rn + busy <= cap
+                 ORDER BY rn
+                 LIMIT $4
+             )
              RETURNING id, workflow, version, created_at, cancel_requested",
-            numbered(5, tag_sets.len())
+            tags = numbered(5, tag_sets.len())
         );
         let mut tx = self.hot.begin().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock(7310001)")
-                .execute(&mut *tx)
-                .await?;
+        if let Some(take_turn) = dialect::claim_turn(self.backend) {
+            sqlx::query(take_turn).execute(&mut *tx).await?;
         }
         let rows = claim_query(sql, owner, now, lease, limit, tag_sets)
             .fetch_all(&mut *tx)
@@ -261,18 +263,17 @@ impl Store {
         let until = now_ms() + lease.as_millis() as i64;
         for chunk in ids.chunks(512) {
             let ids = numbered(3, chunk.len().next_power_of_two());
-            let sql = match self.backend {
-                Backend::Sqlite => format!(
-                    "UPDATE runs SET lease_until = $1 WHERE lease_owner = $2 AND id IN ({ids})"
-                ),
-                // A row the writer holds is being written by this worker
-                // right now: skipped, it is renewed next time, and the two
-                // never wait on each other (waiting could deadlock them).
-                Backend::Postgres => format!(
-                    "UPDATE runs SET lease_until = $1 WHERE id IN (SELECT id FROM runs \
-                     WHERE lease_owner = $2 AND id IN ({ids}) FOR UPDATE SKIP LOCKED)"
-                ),
-            };
+            // A row the writer holds (PostgreSQL) is being written by this
+            // worker right now: skipped, it is renewed next time, and the
+            // two never wait on each other (waiting could deadlock them).
+            let sql = format!(
+                "UPDATE runs SET lease_until = $1
+                 WHERE id IN (
+                     SELECT id FROM runs
+                     WHERE lease_owner = $2 AND id IN ({ids}){lock}
+                 )",
+                lock = dialect::skip_locked(self.backend),
+            );
             let query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(until)
                 .bind(owner.to_string());

@@ -7,6 +7,8 @@
 //! `workflows`, `tokens`, `uploads`, `kv`, `approvals`, `audit`,
 //! `schedules`, `groups` and `retention`; `open` connects, `writer` is the
 //! group commit every durable write goes through, `error` says what failed.
+//! Where SQLite and PostgreSQL differ, `dialect` says how; nothing else
+//! branches on the backend.
 //!
 //! Architecture invariant: only this crate knows SQL. Callers see runs,
 //! events and leases.
@@ -15,6 +17,7 @@ mod announce;
 mod approvals;
 mod audit;
 mod claims;
+mod dialect;
 mod error;
 mod groups;
 mod health;
@@ -38,18 +41,12 @@ use sqlx::AnyPool;
 pub use approvals::{ApprovalRow, Decided, Decision, Delegation, SelfApproval};
 pub use audit::{AUDIT_ACTIONS, AuditEntry, AuditFilter};
 pub use claims::{ClaimedRun, tag_subsets};
+pub use dialect::Backend;
 pub use error::StoreError;
 pub use open::{SqliteSync, StoreOptions};
 pub use runs::{CancelRequest, NewRun, Placement, RunRow};
 pub use tokens::StoredToken;
 pub use uploads::UploadedPlugin;
-
-/// Which database a store talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 /// The store; cheap to clone.
 #[derive(Clone)]

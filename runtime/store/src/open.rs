@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 
-use crate::{Backend, Store, StoreError, announce, health, migrate, writer};
+use crate::{Backend, Store, StoreError, announce, dialect, health, migrate, writer};
 
 /// How SQLite syncs commits: FULL survives power loss, NORMAL (in WAL mode)
 /// may lose the last commits on power loss but never corrupts.
@@ -35,20 +35,8 @@ const HOT_CONNECTIONS: u32 = 4;
 /// How long opening a store waits for PostgreSQL to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What every new connection of a pool is set up with.
-#[derive(Clone)]
-enum Session {
-    Sqlite {
-        sync: &'static str,
-    },
-    Postgres {
-        schema: Option<String>,
-        /// Plan once, for index access only (the hot pool).
-        hot: bool,
-    },
-}
-
-/// Opens a pool whose connections are set up per `session`.
+/// Opens a pool whose connections each run `session` (see
+/// [`dialect::session`]) before their first statement.
 ///
 /// PostgreSQL plans a prepared statement anew at each execution while its
 /// plan may depend on the parameters (and always under
@@ -63,8 +51,9 @@ enum Session {
 async fn connect_pool(
     connect: AnyConnectOptions,
     max: u32,
-    session: Session,
+    session: Vec<String>,
 ) -> Result<AnyPool, StoreError> {
+    let session: std::sync::Arc<[String]> = session.into();
     Ok(AnyPoolOptions::new()
         .max_connections(max)
         // A connection in steady use is alive: checking each one before
@@ -101,34 +90,9 @@ async fn connect_pool(
             let session = session.clone();
             Box::pin(async move {
                 use sqlx::Executor as _;
-                match session {
-                    Session::Sqlite { sync } => {
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA synchronous = {sync}")))
-                            .await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute(writer::SQLITE_SESSION).await?;
-                    }
-                    Session::Postgres { schema, hot } => {
-                        if hot {
-                            conn.execute(
-                                "SET plan_cache_mode = force_generic_plan; \
-                                 SET enable_seqscan = off; SET enable_hashjoin = off; \
-                                 SET enable_mergejoin = off",
-                            )
-                            .await?;
-                        } else {
-                            conn.execute("SET plan_cache_mode = force_custom_plan")
-                                .await?;
-                        }
-                        if let Some(schema) = schema {
-                            conn.execute(sqlx::AssertSqlSafe(format!(
-                                "SET search_path TO {}",
-                                quote_ident(&schema)
-                            )))
-                            .await?;
-                        }
-                    }
+                for statement in session.iter() {
+                    conn.execute(sqlx::AssertSqlSafe(statement.as_str()))
+                        .await?;
                 }
                 Ok(())
             })
@@ -214,17 +178,16 @@ pub(crate) fn quote_ident(name: &str) -> String {
 }
 
 impl Store {
-    /// A transaction that will write. On SQLite it takes the write lock at
-    /// `BEGIN IMMEDIATE`, where waiting honours the busy timeout: a
-    /// deferred transaction that reads first and writes later fails at once
-    /// with "database is locked" when another connection committed in
-    /// between, which the API would answer 503.
+    /// A transaction that will write, begun as [`dialect::begin_write`]
+    /// says: on SQLite one that reads before it writes would otherwise fail
+    /// at once when another connection committed in between, which the
+    /// API would answer 503.
     pub(crate) async fn begin_write(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
-        Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+        Ok(match dialect::begin_write(self.backend) {
+            Some(begin) => self.pool.begin_with(begin).await?,
+            None => self.pool.begin().await?,
         })
     }
 
@@ -278,40 +241,22 @@ impl Store {
                 .max_connections(1)
                 .connect_with(connect.clone())
                 .await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "CREATE SCHEMA IF NOT EXISTS {}",
-                quote_ident(schema)
-            )))
-            .execute(&pool)
-            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(dialect::create_schema(schema)))
+                .execute(&pool)
+                .await?;
             pool.close().await;
         }
-        let sync = match options.sqlite_sync {
-            SqliteSync::Full => "FULL",
-            SqliteSync::Normal => "NORMAL",
-        };
-        let max = options.max_connections.unwrap_or(match backend {
-            Backend::Sqlite => 4,
-            Backend::Postgres => 10,
-        });
-        let session = match backend {
-            Backend::Sqlite => Session::Sqlite { sync },
-            Backend::Postgres => Session::Postgres {
-                schema: options.schema.clone(),
-                hot: false,
-            },
-        };
-        let pool = connect_pool(connect.clone(), max, session.clone()).await?;
-        let hot = match session {
-            Session::Postgres { schema, .. } => {
-                connect_pool(
-                    connect,
-                    HOT_CONNECTIONS,
-                    Session::Postgres { schema, hot: true },
-                )
-                .await?
-            }
-            Session::Sqlite { .. } => pool.clone(),
+        let max = options
+            .max_connections
+            .unwrap_or(dialect::default_max_connections(backend));
+        let session =
+            |hot| dialect::session(backend, options.sqlite_sync, options.schema.as_deref(), hot);
+        let pool = connect_pool(connect.clone(), max, session(false)).await?;
+        // SQLite has one writer: the hot statements share the pool.
+        let hot = if backend == Backend::Postgres {
+            connect_pool(connect, HOT_CONNECTIONS, session(true)).await?
+        } else {
+            pool.clone()
         };
         migrate::migrate(&pool, backend).await?;
         let writer = writer::spawn(hot.clone(), backend);

@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::params::{bind_padded, numbered};
-use crate::{Backend, Store, StoreError};
+use crate::{Store, StoreError, dialect};
 
 /// Runs deleted per transaction.
 pub const BATCH: usize = 500;
@@ -45,10 +45,7 @@ impl Store {
         cutoff: DateTime<Utc>,
         batch: usize,
     ) -> Result<usize, StoreError> {
-        let lock = match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-        };
+        let lock = dialect::skip_locked(self.backend);
         let mut tx = self.begin_write().await?;
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT id FROM runs WHERE id < $1 AND finished_at < $2 \

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Backend, StoreError, health};
+use crate::{Backend, StoreError, dialect, health};
 
 /// Writes committed together at most.
 const MAX_BATCH: usize = 512;
@@ -228,8 +228,8 @@ enum Kind {
     Append,
     /// Every event row of the batch.
     Events,
-    /// Pending cancel requests of the appended runs (SQLite: PostgreSQL's
-    /// UPDATE returns them).
+    /// Pending cancel requests of the appended runs, where the UPDATE does
+    /// not return them (see [`dialect::update_returns_cancels`]).
     Cancels,
 }
 
@@ -504,8 +504,9 @@ async fn commit_on(
         }
         events
     };
-    if backend == Backend::Sqlite && !alone {
-        return commit_in_one_query(conn, batch, writes, &appends, &events(true, true)).await;
+    if dialect::batch_in_one_query(backend) && !alone {
+        return commit_in_one_query(conn, backend, batch, writes, &appends, &events(true, true))
+            .await;
     }
     let mut tx = conn.begin().await?;
     let mut cancels = HashMap::new();
@@ -513,9 +514,9 @@ async fn commit_on(
     for part in &writes {
         let sql = statement(backend, &[(part.kind, part.len())], false);
         let query = part.bind(sqlx::query(sql));
-        let applied = match (backend, part.kind) {
+        let applied = match part.kind {
             // Rows come back in the statement's one response here.
-            (Backend::Postgres, Kind::Append) => {
+            Kind::Append if dialect::update_returns_cancels(backend) => {
                 let rows = query.fetch_all(&mut *tx).await?;
                 for row in &rows {
                     if let Some(reason) = row.try_get::<Option<String>, _>(1)? {
@@ -541,9 +542,9 @@ async fn commit_on(
         let sql = statement(backend, &[(part.kind, part.len())], false);
         part.bind(sqlx::query(sql)).execute(&mut *tx).await?;
     }
-    // Cancel requests are rare: on SQLite, one lookup for the batch, by
-    // primary key (PostgreSQL's UPDATE returned them).
-    if all_applied && backend == Backend::Sqlite {
+    // Cancel requests are rare: where the UPDATE did not return them, one
+    // lookup for the batch, by primary key.
+    if all_applied && !dialect::update_returns_cancels(backend) {
         for part in Part::chunks(Kind::Cancels, &appends, Rows::Ids) {
             let sql = statement(backend, &[(part.kind, part.len())], false);
             let rows = part.bind(sqlx::query(sql)).fetch_all(&mut *tx).await?;
@@ -583,6 +584,7 @@ fn answers(
 /// answers `None`, so the caller commits each write alone and learns which.
 async fn commit_in_one_query(
     conn: &mut AnyConnection,
+    backend: Backend,
     batch: &[Write],
     writes: Vec<Part<'_>>,
     appends: &[&AppendRow],
@@ -594,7 +596,7 @@ async fn commit_in_one_query(
         .chain(Part::chunks(Kind::Cancels, appends, Rows::Ids))
         .collect();
     let shape: Vec<(Kind, usize)> = parts.iter().map(|p| (p.kind, p.len())).collect();
-    let mut query = sqlx::query(statement(Backend::Sqlite, &shape, true));
+    let mut query = sqlx::query(statement(backend, &shape, true));
     for part in &parts {
         query = part.bind(query);
         if part.kind.counted() {
@@ -652,9 +654,10 @@ pub(super) fn append_sql(backend: Backend, rows: usize) -> String {
          FROM (VALUES {}) AS v WHERE runs.id = v.column1 \
          AND (v.column9 IS NULL OR runs.lease_owner = v.column9){}",
         values(backend, rows, APPEND_COLS.len()),
-        match backend {
-            Backend::Postgres => " RETURNING runs.id, runs.cancel_requested",
-            Backend::Sqlite => "",
+        if dialect::update_returns_cancels(backend) {
+            " RETURNING runs.id, runs.cancel_requested"
+        } else {
+            ""
         }
     )
 }
@@ -754,8 +757,8 @@ enum Col {
 /// statement's text (and the plan each connection caches for it) is then
 /// one of a few per kind, not one per batch size; every statement filters
 /// the padding out (`column1 IS NOT NULL`, or a match a NULL never makes).
-/// SQLite gets plain `?`, since sqlx resolves each `$N` there by scanning
-/// parameter names, which is quadratic in a statement of thousands.
+/// Placeholders as [`dialect::push_placeholder`] writes them, so each is
+/// named once, in bind order.
 fn values(backend: Backend, rows: usize, width: usize) -> String {
     let mut sql = String::with_capacity(rows.next_power_of_two() * width * 6);
     for r in 0..rows.next_power_of_two() {
@@ -764,13 +767,7 @@ fn values(backend: Backend, rows: usize, width: usize) -> String {
             if c > 0 {
                 sql.push_str(", ");
             }
-            match backend {
-                Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => {
-                    use std::fmt::Write as _;
-                    let _ = write!(sql, "${}", r * width + c + 1);
-                }
-            }
+            dialect::push_placeholder(&mut sql, backend, r * width + c + 1);
         }
         sql.push(')');
     }
