@@ -177,8 +177,11 @@ impl Store {
     /// limited claim's locked transaction.
     async fn limited_runs_due(&self) -> Result<bool, StoreError> {
         let due: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM runs WHERE concurrency_limit IS NOT NULL AND wake_at IS NOT NULL \
-             AND wake_at <= $1 ORDER BY wake_at LIMIT 1",
+            "SELECT id FROM runs
+             WHERE concurrency_limit IS NOT NULL
+               AND wake_at IS NOT NULL AND wake_at <= $1
+             ORDER BY wake_at
+             LIMIT 1",
         )
         .bind(now_ms())
         .fetch_optional(&self.hot)
@@ -292,8 +295,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let not_before = retry_in.map(|d| now_ms() + d.as_millis() as i64);
         sqlx::query(
-            "UPDATE runs SET lease_owner = NULL, lease_until = NULL, \
-             wake_at = CASE WHEN $3 IS NULL OR wake_at IS NULL THEN wake_at ELSE $3 END \
+            "UPDATE runs SET
+                 lease_owner = NULL,
+                 lease_until = NULL,
+                 wake_at = CASE WHEN $3 IS NULL OR wake_at IS NULL THEN wake_at ELSE $3 END
              WHERE id = $1 AND lease_owner = $2",
         )
         .bind(id)

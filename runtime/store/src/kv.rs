@@ -16,7 +16,8 @@ impl Store {
 
     pub async fn kv_set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO plugin_kv (plugin, key, value) VALUES ($1, $2, $3) \
+            "INSERT INTO plugin_kv (plugin, key, value)
+             VALUES ($1, $2, $3)
              ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value",
         )
         .bind(plugin)

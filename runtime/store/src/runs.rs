@@ -260,7 +260,10 @@ impl Store {
 
     pub async fn run(&self, id: &str) -> Result<Option<RunRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, workflow, version, status, input, output, error, created_at, finished_at, started_by FROM runs WHERE id = $1",
+            "SELECT id, workflow, version, status, input, output, error,
+                    created_at, finished_at, started_by
+             FROM runs
+             WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -279,9 +282,14 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<RunRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, workflow, version, status, input, output, error, created_at, finished_at, started_by FROM runs \
-             WHERE ($1 IS NULL OR workflow = $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3) \
-             ORDER BY id DESC LIMIT $4",
+            "SELECT id, workflow, version, status, input, output, error,
+                    created_at, finished_at, started_by
+             FROM runs
+             WHERE ($1 IS NULL OR workflow = $1)
+               AND ($2 IS NULL OR status = $2)
+               AND ($3 IS NULL OR id < $3)
+             ORDER BY id DESC
+             LIMIT $4",
         )
         .bind(workflow)
         .bind(status.map(Status::as_str))
@@ -367,8 +375,9 @@ impl Store {
     ) -> Result<CancelRequest, StoreError> {
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
-            "UPDATE runs SET cancel_requested = $2, wake_at = $3 \
-             WHERE id = $1 AND status NOT IN ('succeeded', 'failed', 'rejected', 'cancelled')",
+            "UPDATE runs SET cancel_requested = $2, wake_at = $3
+             WHERE id = $1
+               AND status NOT IN ('succeeded', 'failed', 'rejected', 'cancelled')",
         )
         .bind(id)
         .bind(reason)
@@ -405,8 +414,10 @@ impl Store {
     /// what lets SQLite use that partial index).
     pub async fn count_open(&self) -> Result<Vec<(Status, i64)>, StoreError> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT status, COUNT(*) FROM runs \
-             WHERE status IN ('pending', 'running', 'waiting') GROUP BY status",
+            "SELECT status, COUNT(*)
+             FROM runs
+             WHERE status IN ('pending', 'running', 'waiting')
+             GROUP BY status",
         )
         .fetch_all(&self.pool)
         .await?;

@@ -22,8 +22,9 @@ pub struct StoredToken {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
-const SELECT_TOKEN: &str = "SELECT id, name, secret_hash, scopes, subject, created_at, expires_at, \
-                            last_used_at FROM api_tokens";
+const SELECT_TOKEN: &str = "SELECT id, name, secret_hash, scopes, subject, created_at,
+                                   expires_at, last_used_at
+                            FROM api_tokens";
 
 fn token_row(r: &sqlx::any::AnyRow) -> Result<StoredToken, StoreError> {
     let name: String = r.try_get("name")?;
@@ -55,7 +56,8 @@ impl Store {
     pub async fn create_token(&self, token: &StoredToken, actor: &str) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, secret_hash, scopes, created_at, subject, expires_at) \
+            "INSERT INTO api_tokens
+                 (id, name, secret_hash, scopes, created_at, subject, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&token.id)
@@ -86,7 +88,8 @@ impl Store {
         secret_hash: &str,
     ) -> Result<Option<StoredToken>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{SELECT_TOKEN} WHERE secret_hash = $1 AND revoked_at IS NULL"
+            "{SELECT_TOKEN}
+             WHERE secret_hash = $1 AND revoked_at IS NULL"
         )))
         .bind(secret_hash)
         .fetch_optional(&self.pool)
@@ -97,7 +100,8 @@ impl Store {
     /// Tokens neither revoked nor expired, oldest first.
     pub async fn live_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{SELECT_TOKEN} WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
+            "{SELECT_TOKEN}
+             WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1)
              ORDER BY created_at, id"
         )))
         .bind(now_ms())
@@ -111,8 +115,8 @@ impl Store {
     /// latest.
     pub async fn touch_token(&self, id: &str, at: i64) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE api_tokens SET last_used_at = $2 WHERE id = $1 \
-             AND (last_used_at IS NULL OR last_used_at < $2)",
+            "UPDATE api_tokens SET last_used_at = $2
+             WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
         )
         .bind(id)
         .bind(at)
@@ -135,8 +139,10 @@ impl Store {
     pub async fn revoke_token(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
         let revoked = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL \
-             RETURNING id, name, secret_hash, scopes, subject, created_at, expires_at, last_used_at",
+            "UPDATE api_tokens SET revoked_at = $2
+             WHERE id = $1 AND revoked_at IS NULL
+             RETURNING id, name, secret_hash, scopes, subject, created_at, expires_at,
+                       last_used_at",
         )
         .bind(id)
         .bind(now_ms())

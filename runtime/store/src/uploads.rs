@@ -29,10 +29,13 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         sqlx::query(
-            "INSERT INTO uploaded_plugins (name, manifest, component, digest, uploaded_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET \
-             manifest = excluded.manifest, component = excluded.component, \
-             digest = excluded.digest, uploaded_at = excluded.uploaded_at",
+            "INSERT INTO uploaded_plugins (name, manifest, component, digest, uploaded_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (name) DO UPDATE SET
+                 manifest = excluded.manifest,
+                 component = excluded.component,
+                 digest = excluded.digest,
+                 uploaded_at = excluded.uploaded_at",
         )
         .bind(&plugin.name)
         .bind(&plugin.manifest)

@@ -32,7 +32,8 @@ impl Store {
             }),
             None => {
                 let inserted = sqlx::query(
-                    "INSERT INTO workflow_versions (name, version, source, deployed_at) VALUES ($1, $2, $3, $4) \
+                    "INSERT INTO workflow_versions (name, version, source, deployed_at)
+                     VALUES ($1, $2, $3, $4)
                      ON CONFLICT DO NOTHING",
                 )
                 .bind(name)
@@ -62,8 +63,11 @@ impl Store {
     /// restart serves what was deployed through the API.
     pub async fn latest_workflows(&self) -> Result<Vec<(String, u32, String)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, version, source FROM workflow_versions w \
-             WHERE version = (SELECT MAX(version) FROM workflow_versions v WHERE v.name = w.name) \
+            "SELECT name, version, source
+             FROM workflow_versions w
+             WHERE version = (
+                 SELECT MAX(version) FROM workflow_versions v WHERE v.name = w.name
+             )
              ORDER BY name",
         )
         .fetch_all(&self.pool)
