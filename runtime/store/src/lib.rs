@@ -7,8 +7,10 @@
 //! `workflows`, `tokens`, `uploads`, `kv`, `approvals`, `audit`,
 //! `schedules`, `groups` and `retention`; `open` connects, `writer` is the
 //! group commit every durable write goes through, `error` says what failed.
-//! Where SQLite and PostgreSQL differ, `dialect` says how; nothing else
-//! branches on the backend.
+//! Where SQLite and PostgreSQL differ in SQL or session settings,
+//! `dialect` says how; beyond it only `open` branches on the backend, for
+//! what only a PostgreSQL server has (TLS, a schema, a second pool for
+//! the hot statements, announcements).
 //!
 //! Architecture invariant: only this crate knows SQL. Callers see runs,
 //! events and leases.
