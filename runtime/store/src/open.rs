@@ -1,6 +1,7 @@
-//! Opening a store: the database URL, the pools and the session each of
-//! their connections is set up with, and migrations. Whatever a connection
-//! needs before its first statement is decided here, once.
+//! Opening a store: the database URL, the pools (each connection set up
+//! with `dialect::session` before its first statement), the writer and
+//! migrations. What only a PostgreSQL server has is set up here too: TLS,
+//! a schema, a second pool for the hot statements, announcements.
 
 use std::time::Duration;
 
