@@ -11,6 +11,8 @@ use std::time::Duration;
 use sqlx::AnyPool;
 use tokio::sync::Notify;
 
+use crate::Store;
+
 /// The sending side, shared by every clone of the store.
 #[derive(Debug)]
 pub(super) struct Announcer {
@@ -103,4 +105,21 @@ pub(super) fn listen(url: String, channel: String, wake: Arc<Notify>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
+}
+
+impl Store {
+    /// Tells other processes' workers that work is due now (PostgreSQL;
+    /// with SQLite there is one process, which wakes its own worker).
+    pub(crate) fn announce(&self) {
+        if let Some(announcer) = &self.announcer {
+            announcer.announce();
+        }
+    }
+
+    /// Wakes `wake` when another process announces work (PostgreSQL).
+    pub fn listen_for_work(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        if let Some(announcer) = &self.announcer {
+            listen(announcer.url.clone(), announcer.channel.clone(), wake);
+        }
+    }
 }

@@ -401,10 +401,7 @@ impl Store {
         let mut walks = tokio::task::JoinSet::new();
         // Without statistics SQLite would rather sort the group's time
         // range than walk the resolution index; PostgreSQL has statistics.
-        let resolution_index = match self.backend {
-            super::Backend::Sqlite => " INDEXED BY runs_sla_resolution",
-            super::Backend::Postgres => "",
-        };
+        let resolution_index = super::dialect::indexed_by(self.backend, "runs_sla_resolution");
         for r in &rows {
             let (runs, met, breached, succeeded): (i64, i64, i64, i64) = (
                 r.try_get("runs")?,

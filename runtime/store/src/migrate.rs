@@ -4,7 +4,10 @@
 
 use sqlx::AnyPool;
 
-use super::{Backend, StoreError};
+use crate::{Backend, StoreError, dialect};
+
+/// One migration: version, name, SQL.
+pub(crate) type Migration = (i64, &'static str, &'static str);
 
 /// The migrations of one dialect folder, as (version, name, SQL), in order.
 macro_rules! migrations {
@@ -19,16 +22,13 @@ macro_rules! migrations {
 
 /// (version, name, SQL) per dialect, in order; the file names are the names.
 #[rustfmt::skip]
-const SQLITE: &[(i64, &str, &str)] = migrations!("sqlite": 1 "0001_runs", 2 "0002_cancel", 3 "0003_tokens", 4 "0004_plugins", 5 "0005_approvals", 6 "0006_sla", 7 "0007_delegations", 8 "0008_schedules", 9 "0009_groups", 10 "0010_placement", 11 "0011_open_runs", 12 "0012_claims", 13 "0013_keys", 14 "0014_principals", 15 "0015_four_eyes", 16 "0016_audit");
+pub(crate) const SQLITE: &[Migration] = migrations!("sqlite": 1 "0001_runs", 2 "0002_cancel", 3 "0003_tokens", 4 "0004_plugins", 5 "0005_approvals", 6 "0006_sla", 7 "0007_delegations", 8 "0008_schedules", 9 "0009_groups", 10 "0010_placement", 11 "0011_open_runs", 12 "0012_claims", 13 "0013_keys", 14 "0014_principals", 15 "0015_four_eyes", 16 "0016_audit");
 #[rustfmt::skip]
-const POSTGRES: &[(i64, &str, &str)] = migrations!("postgres": 1 "0001_runs", 2 "0002_cancel", 3 "0003_tokens", 4 "0004_plugins", 5 "0005_approvals", 6 "0006_sla", 7 "0007_delegations", 8 "0008_schedules", 9 "0009_groups", 10 "0010_placement", 11 "0011_open_runs", 12 "0012_claims", 13 "0013_keys", 14 "0014_principals", 15 "0015_four_eyes", 16 "0016_audit");
+pub(crate) const POSTGRES: &[Migration] = migrations!("postgres": 1 "0001_runs", 2 "0002_cancel", 3 "0003_tokens", 4 "0004_plugins", 5 "0005_approvals", 6 "0006_sla", 7 "0007_delegations", 8 "0008_schedules", 9 "0009_groups", 10 "0010_placement", 11 "0011_open_runs", 12 "0012_claims", 13 "0013_keys", 14 "0014_principals", 15 "0015_four_eyes", 16 "0016_audit");
 
 /// Applies every migration the database lacks, each in its own transaction.
 pub async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
-    let migrations = match backend {
-        Backend::Sqlite => SQLITE,
-        Backend::Postgres => POSTGRES,
-    };
+    let migrations = dialect::migrations(backend);
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS steward_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
     )

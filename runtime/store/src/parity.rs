@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 
 use sqlx::{AnyPool, Row};
 
-use crate::{Backend, Store, StoreOptions, quote_ident};
+use crate::open::quote_ident;
+use crate::{Backend, Store, StoreOptions};
 
 /// One fact about a schema, comparable across dialects.
 type Fact = String;

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Backend, Store, StoreError, bind_padded, numbered};
+use crate::params::{bind_padded, numbered};
+use crate::{Store, StoreError, dialect};
 
 /// Runs deleted per transaction.
 pub const BATCH: usize = 500;
@@ -44,14 +45,14 @@ impl Store {
         cutoff: DateTime<Utc>,
         batch: usize,
     ) -> Result<usize, StoreError> {
-        let lock = match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-        };
+        let lock = dialect::skip_locked(self.backend);
         let mut tx = self.begin_write().await?;
         let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT id FROM runs WHERE id < $1 AND finished_at < $2 \
-             AND status NOT IN ('pending', 'running', 'waiting') ORDER BY id LIMIT $3{lock}"
+            "SELECT id FROM runs
+             WHERE id < $1 AND finished_at < $2
+               AND status NOT IN ('pending', 'running', 'waiting')
+             ORDER BY id
+             LIMIT $3{lock}"
         )))
         .bind(first_id_at(cutoff))
         .bind(cutoff.timestamp_millis())
@@ -65,12 +66,12 @@ impl Store {
         let list = numbered(1, ids.len().next_power_of_two());
         for sql in [
             format!(
-                "DELETE FROM approval_decisions WHERE approval_id IN \
-                 (SELECT id FROM approvals WHERE run_id IN ({list}))"
+                "DELETE FROM approval_decisions
+                 WHERE approval_id IN (SELECT id FROM approvals WHERE run_id IN ({list}))"
             ),
             format!(
-                "DELETE FROM approval_approvers WHERE approval_id IN \
-                 (SELECT id FROM approvals WHERE run_id IN ({list}))"
+                "DELETE FROM approval_approvers
+                 WHERE approval_id IN (SELECT id FROM approvals WHERE run_id IN ({list}))"
             ),
             format!("DELETE FROM approvals WHERE run_id IN ({list})"),
             format!("DELETE FROM run_events WHERE run_id IN ({list})"),

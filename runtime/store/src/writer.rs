@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Backend, StoreError, health};
+use crate::{Backend, StoreError, dialect, health};
 
 /// Writes committed together at most.
 const MAX_BATCH: usize = 512;
@@ -182,22 +182,114 @@ fn reply(write: Write, result: Result<Done, StoreError>) {
     }
 }
 
-/// The columns of a new run's VALUES row, in [`Kind::sql`]'s order.
-const CREATE_COLS: [Col; 11] = {
-    use Col::{Int, Text};
-    [Text, Text, Int, Text, Text, Int, Text, Int, Text, Int, Text]
-};
+/// A column of a batch statement's VALUES rows (`WITH v(...) AS (VALUES
+/// ...)`): its name there and what a row binds to it. A statement's column
+/// list and its binds both come from one array of these, in order, so they
+/// cannot drift apart; the statement then names the columns (`v.terminal`).
+type Column<T, I> = (&'static str, Value<T, I>);
 
-/// The columns of an append's VALUES row, in [`append_sql`]'s order.
-const APPEND_COLS: [Col; 12] = {
-    use Col::{Int, Text};
+/// What a row binds to a column, by the column's type: `T` reads a text,
+/// `I` an integer, from a row.
+enum Value<T, I> {
+    Text(T),
+    Int(I),
+}
+
+impl<T, I> Value<T, I> {
+    fn ty(&self) -> Col {
+        match self {
+            Value::Text(_) => Col::Text,
+            Value::Int(_) => Col::Int,
+        }
+    }
+}
+
+/// A column of rows of type `R` (a new run, an append).
+type RowColumn<R> = Column<for<'r> fn(&'r R) -> Option<&'r str>, fn(&R) -> Option<i64>>;
+
+/// A column of event rows.
+type EventColumn = Column<for<'r> fn(NewEvent<'r>) -> Option<&'r str>, fn(NewEvent) -> Option<i64>>;
+
+/// A new run's VALUES columns (see [`Kind::sql`]).
+const CREATE_COLUMNS: [RowColumn<CreateRow>; 11] = {
+    use Value::{Int, Text};
     [
-        Text, Text, Text, Text, Int, Int, Int, Int, Text, Text, Int, Int,
+        ("id", Text(|r| Some(&r.id))),
+        ("workflow", Text(|r| Some(&r.workflow))),
+        ("version", Int(|r| Some(r.version))),
+        ("input", Text(|r| Some(&r.input))),
+        ("idempotency_key", Text(|r| r.idempotency_key.as_deref())),
+        ("now", Int(|r| Some(r.now))),
+        (
+            "lease_owner",
+            Text(|r| r.lease.as_ref().map(|l| l.0.as_str())),
+        ),
+        ("lease_until", Int(|r| r.lease.as_ref().map(|l| l.1))),
+        ("required_tags", Text(|r| Some(&r.placement.tags))),
+        (
+            "concurrency_limit",
+            Int(|r| r.placement.concurrency.map(i64::from)),
+        ),
+        ("started_by", Text(|r| r.started_by.as_deref())),
     ]
 };
 
-/// The columns of an event's VALUES row.
-const EVENT_COLS: [Col; 4] = [Col::Text, Col::Int, Col::Int, Col::Text];
+/// An append's VALUES columns (see [`append_sql`]). `owner`: write only
+/// while this worker holds the lease; `sla_*`: a finished run's SLA
+/// outcome, all NULL otherwise.
+const APPEND_COLUMNS: [RowColumn<AppendRow>; 12] = {
+    use Value::{Int, Text};
+    [
+        ("id", Text(|r| Some(&r.id))),
+        ("status", Text(|r| Some(r.status))),
+        ("output", Text(|r| r.output.as_deref())),
+        ("error", Text(|r| r.error.as_deref())),
+        ("now", Int(|r| Some(r.now))),
+        ("finished_at", Int(|r| r.finished_at)),
+        ("wake_at", Int(|r| r.wake_at)),
+        ("terminal", Int(|r| Some(r.terminal as i64))),
+        ("owner", Text(|r| r.owner.as_deref())),
+        (
+            "sla_priority",
+            Text(|r| r.sla.as_ref().map(|s| s.0.as_str())),
+        ),
+        ("sla_target_ms", Int(|r| r.sla.as_ref().and_then(|s| s.1))),
+        ("sla_breached", Int(|r| r.sla.as_ref().map(|s| s.2 as i64))),
+    ]
+};
+
+/// An event's VALUES columns (see [`Kind::sql`]).
+const EVENT_COLUMNS: [EventColumn; 4] = {
+    use Value::{Int, Text};
+    [
+        ("run_id", Text(|e| Some(e.run_id))),
+        ("seq", Int(|e| Some(e.seq))),
+        ("at", Int(|e| Some(e.at))),
+        ("body", Text(|e| Some(e.body))),
+    ]
+};
+
+/// The looked-up runs' ids of [`Kind::Cancels`].
+const ID_COLUMNS: [RowColumn<AppendRow>; 1] = [("id", Value::Text(|r| Some(&r.id)))];
+
+/// `name, name, ...` of `columns`, for `WITH v(...)`.
+fn names<T, I>(columns: &[Column<T, I>]) -> String {
+    columns
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One row of `run_events` to insert: a new run's first event or the
+/// events of an append (see [`EventRow`]).
+#[derive(Clone, Copy)]
+struct NewEvent<'a> {
+    run_id: &'a str,
+    seq: i64,
+    at: i64,
+    body: &'a str,
+}
 
 /// Set up on each SQLite connection: a view whose insert fails unless
 /// `expected` equals `actual`, the check that ends a one-query batch early
@@ -228,8 +320,8 @@ enum Kind {
     Append,
     /// Every event row of the batch.
     Events,
-    /// Pending cancel requests of the appended runs (SQLite: PostgreSQL's
-    /// UPDATE returns them).
+    /// Pending cancel requests of the appended runs, where the UPDATE does
+    /// not return them (see [`dialect::update_returns_cancels`]).
     Cancels,
 }
 
@@ -244,16 +336,6 @@ impl Kind {
         }
     }
 
-    /// The parameters of one row, for binding the NULLs of padding rows.
-    fn cols(self) -> &'static [Col] {
-        match self {
-            Kind::Create | Kind::CreateKeyed => &CREATE_COLS,
-            Kind::Append => &APPEND_COLS,
-            Kind::Events => &EVENT_COLS,
-            Kind::Cancels => &[Col::Text],
-        }
-    }
-
     /// The statement for `rows` rows, `rows` a power of two (see [`values`]).
     ///
     /// A run with an idempotency key may lose a race for it: its INSERT
@@ -264,13 +346,22 @@ impl Kind {
     /// all, the batch fails and is retried write by write like any other.
     fn sql(self, backend: Backend, rows: usize) -> String {
         match self {
+            // A new run is due at once, created and updated now.
             Kind::Create | Kind::CreateKeyed => format!(
-                "INSERT INTO runs (id, workflow, version, status, input, idempotency_key, created_at, updated_at, wake_at, \
-                 lease_owner, lease_until, required_tags, concurrency_limit, started_by) \
-                 SELECT column1, column2, column3, 'pending', column4, column5, column6, column6, column6, \
-                 column7, column8, column9, column10, column11 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL{}",
-                values(backend, rows, CREATE_COLS.len()),
-                if self == Kind::CreateKeyed {
+                "WITH v({columns}) AS (VALUES {values})
+                 INSERT INTO runs (
+                     id, workflow, version, status, input, idempotency_key,
+                     created_at, updated_at, wake_at,
+                     lease_owner, lease_until, required_tags, concurrency_limit, started_by
+                 )
+                 SELECT id, workflow, version, 'pending', input, idempotency_key,
+                        now, now, now,
+                        lease_owner, lease_until, required_tags, concurrency_limit, started_by
+                 FROM v
+                 WHERE id IS NOT NULL{conflict}",
+                columns = names(&CREATE_COLUMNS),
+                values = values(backend, rows, CREATE_COLUMNS.len()),
+                conflict = if self == Kind::CreateKeyed {
                     " ON CONFLICT DO NOTHING"
                 } else {
                     ""
@@ -278,13 +369,19 @@ impl Kind {
             ),
             Kind::Append => append_sql(backend, rows),
             Kind::Events => format!(
-                "INSERT INTO run_events (run_id, seq, at, body) \
-                 SELECT column1, column2, column3, column4 FROM (VALUES {}) AS v WHERE column1 IS NOT NULL",
-                values(backend, rows, EVENT_COLS.len())
+                "WITH v({columns}) AS (VALUES {values})
+                 INSERT INTO run_events (run_id, seq, at, body)
+                 SELECT run_id, seq, at, body
+                 FROM v
+                 WHERE run_id IS NOT NULL",
+                columns = names(&EVENT_COLUMNS),
+                values = values(backend, rows, EVENT_COLUMNS.len())
             ),
             Kind::Cancels => format!(
-                "SELECT id, cancel_requested FROM runs WHERE cancel_requested IS NOT NULL AND id IN {}",
-                values(backend, 1, rows)
+                "SELECT id, cancel_requested
+                 FROM runs
+                 WHERE cancel_requested IS NOT NULL AND id IN {ids}",
+                ids = values(backend, 1, rows)
             ),
         }
     }
@@ -300,7 +397,7 @@ impl Kind {
 enum Rows<'a> {
     Creates(&'a [&'a CreateRow]),
     Appends(&'a [&'a AppendRow]),
-    Events(&'a [(&'a str, i64, i64, &'a str)]),
+    Events(&'a [NewEvent<'a>]),
     Ids(&'a [&'a AppendRow]),
 }
 
@@ -335,55 +432,43 @@ impl<'a> Part<'a> {
 
     /// Binds this statement's parameters after those already in `query`,
     /// padding rows included.
-    fn bind(&self, mut query: AnyQuery<'a>) -> AnyQuery<'a> {
+    fn bind(&self, query: AnyQuery<'a>) -> AnyQuery<'a> {
         match self.rows {
-            Rows::Creates(rows) => {
-                for row in rows {
-                    query = query
-                        .bind(&row.id)
-                        .bind(&row.workflow)
-                        .bind(row.version)
-                        .bind(&row.input)
-                        .bind(&row.idempotency_key)
-                        .bind(row.now)
-                        .bind(row.lease.as_ref().map(|l| l.0.as_str()))
-                        .bind(row.lease.as_ref().map(|l| l.1))
-                        .bind(&row.placement.tags)
-                        .bind(row.placement.concurrency.map(i64::from))
-                        .bind(&row.started_by);
-                }
-            }
-            Rows::Appends(rows) => {
-                for row in rows {
-                    let sla = row.sla.as_ref();
-                    query = query
-                        .bind(&row.id)
-                        .bind(row.status)
-                        .bind(&row.output)
-                        .bind(&row.error)
-                        .bind(row.now)
-                        .bind(row.finished_at)
-                        .bind(row.wake_at)
-                        .bind(row.terminal as i64)
-                        .bind(&row.owner)
-                        .bind(sla.map(|s| s.0.as_str()))
-                        .bind(sla.and_then(|s| s.1))
-                        .bind(sla.map(|s| s.2 as i64));
-                }
-            }
+            Rows::Creates(rows) => bind_rows(query, &CREATE_COLUMNS, rows),
+            Rows::Appends(rows) => bind_rows(query, &APPEND_COLUMNS, rows),
+            Rows::Ids(rows) => bind_rows(query, &ID_COLUMNS, rows),
             Rows::Events(rows) => {
-                for (run, seq, at, body) in rows {
-                    query = query.bind(*run).bind(*seq).bind(*at).bind(*body);
+                let mut query = query;
+                for &event in rows {
+                    for (_, value) in &EVENT_COLUMNS {
+                        query = match value {
+                            Value::Text(text) => query.bind(text(event)),
+                            Value::Int(int) => query.bind(int(event)),
+                        };
+                    }
                 }
-            }
-            Rows::Ids(rows) => {
-                for row in rows {
-                    query = query.bind(&row.id);
-                }
+                pad(query, &EVENT_COLUMNS, rows.len())
             }
         }
-        pad(query, self.kind.cols(), self.len())
     }
+}
+
+/// Binds `rows`, each column by column in `columns`' order, then the
+/// padding rows' NULLs.
+fn bind_rows<'q, R>(
+    mut query: AnyQuery<'q>,
+    columns: &[RowColumn<R>],
+    rows: &[&R],
+) -> AnyQuery<'q> {
+    for row in rows {
+        for (_, value) in columns {
+            query = match value {
+                Value::Text(text) => query.bind(text(row)),
+                Value::Int(int) => query.bind(int(row)),
+            };
+        }
+    }
+    pad(query, columns, rows.len())
 }
 
 /// The writer's connection and when it last answered.
@@ -487,25 +572,32 @@ async fn commit_on(
         .chain(Part::chunks(Kind::Append, &appends, Rows::Appends))
         .collect();
     let events = |created: bool, applied: bool| {
-        let mut events: Vec<(&str, i64, i64, &str)> = Vec::new();
+        let mut events: Vec<NewEvent> = Vec::new();
         if created {
             for row in keyless.iter().chain(&keyed) {
-                events.push((&row.id, 1, row.now, &row.first_event));
+                events.push(NewEvent {
+                    run_id: &row.id,
+                    seq: 1,
+                    at: row.now,
+                    body: &row.first_event,
+                });
             }
         }
         if applied {
             for row in &appends {
-                events.extend(
-                    row.events
-                        .iter()
-                        .map(|e| (row.id.as_str(), e.seq, e.at, e.body.as_str())),
-                );
+                events.extend(row.events.iter().map(|e| NewEvent {
+                    run_id: &row.id,
+                    seq: e.seq,
+                    at: e.at,
+                    body: &e.body,
+                }));
             }
         }
         events
     };
-    if backend == Backend::Sqlite && !alone {
-        return commit_in_one_query(conn, batch, writes, &appends, &events(true, true)).await;
+    if dialect::batch_in_one_query(backend) && !alone {
+        return commit_in_one_query(conn, backend, batch, writes, &appends, &events(true, true))
+            .await;
     }
     let mut tx = conn.begin().await?;
     let mut cancels = HashMap::new();
@@ -513,9 +605,9 @@ async fn commit_on(
     for part in &writes {
         let sql = statement(backend, &[(part.kind, part.len())], false);
         let query = part.bind(sqlx::query(sql));
-        let applied = match (backend, part.kind) {
+        let applied = match part.kind {
             // Rows come back in the statement's one response here.
-            (Backend::Postgres, Kind::Append) => {
+            Kind::Append if dialect::update_returns_cancels(backend) => {
                 let rows = query.fetch_all(&mut *tx).await?;
                 for row in &rows {
                     if let Some(reason) = row.try_get::<Option<String>, _>(1)? {
@@ -541,9 +633,9 @@ async fn commit_on(
         let sql = statement(backend, &[(part.kind, part.len())], false);
         part.bind(sqlx::query(sql)).execute(&mut *tx).await?;
     }
-    // Cancel requests are rare: on SQLite, one lookup for the batch, by
-    // primary key (PostgreSQL's UPDATE returned them).
-    if all_applied && backend == Backend::Sqlite {
+    // Cancel requests are rare: where the UPDATE did not return them, one
+    // lookup for the batch, by primary key.
+    if all_applied && !dialect::update_returns_cancels(backend) {
         for part in Part::chunks(Kind::Cancels, &appends, Rows::Ids) {
             let sql = statement(backend, &[(part.kind, part.len())], false);
             let rows = part.bind(sqlx::query(sql)).fetch_all(&mut *tx).await?;
@@ -583,10 +675,11 @@ fn answers(
 /// answers `None`, so the caller commits each write alone and learns which.
 async fn commit_in_one_query(
     conn: &mut AnyConnection,
+    backend: Backend,
     batch: &[Write],
     writes: Vec<Part<'_>>,
     appends: &[&AppendRow],
-    events: &[(&str, i64, i64, &str)],
+    events: &[NewEvent<'_>],
 ) -> Result<Option<Vec<Done>>, StoreError> {
     let parts: Vec<Part> = writes
         .into_iter()
@@ -594,7 +687,7 @@ async fn commit_in_one_query(
         .chain(Part::chunks(Kind::Cancels, appends, Rows::Ids))
         .collect();
     let shape: Vec<(Kind, usize)> = parts.iter().map(|p| (p.kind, p.len())).collect();
-    let mut query = sqlx::query(statement(Backend::Sqlite, &shape, true));
+    let mut query = sqlx::query(statement(backend, &shape, true));
     for part in &parts {
         query = part.bind(query);
         if part.kind.counted() {
@@ -629,32 +722,54 @@ async fn commit_in_one_query(
     Ok(Some(answers(batch, true, true, cancels)))
 }
 
-/// The UPDATE that applies `rows` appends (padded, see [`values`]): VALUES
-/// columns are column1..column12 in both SQLite and PostgreSQL. A run whose
-/// lease another worker holds is not updated (and gets no events): the
-/// caller learns it lost the run. A finished run gives up its lease here,
-/// saving the worker a write, and records its SLA outcome (column10..12)
-/// for reports.
+/// The UPDATE that applies `rows` appends (padded, see [`values`]). A run
+/// whose lease another worker holds is not updated (and gets no events):
+/// the caller learns it lost the run. A finished run gives up its lease
+/// here, saving the worker a write, and records its SLA outcome for
+/// reports. A run with a cancel request or a decision waiting
+/// (`attention`) is due now, whatever the append says.
 pub(super) fn append_sql(backend: Backend, rows: usize) -> String {
     format!(
-        "UPDATE runs SET status = v.column2, output = v.column3, error = v.column4, updated_at = v.column5, \
-         finished_at = v.column6, \
-         wake_at = CASE WHEN v.column8 = 1 THEN NULL \
-           WHEN runs.cancel_requested IS NOT NULL OR runs.attention = 1 THEN v.column5 ELSE v.column7 END, \
-         attention = CASE WHEN v.column7 IS NULL OR v.column7 > v.column5 THEN 0 ELSE runs.attention END, \
-         lease_owner = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_owner END, \
-         lease_until = CASE WHEN v.column8 = 1 THEN NULL ELSE runs.lease_until END, \
-         sla_priority = CASE WHEN v.column10 IS NULL THEN runs.sla_priority ELSE v.column10 END, \
-         sla_target_ms = CASE WHEN v.column10 IS NULL THEN runs.sla_target_ms ELSE v.column11 END, \
-         sla_breached = CASE WHEN v.column10 IS NULL THEN runs.sla_breached ELSE v.column12 END, \
-         sla_resolution_ms = CASE WHEN v.column10 IS NULL THEN runs.sla_resolution_ms \
-           WHEN v.column2 = 'succeeded' THEN v.column6 - runs.created_at END \
-         FROM (VALUES {}) AS v WHERE runs.id = v.column1 \
-         AND (v.column9 IS NULL OR runs.lease_owner = v.column9){}",
-        values(backend, rows, APPEND_COLS.len()),
-        match backend {
-            Backend::Postgres => " RETURNING runs.id, runs.cancel_requested",
-            Backend::Sqlite => "",
+        "WITH v({columns}) AS (VALUES {values})
+         UPDATE runs SET
+             status = v.status,
+             output = v.output,
+             error = v.error,
+             updated_at = v.now,
+             finished_at = v.finished_at,
+             wake_at = CASE
+                 WHEN v.terminal = 1 THEN NULL
+                 WHEN runs.cancel_requested IS NOT NULL OR runs.attention = 1 THEN v.now
+                 ELSE v.wake_at
+             END,
+             attention = CASE
+                 WHEN v.wake_at IS NULL OR v.wake_at > v.now THEN 0
+                 ELSE runs.attention
+             END,
+             lease_owner = CASE WHEN v.terminal = 1 THEN NULL ELSE runs.lease_owner END,
+             lease_until = CASE WHEN v.terminal = 1 THEN NULL ELSE runs.lease_until END,
+             sla_priority = CASE
+                 WHEN v.sla_priority IS NULL THEN runs.sla_priority ELSE v.sla_priority
+             END,
+             sla_target_ms = CASE
+                 WHEN v.sla_priority IS NULL THEN runs.sla_target_ms ELSE v.sla_target_ms
+             END,
+             sla_breached = CASE
+                 WHEN v.sla_priority IS NULL THEN runs.sla_breached ELSE v.sla_breached
+             END,
+             sla_resolution_ms = CASE
+                 WHEN v.sla_priority IS NULL THEN runs.sla_resolution_ms
+                 WHEN v.status = 'succeeded' THEN v.finished_at - runs.created_at
+             END
+         FROM v
+         WHERE runs.id = v.id
+           AND (v.owner IS NULL OR runs.lease_owner = v.owner){returning}",
+        columns = names(&APPEND_COLUMNS),
+        values = values(backend, rows, APPEND_COLUMNS.len()),
+        returning = if dialect::update_returns_cancels(backend) {
+            " RETURNING runs.id, runs.cancel_requested"
+        } else {
+            ""
         }
     )
 }
@@ -736,7 +851,7 @@ impl Texts {
 /// preparing the append by hand (the hot-plan test in `store`).
 #[cfg(test)]
 pub(super) fn append_types() -> impl Iterator<Item = &'static str> {
-    APPEND_COLS.iter().map(|col| match col {
+    APPEND_COLUMNS.iter().map(|(_, value)| match value.ty() {
         Col::Text => "text",
         Col::Int => "bigint",
     })
@@ -753,9 +868,9 @@ enum Col {
 /// placeholders, padded with rows of NULLs to the next power of two. A
 /// statement's text (and the plan each connection caches for it) is then
 /// one of a few per kind, not one per batch size; every statement filters
-/// the padding out (`column1 IS NOT NULL`, or a match a NULL never makes).
-/// SQLite gets plain `?`, since sqlx resolves each `$N` there by scanning
-/// parameter names, which is quadratic in a statement of thousands.
+/// the padding out (`id IS NOT NULL`, or a match a NULL never makes).
+/// Placeholders as [`dialect::push_placeholder`] writes them, so each is
+/// named once, in bind order.
 fn values(backend: Backend, rows: usize, width: usize) -> String {
     let mut sql = String::with_capacity(rows.next_power_of_two() * width * 6);
     for r in 0..rows.next_power_of_two() {
@@ -764,13 +879,7 @@ fn values(backend: Backend, rows: usize, width: usize) -> String {
             if c > 0 {
                 sql.push_str(", ");
             }
-            match backend {
-                Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => {
-                    use std::fmt::Write as _;
-                    let _ = write!(sql, "${}", r * width + c + 1);
-                }
-            }
+            dialect::push_placeholder(&mut sql, backend, r * width + c + 1);
         }
         sql.push(')');
     }
@@ -778,14 +887,10 @@ fn values(backend: Backend, rows: usize, width: usize) -> String {
 }
 
 /// Binds the padding rows `values` added after `rows` real ones.
-fn pad<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    cols: &[Col],
-    rows: usize,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+fn pad<'q, T, I>(mut query: AnyQuery<'q>, columns: &[Column<T, I>], rows: usize) -> AnyQuery<'q> {
     for _ in rows..rows.next_power_of_two() {
-        for col in cols {
-            query = match col {
+        for (_, value) in columns {
+            query = match value.ty() {
                 Col::Text => query.bind(None::<String>),
                 Col::Int => query.bind(None::<i64>),
             };
