@@ -2,6 +2,26 @@
 //! Claims read the partial index of claimable runs in claim order, renewals
 //! name runs by primary key, and statements that lock several rows lock
 //! them in id order or skip locked ones, so claimers cannot deadlock.
+//!
+//! On PostgreSQL the store has two pools: the hot one (the writer, claims,
+//! a claim's history read, renewals) plans each statement once per
+//! connection (`force_generic_plan`) with sequential scans, hash and merge
+//! joins priced out, since those statements are small batches by key that
+//! index access always serves best and planning them was a quarter of the
+//! database's CPU under load; the general pool (API reads, reports) plans
+//! every execution (`force_custom_plan`), since a report's best plan
+//! depends on its parameters. Either way, a generic plan made while `runs`
+//! was small cannot keep scanning it as it grows (a unit test explains the
+//! hot statements on a young table). Pooled connections are pinged only
+//! after 5 s idle, not before every query. Queries are written to have one
+//! good plan whatever the statistics say, since a young or bursty `runs`
+//! table has none worth trusting (autovacuum analyzes it a minute late):
+//! claims read the partial index `runs_claimable (required_tags, wake_at)`
+//! in claim order, limited claims first probe `runs_due_limited`, a claim's
+//! histories are read one index lookup per run (a `LATERAL` join on
+//! PostgreSQL, not an `IN` list), and renewals name the runs by primary
+//! key. Statements that lock several rows lock them in id order, or skip
+//! locked ones (`SKIP LOCKED` lease renewals), so they cannot deadlock.
 
 use std::time::Duration;
 

@@ -2,6 +2,11 @@
 //! with `dialect::session` before its first statement), the writer and
 //! migrations. What only a PostgreSQL server has is set up here too: TLS,
 //! a schema, a second pool for the hot statements, announcements.
+//!
+//! TLS to PostgreSQL is sqlx's (rustls with ring, already built for the
+//! HTTP client, and the webpki roots), driven by the URL's `sslmode`;
+//! `Store::open` checks that an `sslrootcert` can be read before
+//! connecting, since sqlx reads it only mid-handshake.
 
 use std::time::Duration;
 

@@ -2,6 +2,15 @@
 //! the group-commit writer), reading runs and events back, cancel requests
 //! and counts. A write's events share one `run_events` row (see
 //! [`event_rows`]), which is most of what a short run costs the database.
+//!
+//! The history (`run_events`) has one row per write, not per event: the
+//! events of one append (a step's start, its outcome, the run's) share a
+//! row whose body is a JSON array of `{seq, at, event}`, and a single event
+//! keeps the plain form (the body is the event object, as in rows written
+//! before this existed); every reader expands rows back into events. For a
+//! short run that is most of the database's work per run (rows, index
+//! entries, WAL records: 24 → 18 per one-step run on PostgreSQL). The
+//! idempotency index is partial (only runs with a key).
 
 use std::time::Duration;
 

@@ -3,6 +3,24 @@
 //! so throughput is not bounded by one fsync per write. A batch that fails,
 //! or in which one write did not apply, is retried one write per
 //! transaction, so one bad write cannot fail its neighbours.
+//!
+//! The writer's loop is the serial path of every durable write, so it keeps
+//! one connection while writes keep coming (sqlx pings a connection on each
+//! return to the pool) and gives it back when its queue runs dry; after a
+//! failed batch it keeps the connection only when a `ROLLBACK` proves it
+//! outside any transaction (a failed `COMMIT` may leave one open, and later
+//! writes would join a transaction that never commits), and closes it
+//! otherwise. A batch that fails for storage reasons
+//! (`health::is_storage_failure`: disk full or failing, busy past the
+//! timeout) is answered `Unavailable` write by write, which the API turns
+//! into `503`; and it gathers a batch for as long as each turn of the
+//! scheduler brings more writes, so the runs its last commit woke join the
+//! next batch instead of making small ones. On SQLite a batch of several
+//! writes is one query, `BEGIN` to `COMMIT` (each query is a round trip to
+//! sqlx's SQLite thread): after each write statement an insert into a
+//! per-connection temp view checks its row count (`changes()`), and the
+//! view's trigger fails the query before `COMMIT` when a write did not
+//! apply; the writer then rolls back and retries write by write.
 
 use futures_util::TryStreamExt as _;
 use sqlx::pool::PoolConnection;
