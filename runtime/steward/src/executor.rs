@@ -8,7 +8,6 @@
 //! starts and before the executor waits, so a step's result is committed
 //! before the next step starts.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -33,73 +32,7 @@ pub const PROGRESS: &str = "steward::progress";
 /// of holding a task and a lease.
 const PARK_AFTER: chrono::Duration = chrono::Duration::seconds(2);
 
-/// Where a run's events are made durable.
-pub trait Journal: Send {
-    /// Persists `events` (the newest ones) with the run's state; `wake_at` is
-    /// when the run next needs a worker. Answers a pending cancel request's
-    /// reason, if any.
-    fn persist(
-        &mut self,
-        state: &RunState,
-        events: &[Recorded],
-        wake_at: Option<DateTime<Utc>>,
-    ) -> impl Future<Output = Result<Option<String>, JournalError>> + Send;
-
-    /// A pending cancel request's reason.
-    fn cancel_requested(
-        &mut self,
-        run_id: &str,
-    ) -> impl Future<Output = Result<Option<String>, JournalError>> + Send;
-
-    /// Makes an approval the run's history opened decidable (idempotent),
-    /// and answers the decisions made on it so far.
-    fn approval_decisions(
-        &mut self,
-        approval: &ApprovalRow,
-    ) -> impl Future<Output = Result<Vec<Decision>, JournalError>> + Send;
-
-    /// Refuses further decisions on an approval.
-    fn close_approval(
-        &mut self,
-        approval: &str,
-    ) -> impl Future<Output = Result<(), JournalError>> + Send;
-
-    /// Refuses further decisions on every approval of a finished run.
-    fn close_run_approvals(
-        &mut self,
-        run_id: &str,
-    ) -> impl Future<Output = Result<(), JournalError>> + Send;
-}
-
-/// Keeps nothing beyond the run's in-memory history: `steward run`.
-pub struct MemoryJournal;
-
-impl Journal for MemoryJournal {
-    async fn persist(
-        &mut self,
-        _: &RunState,
-        _: &[Recorded],
-        _: Option<DateTime<Utc>>,
-    ) -> Result<Option<String>, JournalError> {
-        Ok(None)
-    }
-
-    async fn cancel_requested(&mut self, _: &str) -> Result<Option<String>, JournalError> {
-        Ok(None)
-    }
-
-    async fn approval_decisions(&mut self, _: &ApprovalRow) -> Result<Vec<Decision>, JournalError> {
-        Ok(Vec::new())
-    }
-
-    async fn close_approval(&mut self, _: &str) -> Result<(), JournalError> {
-        Ok(())
-    }
-
-    async fn close_run_approvals(&mut self, _: &str) -> Result<(), JournalError> {
-        Ok(())
-    }
-}
+pub use crate::run::{Journal, MemoryJournal};
 
 /// Appends to the store (group-committed), only while `owner` holds the
 /// run's lease.

@@ -1,7 +1,15 @@
 //! Why a run's history could not be made durable. The executor stops a
 //! drive on any of these; what happens next depends on which: a lost lease
 //! means another worker has the run, an unavailable database is retried,
-//! a conflict or anything else is reported.
+//! a conflict or anything else is reported. The [`Journal`] trait is where
+//! a run's history goes: memory for a one-off run, the store for a server.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+use super::approval::{ApprovalRow, Decision};
+use super::{Recorded, RunState};
 
 /// A failed write or read of a run's journal.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,5 +34,73 @@ impl JournalError {
     /// Whether the same write may succeed later without anyone acting.
     pub fn is_transient(&self) -> bool {
         matches!(self, JournalError::Unavailable(_))
+    }
+}
+
+/// Where a run's events are made durable.
+pub trait Journal: Send {
+    /// Persists `events` (the newest ones) with the run's state; `wake_at` is
+    /// when the run next needs a worker. Answers a pending cancel request's
+    /// reason, if any.
+    fn persist(
+        &mut self,
+        state: &RunState,
+        events: &[Recorded],
+        wake_at: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = Result<Option<String>, JournalError>> + Send;
+
+    /// A pending cancel request's reason.
+    fn cancel_requested(
+        &mut self,
+        run_id: &str,
+    ) -> impl Future<Output = Result<Option<String>, JournalError>> + Send;
+
+    /// Makes an approval the run's history opened decidable (idempotent),
+    /// and answers the decisions made on it so far.
+    fn approval_decisions(
+        &mut self,
+        approval: &ApprovalRow,
+    ) -> impl Future<Output = Result<Vec<Decision>, JournalError>> + Send;
+
+    /// Refuses further decisions on an approval.
+    fn close_approval(
+        &mut self,
+        approval: &str,
+    ) -> impl Future<Output = Result<(), JournalError>> + Send;
+
+    /// Refuses further decisions on every approval of a finished run.
+    fn close_run_approvals(
+        &mut self,
+        run_id: &str,
+    ) -> impl Future<Output = Result<(), JournalError>> + Send;
+}
+
+/// Keeps nothing beyond the run's in-memory history: `steward run`.
+pub struct MemoryJournal;
+
+impl Journal for MemoryJournal {
+    async fn persist(
+        &mut self,
+        _: &RunState,
+        _: &[Recorded],
+        _: Option<DateTime<Utc>>,
+    ) -> Result<Option<String>, JournalError> {
+        Ok(None)
+    }
+
+    async fn cancel_requested(&mut self, _: &str) -> Result<Option<String>, JournalError> {
+        Ok(None)
+    }
+
+    async fn approval_decisions(&mut self, _: &ApprovalRow) -> Result<Vec<Decision>, JournalError> {
+        Ok(Vec::new())
+    }
+
+    async fn close_approval(&mut self, _: &str) -> Result<(), JournalError> {
+        Ok(())
+    }
+
+    async fn close_run_approvals(&mut self, _: &str) -> Result<(), JournalError> {
+        Ok(())
     }
 }

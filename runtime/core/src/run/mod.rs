@@ -4,12 +4,13 @@
 //! Architecture invariant: this module knows neither wasmtime, SQL nor
 //! HTTP. It sees plugins by name and time as a value passed in.
 
+pub mod approval;
 pub mod event;
 pub mod journal;
 pub mod plan;
 pub mod state;
 
 pub use event::{Event, Recorded, StepError};
-pub use journal::JournalError;
+pub use journal::{Journal, JournalError, MemoryJournal};
 pub use plan::{Action, Plan, PlanContext, approval_id, idempotency_key, outcome_event, plan};
 pub use state::{RunState, Status, StepRecord, StepState};

@@ -6,7 +6,9 @@
 pub mod expr;
 pub mod load;
 pub mod model;
+pub mod placement;
 pub mod yaml;
 
 pub use load::{ValidationError, ValidationErrors, load_dir, load_file, load_str};
 pub use model::{MAX_TAGS, Step, StepKind, Workflow, check_tag};
+pub use placement::Placement;
