@@ -120,7 +120,9 @@ fn a_step_sleeping_past_its_timeout_fails_in_time_and_other_runs_go_on() {
     let workflows = quick_workflow(dir.path());
     std::fs::write(
         workflows.join("sleepy.yaml"),
-        "name: sleepy\nsteps:\n  - id: nap\n    uses: hostile\n    with: { do: sleep, ms: 60000 }\n    timeout: 2s\n",
+        // One attempt: a timeout is retryable, and the default policy
+        // would try twice more.
+        "name: sleepy\nsteps:\n  - id: nap\n    uses: hostile\n    with: { do: sleep, ms: 60000 }\n    timeout: 2s\n    retry: { max_attempts: 1 }\n",
     )
     .unwrap();
     let plugin = common::install_fixture("hostile", dir.path());

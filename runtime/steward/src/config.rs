@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::workflow::model::RetryPolicy;
+
 pub use steward_engine::settings::{
     Limits, PluginSettings, Secrets, describe_toml_error, line_col,
 };
@@ -42,6 +44,8 @@ pub struct Config {
     pub api: ApiSettings,
     pub scheduler: SchedulerSettings,
     pub retention: RetentionSettings,
+    /// What a workflow step gets when it does not say (`[defaults] retry`).
+    pub defaults: DefaultsSettings,
     /// Single sign-on: JWTs from an identity provider, and what its groups
     /// grant.
     pub auth: AuthSettings,
@@ -192,6 +196,67 @@ fn default_clock_skew() -> std::time::Duration {
     std::time::Duration::from_secs(60)
 }
 
+/// `[defaults]`: what workflow steps get when they do not say.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultsSettings {
+    pub retry: RetrySettings,
+}
+
+/// `[defaults] retry`: the retry policy of steps that set no `retry:`,
+/// written like a step's (`max_attempts`, `backoff`, `max_backoff`,
+/// `backoff_jitter`). Retries happen only for errors the plugin marks
+/// retryable (a refused connection, a timeout, 408, 429, 5xx).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    #[serde(deserialize_with = "attempts")]
+    pub max_attempts: u32,
+    #[serde(with = "humantime_text")]
+    pub backoff: std::time::Duration,
+    #[serde(with = "humantime_text")]
+    pub max_backoff: std::time::Duration,
+    pub backoff_jitter: bool,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        let policy = RetryPolicy::UNSET_DEFAULT;
+        RetrySettings {
+            max_attempts: policy.max_attempts,
+            backoff: policy.backoff,
+            max_backoff: policy.max_backoff,
+            backoff_jitter: policy.jitter,
+        }
+    }
+}
+
+impl RetrySettings {
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            max_backoff: self.max_backoff,
+            jitter: self.backoff_jitter,
+        }
+    }
+}
+
+/// 1 to 100 attempts, as in a workflow's `retry:`.
+fn attempts<'de, D>(d: D) -> Result<u32, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let n = i64::deserialize(d)?;
+    if (1..=100).contains(&n) {
+        Ok(n as u32)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "max_attempts = {n}: expected an integer from 1 to 100 (1 means no retries)"
+        )))
+    }
+}
+
 /// Durations written as humantime text (`60s`, `2m`).
 mod humantime_text {
     use serde::Deserialize;
@@ -266,6 +331,7 @@ impl Default for Config {
             api: ApiSettings::default(),
             scheduler: SchedulerSettings::default(),
             retention: RetentionSettings::default(),
+            defaults: DefaultsSettings::default(),
             auth: AuthSettings::default(),
             admin_token: None,
         }
@@ -517,6 +583,7 @@ impl std::fmt::Debug for Config {
             api,
             scheduler,
             retention,
+            defaults,
             auth,
             admin_token,
         } = self;
@@ -539,6 +606,7 @@ impl std::fmt::Debug for Config {
             .field("api", api)
             .field("scheduler", scheduler)
             .field("retention", retention)
+            .field("defaults", defaults)
             .field("auth", auth)
             .field("admin_token", &admin_token.as_ref().map(|_| REDACTED))
             .finish()

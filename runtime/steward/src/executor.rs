@@ -220,7 +220,7 @@ impl Executor {
             engine,
             context: Arc::new(PlanContext {
                 env,
-                calendars: Default::default(),
+                ..PlanContext::default()
             }),
             groups: Default::default(),
             draining: Arc::default(),
@@ -233,6 +233,12 @@ impl Executor {
         calendars: std::collections::BTreeMap<String, crate::calendar::Calendar>,
     ) -> Executor {
         Arc::make_mut(&mut self.context).calendars = calendars;
+        self
+    }
+
+    /// Sets the retry policy of steps that set no `retry:`.
+    pub fn with_default_retry(mut self, retry: crate::workflow::model::RetryPolicy) -> Executor {
+        Arc::make_mut(&mut self.context).default_retry = retry;
         self
     }
 
@@ -331,6 +337,8 @@ impl Executor {
                     && let Some(step) = workflow.step(&finished.step)
                 {
                     run.record(outcome_event(
+                        &self.context,
+                        &run.state.id,
                         step,
                         finished.attempt,
                         finished.result,
@@ -444,6 +452,8 @@ impl Executor {
                         continue;
                     };
                     run.record(outcome_event(
+                        &self.context,
+                        &run.state.id,
                         step,
                         finished.attempt,
                         finished.result,

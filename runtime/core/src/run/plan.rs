@@ -12,7 +12,7 @@ use super::event::{Event, StepError};
 use super::state::{RunState, StepRecord, StepState, clock_add};
 use crate::groups::GroupSnapshot;
 use crate::workflow::expr::Scope;
-use crate::workflow::model::{OnTimeout, Quorum, Sla, StepKind, WaitFor};
+use crate::workflow::model::{OnTimeout, Quorum, RetryPolicy, Sla, StepKind, WaitFor};
 use crate::workflow::{Step, Workflow};
 
 /// Something the executor must do now.
@@ -50,12 +50,24 @@ pub fn idempotency_key(run_id: &str, step: &str) -> String {
 }
 
 /// What the operator configured that plans depend on.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PlanContext {
     /// `env.*` in expressions.
     pub env: Value,
     /// Business-hours calendars SLA clocks may run on.
     pub calendars: BTreeMap<String, crate::calendar::Calendar>,
+    /// The retry policy of steps that set no `retry:` (`[defaults] retry`).
+    pub default_retry: RetryPolicy,
+}
+
+impl Default for PlanContext {
+    fn default() -> Self {
+        PlanContext {
+            env: Value::Null,
+            calendars: BTreeMap::new(),
+            default_retry: RetryPolicy::UNSET_DEFAULT,
+        }
+    }
 }
 
 /// The id of the approval a step opens at `level` (0, then escalations).
@@ -128,11 +140,14 @@ pub fn plan(
 /// What a call's result means for the step: success, a retry later, or
 /// failure.
 pub fn outcome_event(
+    context: &PlanContext,
+    run_id: &str,
     step: &Step,
     attempt: u32,
     result: Result<Value, StepError>,
     now: DateTime<Utc>,
 ) -> Event {
+    let retry = step.retry_policy(&context.default_retry);
     match result {
         Ok(output) => Event::StepSucceeded {
             step: step.id.clone(),
@@ -141,9 +156,10 @@ pub fn outcome_event(
         },
         Err(error) => {
             // A delay past the calendar's end means: no further attempt.
-            let retry_at = (error.retryable && attempt < step.retry.max_attempts)
+            let retry_at = (error.retryable && attempt < retry.max_attempts)
                 .then(|| {
-                    chrono::Duration::from_std(step.retry.delay_after(attempt))
+                    let seed = jitter_seed(run_id, &step.id, attempt);
+                    chrono::Duration::from_std(retry.delay_with_jitter(attempt, seed))
                         .ok()
                         .and_then(|d| now.checked_add_signed(d))
                 })
@@ -156,6 +172,29 @@ pub fn outcome_event(
             }
         }
     }
+}
+
+/// A number that differs between runs, steps and attempts, for the
+/// retry delay's jitter: FNV-1a over the three, then SplitMix64's finalizer
+/// to spread it. The delay chosen is recorded in the history (`retry_at`),
+/// so replaying it never draws again.
+fn jitter_seed(run_id: &str, step: &str, attempt: u32) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = run_id
+        .bytes()
+        .chain([0])
+        .chain(step.bytes())
+        .chain([0])
+        .chain(attempt.to_le_bytes());
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
 }
 
 enum Progress {
@@ -646,6 +685,110 @@ impl Planner<'_> {
 mod tests {
     use super::*;
     use crate::run::event::Recorded;
+
+    fn retry_workflow(retry: &str) -> Workflow {
+        let yaml = format!(
+            "name: flaky\nsteps:\n  - id: call\n    uses: transform\n    with: {{}}\n{retry}"
+        );
+        let plugins = ["transform".to_string()].into();
+        crate::workflow::load_str(&yaml, "flaky.yaml", &plugins).unwrap()
+    }
+
+    fn retry_at(
+        context: &PlanContext,
+        workflow: &Workflow,
+        run: &str,
+        attempt: u32,
+        retryable: bool,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let error = if retryable {
+            StepError {
+                retryable: true,
+                ..StepError::fatal("503 from the vendor")
+            }
+        } else {
+            StepError::fatal("bad request")
+        };
+        let step = workflow.step("call").unwrap();
+        match outcome_event(context, run, step, attempt, Err(error), now) {
+            Event::StepFailed { retry_at, .. } => retry_at,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A step without `retry:` gets the operator's default: retryable
+    /// errors are retried (twice by default), fatal ones are not.
+    #[test]
+    fn a_step_without_retry_gets_the_default_policy_for_retryable_errors() {
+        let workflow = retry_workflow("");
+        let context = PlanContext::default();
+        let now = at("2026-12-02T12:00:00Z");
+        for attempt in [1, 2] {
+            let at = retry_at(&context, &workflow, "r1", attempt, true, now).expect("a retry");
+            let bound = RetryPolicy::UNSET_DEFAULT.delay_after(attempt);
+            assert!(at >= now && at <= now + chrono::Duration::from_std(bound).unwrap());
+        }
+        assert_eq!(retry_at(&context, &workflow, "r1", 3, true, now), None);
+        assert_eq!(retry_at(&context, &workflow, "r1", 1, false, now), None);
+
+        // `[defaults] retry = { max_attempts = 1 }`: no retries.
+        let once = PlanContext {
+            default_retry: RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::UNSET_DEFAULT
+            },
+            ..PlanContext::default()
+        };
+        assert_eq!(retry_at(&once, &workflow, "r1", 1, true, now), None);
+        // A step's own `retry:` wins over the default.
+        let own = retry_workflow("    retry: { max_attempts: 1 }\n");
+        assert_eq!(retry_at(&context, &own, "r1", 1, true, now), None);
+    }
+
+    /// Full jitter: delays spread over zero to the exponential bound, differ
+    /// between runs that failed together, and are the same for the same
+    /// run, step and attempt; `backoff_jitter: false` waits the bound.
+    #[test]
+    fn retry_delays_are_jittered_between_runs_unless_turned_off() {
+        let workflow = retry_workflow("    retry: { max_attempts: 5, backoff: 10s }\n");
+        let context = PlanContext::default();
+        let now = at("2026-12-02T12:00:00Z");
+        let bound = chrono::Duration::seconds(40); // attempt 3: 10 s * 2^2
+        let delays: Vec<chrono::Duration> = (0..200)
+            .map(|i| {
+                retry_at(&context, &workflow, &format!("run-{i}"), 3, true, now).unwrap() - now
+            })
+            .collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= chrono::Duration::zero() && *d <= bound)
+        );
+        let distinct: std::collections::BTreeSet<i64> =
+            delays.iter().map(|d| d.num_milliseconds()).collect();
+        assert!(
+            distinct.len() > 150,
+            "{} distinct delays of 200",
+            distinct.len()
+        );
+        let early = delays.iter().filter(|d| **d < bound / 2).count();
+        assert!(
+            (60..=140).contains(&early),
+            "{early} of 200 in the first half"
+        );
+        assert_eq!(
+            retry_at(&context, &workflow, "run-7", 3, true, now),
+            retry_at(&context, &workflow, "run-7", 3, true, now)
+        );
+
+        let fixed =
+            retry_workflow("    retry: { max_attempts: 5, backoff: 10s, backoff_jitter: false }\n");
+        assert_eq!(
+            retry_at(&context, &fixed, "run-1", 3, true, now),
+            Some(now + bound)
+        );
+    }
 
     fn at(text: &str) -> DateTime<Utc> {
         text.parse().unwrap()

@@ -608,9 +608,10 @@ impl<'a> Loader<'a> {
             _ => StepKind::Wait(self.wait(get("wait").unwrap(), &format!("{field}.wait"))?),
         };
         let when = get("when").and_then(|n| self.condition(n, &format!("{field}.when")));
-        let retry = get("retry").map_or(Some(RetryPolicy::default()), |n| {
-            self.retry(n, &format!("{field}.retry"))
-        })?;
+        let retry = match get("retry") {
+            None => None,
+            Some(n) => Some(self.retry(n, &format!("{field}.retry"))?),
+        };
         let timeout = get("timeout").and_then(|n| {
             let timeout = self.duration(n, &format!("{field}.timeout"))?;
             if timeout.is_zero() {
@@ -717,7 +718,11 @@ impl<'a> Loader<'a> {
     }
 
     fn retry(&mut self, node: &Node, field: &str) -> Option<RetryPolicy> {
-        let entries = self.mapping(node, field, &["max_attempts", "backoff", "max_backoff"])?;
+        let entries = self.mapping(
+            node,
+            field,
+            &["max_attempts", "backoff", "max_backoff", "backoff_jitter"],
+        )?;
         let mut policy = RetryPolicy::default();
         for (key, value) in entries {
             match key.as_str() {
@@ -733,6 +738,10 @@ impl<'a> Loader<'a> {
                 "max_backoff" => {
                     policy.max_backoff = self.duration(value, &join_field(field, key))?
                 }
+                "backoff_jitter" => match value.value {
+                    NodeValue::Bool(b) => policy.jitter = b,
+                    _ => self.error(value.pos, join_field(field, key), "expected true or false"),
+                },
                 _ => {}
             }
         }
@@ -1186,7 +1195,7 @@ impl<'a> Loader<'a> {
                 id: sla_escalation_id(index.parse().unwrap_or(0)),
                 when: None,
                 kind: StepKind::Plugin { uses, with },
-                retry: RetryPolicy::default(),
+                retry: None,
                 timeout: None,
                 pos: node.pos,
             },

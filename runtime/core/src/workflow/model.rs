@@ -73,7 +73,9 @@ pub struct Step {
     pub id: String,
     pub when: Option<Template>,
     pub kind: StepKind,
-    pub retry: RetryPolicy,
+    /// As written; `None` when the step sets no `retry:` and the operator's
+    /// default applies (see [`Step::retry_policy`]).
+    pub retry: Option<RetryPolicy>,
     pub timeout: Option<Duration>,
     pub pos: Pos,
 }
@@ -101,30 +103,66 @@ impl StepKind {
     }
 }
 
-/// Exponential backoff: attempt `n` (from 1) waits `backoff * 2^(n-1)`,
-/// capped at `max_backoff`.
+impl Step {
+    /// The step's own `retry:`, or `default` (the operator's
+    /// `[defaults] retry`) when it sets none.
+    pub fn retry_policy<'a>(&'a self, default: &'a RetryPolicy) -> &'a RetryPolicy {
+        self.retry.as_ref().unwrap_or(default)
+    }
+}
+
+/// Exponential backoff: attempt `n` (from 1) waits up to
+/// `backoff * 2^(n-1)`, capped at `max_backoff`. With `jitter` (the
+/// default) the wait is drawn from zero to that bound ("full jitter"), so
+/// runs that failed together on a shared outage do not retry in lockstep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub backoff: Duration,
     pub max_backoff: Duration,
+    pub jitter: bool,
 }
 
 impl Default for RetryPolicy {
+    /// What a step that writes `retry: {}` gets: one attempt.
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 1,
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(3600),
+            jitter: true,
         }
     }
 }
 
 impl RetryPolicy {
-    /// The delay after failed attempt `attempt` (1-based).
+    /// The policy of a step that sets no `retry:` when the operator has not
+    /// chosen one: a refused connection or a 503 is retried twice, within
+    /// about a few seconds, instead of failing a fulfilment run.
+    pub const UNSET_DEFAULT: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(30),
+        jitter: true,
+    };
+
+    /// The longest delay after failed attempt `attempt` (1-based).
     pub fn delay_after(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
         self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+
+    /// The delay after failed attempt `attempt`: `delay_after`, or with
+    /// jitter a share of it chosen by `seed` (uniform over the seeds).
+    pub fn delay_with_jitter(&self, attempt: u32, seed: u64) -> Duration {
+        let bound = self.delay_after(attempt);
+        if !self.jitter {
+            return bound;
+        }
+        // Full jitter: anywhere from zero to the bound, in millionths.
+        let share = seed % 1_000_001;
+        let micros = bound.as_micros().min(u64::MAX as u128) as u64;
+        Duration::from_micros(((micros as u128 * share as u128) / 1_000_000) as u64)
     }
 }
 

@@ -46,7 +46,8 @@ pub async fn run(file: &Path, input: &str, config: &Config) -> anyhow::Result<Ex
     let run_id = uuid::Uuid::now_v7().to_string();
     let executor = Executor::new(set.engine.clone(), config.env_json())
         .with_groups(steward::groups::Groups::new(config.groups.clone()))
-        .with_calendars(config.calendars()?);
+        .with_calendars(config.calendars()?)
+        .with_default_retry(config.defaults.retry.policy());
     let outcome = executor.run(workflow, &run_id, input).await;
     let state = outcome.state;
     match state.status {

@@ -126,7 +126,8 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
     groups.spawn_refresh(store.clone(), std::time::Duration::from_secs(2));
     let executor = Executor::new(set.engine.clone(), config.env_json())
         .with_groups(groups.clone())
-        .with_calendars(calendars.clone());
+        .with_calendars(calendars.clone())
+        .with_default_retry(config.defaults.retry.policy());
     let executes = role != Role::ApiOnly;
     let options = WorkerOptions {
         lease: std::time::Duration::from_millis(config.worker.lease_ms.max(100)),
