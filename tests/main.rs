@@ -16,6 +16,7 @@ mod durability;
 mod faults;
 mod itsm_examples;
 mod plugin_units;
+mod rerun;
 mod retries;
 mod sandbox;
 mod scale_out;

@@ -47,6 +47,7 @@ fn new_run<'a>(id: &'a str, input: &'a serde_json::Value, key: Option<&'a str>) 
         input,
         idempotency_key: key,
         started_by: None,
+        rerun_of: None,
         lease: None,
         placement: Default::default(),
     }
@@ -730,6 +731,7 @@ async fn runs_are_listed_newest_first_by_workflow_and_status_in_pages() {
                 input: &input,
                 idempotency_key: None,
                 started_by: None,
+                rerun_of: None,
                 lease: None,
                 placement: Default::default(),
             };

@@ -42,6 +42,7 @@ pub fn unleased<'a>(id: &'a str, workflow: &'a str, input: &'a Value) -> NewRun<
         input,
         idempotency_key: None,
         started_by: None,
+        rerun_of: None,
         lease: None,
         placement: Default::default(),
     }

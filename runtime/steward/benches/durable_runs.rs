@@ -194,6 +194,7 @@ async fn store_alone(store: &Store, prefix: &str, in_flight: usize) -> f64 {
                         input: &input,
                         idempotency_key: None,
                         started_by: None,
+                        rerun_of: None,
                         lease: None,
                         placement: Default::default(),
                     })

@@ -112,6 +112,20 @@ impl WorkerHandle {
         idempotency_key: Option<&str>,
         started_by: &str,
     ) -> Result<(RunRow, bool), StoreError> {
+        self.start_rerun(workflow, id, input, idempotency_key, started_by, None)
+            .await
+    }
+
+    /// As [`WorkerHandle::start`], recording the run this one repeats.
+    pub async fn start_rerun(
+        &self,
+        workflow: Arc<Workflow>,
+        id: &str,
+        input: &Value,
+        idempotency_key: Option<&str>,
+        started_by: &str,
+        rerun_of: Option<&str>,
+    ) -> Result<(RunRow, bool), StoreError> {
         let shared = &self.shared;
         let has_room = shared.active.lock().unwrap().len() < shared.options.capacity
             && !shared.draining.load(std::sync::atomic::Ordering::SeqCst);
@@ -127,6 +141,7 @@ impl WorkerHandle {
             input,
             idempotency_key,
             started_by: Some(started_by),
+            rerun_of,
             lease,
             placement,
         };

@@ -38,6 +38,8 @@ pub struct RunRow {
     /// (`None` for runs from before this was recorded). Approvals use it
     /// to keep people from approving their own requests.
     pub started_by: Option<String>,
+    /// The run this one repeats, when it was started as its rerun.
+    pub rerun_of: Option<String>,
 }
 
 /// What a cancel request found.
@@ -57,6 +59,8 @@ pub struct NewRun<'a> {
     pub idempotency_key: Option<&'a str>,
     /// Who starts it (see [`RunRow::started_by`]).
     pub started_by: Option<&'a str>,
+    /// The run this one repeats (`POST /v1/runs/{id}/rerun`).
+    pub rerun_of: Option<&'a str>,
     /// Create it already claimed by this worker for this long, so the
     /// process that accepted it can drive it without a claim and a reload.
     pub lease: Option<(&'a str, Duration)>,
@@ -144,6 +148,7 @@ fn run_row(r: &sqlx::any::AnyRow) -> Result<RunRow, StoreError> {
         created_at: to_time(r.try_get("created_at")?),
         finished_at: r.try_get::<Option<i64>, _>("finished_at")?.map(to_time),
         started_by: r.try_get("started_by")?,
+        rerun_of: r.try_get("rerun_of")?,
     })
 }
 
@@ -169,6 +174,7 @@ impl Store {
             input: new.input.to_string(),
             idempotency_key: new.idempotency_key.map(str::to_string),
             started_by: new.started_by.map(str::to_string),
+            rerun_of: new.rerun_of.map(str::to_string),
             now,
             first_event,
             lease: new
@@ -205,6 +211,7 @@ impl Store {
             created_at: to_time(now),
             finished_at: None,
             started_by: new.started_by.map(str::to_string),
+            rerun_of: new.rerun_of.map(str::to_string),
         };
         Ok((row, true))
     }
@@ -242,7 +249,7 @@ impl Store {
     pub async fn run(&self, id: &str) -> Result<Option<RunRow>, StoreError> {
         let row = sqlx::query(
             "SELECT id, workflow, version, status, input, output, error,
-                    created_at, finished_at, started_by
+                    created_at, finished_at, started_by, rerun_of
              FROM runs
              WHERE id = $1",
         )
@@ -264,7 +271,7 @@ impl Store {
     ) -> Result<Vec<RunRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, workflow, version, status, input, output, error,
-                    created_at, finished_at, started_by
+                    created_at, finished_at, started_by, rerun_of
              FROM runs
              WHERE ($1 IS NULL OR workflow = $1)
                AND ($2 IS NULL OR status = $2)
@@ -439,6 +446,7 @@ pub(crate) mod tests {
             input,
             idempotency_key: None,
             started_by: None,
+            rerun_of: None,
             lease: None,
             placement: Placement::default(),
         }

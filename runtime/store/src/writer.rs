@@ -49,6 +49,7 @@ pub struct CreateRow {
     pub input: String,
     pub idempotency_key: Option<String>,
     pub started_by: Option<String>,
+    pub rerun_of: Option<String>,
     pub now: i64,
     pub first_event: String,
     /// Created already claimed by this worker (owner, lease end).
@@ -229,7 +230,7 @@ type RowColumn<R> = Column<for<'r> fn(&'r R) -> Option<&'r str>, fn(&R) -> Optio
 type EventColumn = Column<for<'r> fn(NewEvent<'r>) -> Option<&'r str>, fn(NewEvent) -> Option<i64>>;
 
 /// A new run's VALUES columns (see [`Kind::sql`]).
-const CREATE_COLUMNS: [RowColumn<CreateRow>; 11] = {
+const CREATE_COLUMNS: [RowColumn<CreateRow>; 12] = {
     use Value::{Int, Text};
     [
         ("id", Text(|r| Some(&r.id))),
@@ -249,6 +250,7 @@ const CREATE_COLUMNS: [RowColumn<CreateRow>; 11] = {
             Int(|r| r.placement.concurrency.map(i64::from)),
         ),
         ("started_by", Text(|r| r.started_by.as_deref())),
+        ("rerun_of", Text(|r| r.rerun_of.as_deref())),
     ]
 };
 
@@ -370,11 +372,13 @@ impl Kind {
                  INSERT INTO runs (
                      id, workflow, version, status, input, idempotency_key,
                      created_at, updated_at, wake_at,
-                     lease_owner, lease_until, required_tags, concurrency_limit, started_by
+                     lease_owner, lease_until, required_tags, concurrency_limit, started_by,
+                     rerun_of
                  )
                  SELECT id, workflow, version, 'pending', input, idempotency_key,
                         now, now, now,
-                        lease_owner, lease_until, required_tags, concurrency_limit, started_by
+                        lease_owner, lease_until, required_tags, concurrency_limit, started_by,
+                        rerun_of
                  FROM v
                  WHERE id IS NOT NULL{conflict}",
                 columns = names(&CREATE_COLUMNS),

@@ -261,6 +261,13 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .optional_body()
             .ok_empty(202, "Cancel requested")
             .errors(&[409]),
+        Route::post("/v1/runs/{id}/rerun", runs::rerun)
+            .scope("runs:write")
+            .summary("Start a new run of the latest version of this run's workflow with the same input (or `input`), linked to it by `rerun_of`; the run must have finished")
+            .body("application/json", json!({"type": "object", "properties": {"input": {}}, "additionalProperties": false}))
+            .optional_body()
+            .ok(201, "Created", "application/json", json!({"$ref": "#/components/schemas/RunSummary"}))
+            .errors(&[409]),
         Route::post("/v1/tokens", tokens::create)
             .scope("admin")
             .summary("Create a scoped token for a subject (a person or svc:NAME), optionally expiring; the secret is in this answer only")

@@ -86,15 +86,9 @@ pub(super) async fn start_run(
         .catalog
         .latest(workflow)
         .ok_or_else(|| Problem::not_found(&format!("workflow {workflow}")))?;
-    if let Err(errors) = workflow.check_input_for_client(&input) {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-input",
-            "Input does not match the workflow's schema",
-            errors.join("\n"),
-        )
-        .with("errors", json!(errors)));
-    }
+    workflow
+        .check_input_for_client(&input)
+        .map_err(invalid_input)?;
     let id = uuid::Uuid::now_v7().to_string();
     let (row, created) = app
         .worker
@@ -212,6 +206,17 @@ pub async fn events(
     Ok(Json(json!({ "items": app.store.events(&id).await? })))
 }
 
+/// 422 for an input its workflow's schema refuses, each problem listed.
+fn invalid_input(errors: Vec<String>) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-input",
+        "Input does not match the workflow's schema",
+        errors.join("\n"),
+    )
+    .with("errors", json!(errors))
+}
+
 pub(super) fn summary(row: &RunRow) -> Value {
     json!({
         "id": row.id,
@@ -221,6 +226,7 @@ pub(super) fn summary(row: &RunRow) -> Value {
         "created_at": row.created_at,
         "finished_at": row.finished_at,
         "started_by": row.started_by,
+        "rerun_of": row.rerun_of,
     })
 }
 
@@ -271,6 +277,56 @@ pub async fn cancel(
         )),
         CancelRequest::NotFound => Err(Problem::not_found(&format!("run {id}"))),
     }
+}
+
+/// `POST /v1/runs/{id}/rerun`: 201 with a new run of the latest version
+/// of the run's workflow, with the same input unless `input` gives another,
+/// started by the caller and linked by `rerun_of`. 409 while the run has
+/// not finished (cancel it first, or wait).
+pub async fn rerun(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Principal>,
+    PathParam(id): PathParam<String>,
+    OptionalJsonBody(body): OptionalJsonBody<StartRun>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let old = app
+        .store
+        .run(&id)
+        .await?
+        .ok_or_else(|| Problem::not_found(&format!("run {id}")))?;
+    let finished = Status::parse(&old.status).is_some_and(|s| s.is_terminal());
+    if !finished {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "run-not-finished",
+            "The run has not finished",
+            format!(
+                "run {id} is {}: wait for it to finish, or cancel it, then rerun it",
+                old.status
+            ),
+        ));
+    }
+    let input = body.input.unwrap_or_else(|| old.input.clone());
+    let workflow = app.catalog.latest(&old.workflow).ok_or_else(|| {
+        Problem::new(
+            StatusCode::CONFLICT,
+            "workflow-gone",
+            "The run's workflow is no longer deployed",
+            format!(
+                "workflow {} is not deployed any more: deploy it again to rerun run {id}",
+                old.workflow
+            ),
+        )
+    })?;
+    workflow
+        .check_input_for_client(&input)
+        .map_err(invalid_input)?;
+    let new_id = uuid::Uuid::now_v7().to_string();
+    let (row, _) = app
+        .worker
+        .start_rerun(workflow, &new_id, &input, None, &caller.subject, Some(&id))
+        .await?;
+    Ok((StatusCode::CREATED, Json(summary(&row))))
 }
 
 #[derive(Deserialize)]

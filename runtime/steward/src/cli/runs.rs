@@ -1,4 +1,4 @@
-//! `steward runs list|show`: the server's runs, from the command line.
+//! `steward runs list|show|rerun`: the server's runs, from the command line.
 
 use std::process::ExitCode;
 
@@ -22,6 +22,14 @@ pub enum RunsCommand {
     },
     /// One run with its steps, as JSON.
     Show { id: String },
+    /// Start a finished run again (the latest version of its workflow),
+    /// with its input or `--input`; prints the new run, linked by `rerun_of`.
+    Rerun {
+        id: String,
+        /// The new run's input as JSON, instead of the old run's.
+        #[arg(long)]
+        input: Option<String>,
+    },
 }
 
 /// Where the server is: `--server`, `STEWARD_SERVER`, or the default listen address.
@@ -76,6 +84,23 @@ pub fn dispatch(
         RunsCommand::Show { id } => {
             let body = get(&format!("{server}/v1/runs/{id}"), token)?;
             println!("{}", serde_json::to_string_pretty(&body)?);
+        }
+        RunsCommand::Rerun { id, input } => {
+            let body = match input {
+                Some(text) => {
+                    let input: Value = serde_json::from_str(&text)
+                        .with_context(|| format!("--input is not JSON: {text}"))?;
+                    serde_json::json!({ "input": input })
+                }
+                None => serde_json::json!({}),
+            };
+            let run = call(
+                "POST",
+                &format!("{server}/v1/runs/{id}/rerun"),
+                token,
+                Some(&body),
+            )?;
+            println!("{}", serde_json::to_string_pretty(&run)?);
         }
     }
     Ok(ExitCode::SUCCESS)
