@@ -39,6 +39,23 @@ fn kind(declared: &str) -> &'static str {
     }
 }
 
+/// `column T.C KIND null|not null`.
+fn column_fact(table: &str, column: &str, declared: &str, not_null: bool) -> Fact {
+    let nullable = if not_null { "not null" } else { "null" };
+    format!("column {table}.{column} {} {nullable}", kind(declared))
+}
+
+/// `[unique ][partial ]index NAME on T (COLUMNS)`; indexes behind a
+/// constraint are named by each engine, so they show as `(constraint)`.
+fn index_fact(table: &str, name: Option<&str>, unique: bool, partial: bool, columns: &str) -> Fact {
+    format!(
+        "{}{}index {} on {table} ({columns})",
+        if unique { "unique " } else { "" },
+        if partial { "partial " } else { "" },
+        name.unwrap_or("(constraint)"),
+    )
+}
+
 /// Tables of ours: not the engine's own, not the migration ledger.
 fn ours(table: &str) -> bool {
     !table.starts_with("sqlite_") && table != "steward_migrations"
@@ -67,14 +84,11 @@ async fn describe_sqlite(pool: &AnyPool) -> BTreeSet<Fact> {
         let pk: i64 = row.get("pk");
         // A primary key column is never NULL on PostgreSQL; on SQLite only
         // when declared so, but Steward never writes NULL into one.
-        let nullable = if not_null == 1 || pk > 0 {
-            "not null"
-        } else {
-            "null"
-        };
-        facts.insert(format!(
-            "column {table}.{column} {} {nullable}",
-            kind(&declared)
+        facts.insert(column_fact(
+            &table,
+            &column,
+            &declared,
+            not_null == 1 || pk > 0,
         ));
         if pk > 0 {
             keys.entry(table).or_default().push(column);
@@ -95,8 +109,9 @@ async fn describe_sqlite(pool: &AnyPool) -> BTreeSet<Fact> {
     .fetch_all(pool)
     .await
     .unwrap();
-    let mut by_index: std::collections::BTreeMap<(String, String), (String, Vec<String>)> =
-        Default::default();
+    // (table, index) -> (name shown, unique, partial, columns in order)
+    type Index = (Option<String>, bool, bool, Vec<String>);
+    let mut by_index: std::collections::BTreeMap<(String, String), Index> = Default::default();
     for row in indexes {
         let table: String = row.get("tbl");
         if !ours(&table) {
@@ -107,26 +122,23 @@ async fn describe_sqlite(pool: &AnyPool) -> BTreeSet<Fact> {
         let origin: String = row.get("origin");
         let partial: i64 = row.get("part");
         let column: Option<String> = row.get("col");
-        // Indexes behind a UNIQUE constraint are named by each engine.
-        let shown = if origin == "c" {
-            name.clone()
-        } else {
-            "(constraint)".into()
-        };
-        let what = format!(
-            "{}{}index {shown}",
-            if unique == 1 { "unique " } else { "" },
-            if partial == 1 { "partial " } else { "" },
-        );
+        // Only indexes made by CREATE INDEX ("c") keep their name.
+        let shown = (origin == "c").then(|| name.clone());
         let entry = by_index
             .entry((table, name))
-            .or_insert_with(|| (what, Vec::new()));
+            .or_insert_with(|| (shown, unique == 1, partial == 1, Vec::new()));
         entry
-            .1
+            .3
             .push(column.unwrap_or_else(|| "(expression)".into()));
     }
-    for ((table, _), (what, columns)) in by_index {
-        facts.insert(format!("{what} on {table} ({})", columns.join(", ")));
+    for ((table, _), (shown, unique, partial, columns)) in by_index {
+        facts.insert(index_fact(
+            &table,
+            shown.as_deref(),
+            unique,
+            partial,
+            &columns.join(", "),
+        ));
     }
     facts
 }
@@ -152,11 +164,7 @@ async fn describe_postgres(pool: &AnyPool, schema: &str) -> BTreeSet<Fact> {
         let column: String = row.get("col");
         let declared: String = row.get("ty");
         let nullable: String = row.get("nullable");
-        let nullable = if nullable == "NO" { "not null" } else { "null" };
-        facts.insert(format!(
-            "column {table}.{column} {} {nullable}",
-            kind(&declared)
-        ));
+        facts.insert(column_fact(&table, &column, &declared, nullable == "NO"));
     }
     let indexes = sqlx::query(
         "SELECT t.relname::text AS tbl, ic.relname::text AS idx, i.indisunique AS uq,
@@ -193,16 +201,8 @@ async fn describe_postgres(pool: &AnyPool, schema: &str) -> BTreeSet<Fact> {
             facts.insert(format!("primary key {table} ({columns})"));
             continue;
         }
-        let shown = if backs_constraint {
-            "(constraint)".to_string()
-        } else {
-            name
-        };
-        facts.insert(format!(
-            "{}{}index {shown} on {table} ({columns})",
-            if unique { "unique " } else { "" },
-            if partial { "partial " } else { "" },
-        ));
+        let shown = (!backs_constraint).then_some(name.as_str());
+        facts.insert(index_fact(&table, shown, unique, partial, &columns));
     }
     facts
 }

@@ -30,13 +30,6 @@ pub enum JournalError {
     Other(String),
 }
 
-impl JournalError {
-    /// Whether the same write may succeed later without anyone acting.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, JournalError::Unavailable(_))
-    }
-}
-
 /// Where a run's events are made durable.
 pub trait Journal: Send {
     /// Persists `events` (the newest ones) with the run's state; `wake_at` is

@@ -155,6 +155,11 @@ mod tests {
             ),
             (
                 Method::POST,
+                "/v1/runs/{id}/rerun",
+                Needs::Scope("runs:write"),
+            ),
+            (
+                Method::POST,
                 "/v1/approvals/{id}",
                 Needs::Scope("approvals:decide"),
             ),
