@@ -196,3 +196,61 @@ fn the_cli_reruns_a_run() {
     );
     server.kill();
 }
+
+/// A client retrying its rerun request with the same `Idempotency-Key`
+/// gets the rerun it already made, not a second one.
+#[test]
+fn a_rerun_retried_with_its_idempotency_key_is_made_once() {
+    let sink = refuses_once();
+    let (_dir, config) = setup(&sink);
+    let server = Server::start(&config);
+    let old = server.start_run("order", json!({ "n": 3 }));
+    finish(&server, &old);
+    let rerun = |key: &str, body: Value| -> (u16, Value) {
+        let response = server
+            .request("POST", &format!("/v1/runs/{old}/rerun"))
+            .set("content-type", "application/json")
+            .set("Idempotency-Key", key)
+            .send_string(&body.to_string());
+        match response {
+            Ok(r) => (r.status(), common::server::json_of(r)),
+            Err(ureq::Error::Status(status, r)) => (status, common::server::json_of(r)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let (first, made) = rerun("retry-7", json!({}));
+    assert_eq!(first, 201, "{made:#}");
+    let (again, same) = rerun("retry-7", json!({}));
+    assert_eq!(again, 200, "{same:#}");
+    assert_eq!(same["id"], made["id"]);
+    assert_eq!(same["rerun_of"], old.as_str());
+
+    // The key with another input is a mistake, not the same request.
+    let (status, problem) = rerun("retry-7", json!({ "input": { "n": 9 } }));
+    assert_eq!(status, 422, "{problem:#}");
+    assert_eq!(problem["run_id"], made["id"]);
+
+    // A key a plain start used is not this rerun either.
+    let response = server
+        .request("POST", "/v1/workflows/order/runs")
+        .set("content-type", "application/json")
+        .set("Idempotency-Key", "plain-1")
+        .send_string(&json!({ "input": { "n": 3 } }).to_string())
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let plain = common::server::json_of(response)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, problem) = rerun("plain-1", json!({}));
+    assert_eq!(status, 422, "{problem:#}");
+
+    finish(&server, made["id"].as_str().unwrap());
+    finish(&server, &plain);
+    assert_eq!(
+        sink.received().len(),
+        3,
+        "the old run, one rerun, one plain start"
+    );
+    server.kill();
+}

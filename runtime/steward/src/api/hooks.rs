@@ -63,6 +63,7 @@ pub async fn deliver(
         input,
         Some(&verified.replay_key),
         &started_by,
+        None,
     )
     .await?;
     metrics::global().hook_delivery(&name, if created { "accepted" } else { "replayed" });

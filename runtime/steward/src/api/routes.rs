@@ -264,8 +264,10 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
         Route::post("/v1/runs/{id}/rerun", runs::rerun)
             .scope("runs:write")
             .summary("Start a new run of the latest version of this run's workflow with the same input (or `input`), linked to it by `rerun_of`; the run must have finished")
+            .header("Idempotency-Key", json!({"type": "string", "maxLength": 255}))
             .body("application/json", json!({"type": "object", "properties": {"input": {}}, "additionalProperties": false}))
             .optional_body()
+            .ok(200, "The rerun an earlier request with the same Idempotency-Key created", "application/json", json!({"$ref": "#/components/schemas/RunSummary"}))
             .ok(201, "Created", "application/json", json!({"$ref": "#/components/schemas/RunSummary"}))
             .errors(&[409]),
         Route::post("/v1/tokens", tokens::create)

@@ -37,34 +37,45 @@ pub async fn start(
     OptionalJsonBody(body): OptionalJsonBody<StartRun>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let input = body.input.unwrap_or_else(|| json!({}));
-    let key = match headers.get("idempotency-key") {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|k| {
-                    !k.is_empty()
-                        && k.len() <= 255
-                        && !k.starts_with(HOOK_KEY_PREFIX)
-                        && !k.starts_with(crate::schedule::FIRE_KEY_PREFIX)
-                })
-                .ok_or_else(|| {
-                    Problem::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid-idempotency-key",
-                        "Invalid Idempotency-Key",
-                        "use 1 to 255 visible ASCII characters, not starting with `hook:` or `schedule:`",
-                    )
-                })?,
-        ),
-        None => None,
-    };
-    let (row, created) = start_run(&app, &name, input, key, &caller.subject).await?;
-    let status = if created {
+    let key = client_key(&headers)?;
+    let (row, created) = start_run(&app, &name, input, key, &caller.subject, None).await?;
+    Ok((created_or_found(created), Json(summary(&row))))
+}
+
+/// 201 for a run created now, 200 for one an earlier request with the
+/// same `Idempotency-Key` created.
+fn created_or_found(created: bool) -> StatusCode {
+    if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
+    }
+}
+
+/// A client's `Idempotency-Key`, if it sent one: 1 to 255 visible ASCII
+/// characters, not in the namespaces of webhooks and schedules.
+fn client_key(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
     };
-    Ok((status, Json(summary(&row))))
+    value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= 255
+                && !k.starts_with(HOOK_KEY_PREFIX)
+                && !k.starts_with(crate::schedule::FIRE_KEY_PREFIX)
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-idempotency-key",
+                "Invalid Idempotency-Key",
+                "use 1 to 255 visible ASCII characters, not starting with `hook:` or `schedule:`",
+            )
+        })
 }
 
 /// Idempotency keys of webhook deliveries start with this, so a client's
@@ -74,13 +85,15 @@ pub(super) const HOOK_KEY_PREFIX: &str = "hook:";
 /// Starts a run of the latest `workflow` after checking `input` against its
 /// schema, recording `started_by` so its approvals can refuse the starter;
 /// with a `key` used before, returns that run (`false`), or 422 when that
-/// run was started with another input.
+/// run was started with another input (or as the rerun of another run).
+/// `rerun_of` links a rerun to the run it repeats.
 pub(super) async fn start_run(
     app: &AppState,
     workflow: &str,
     input: Value,
     key: Option<&str>,
     started_by: &str,
+    rerun_of: Option<&str>,
 ) -> Result<(RunRow, bool), Problem> {
     let workflow = app
         .catalog
@@ -92,15 +105,15 @@ pub(super) async fn start_run(
     let id = uuid::Uuid::now_v7().to_string();
     let (row, created) = app
         .worker
-        .start(workflow, &id, &input, key, started_by)
+        .start_rerun(workflow, &id, &input, key, started_by, rerun_of)
         .await?;
-    if !created && row.input != input {
+    if !created && (row.input != input || row.rerun_of.as_deref() != rerun_of) {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency-key-reused",
             "Idempotency-Key reused with another body",
             format!(
-                "run {} was started with this Idempotency-Key and a different input: use a new key for a new run",
+                "run {} was started with this Idempotency-Key and a different input or origin: use a new key for a new run",
                 row.id
             ),
         )
@@ -287,8 +300,10 @@ pub async fn rerun(
     State(app): State<Arc<AppState>>,
     Extension(caller): Extension<Principal>,
     PathParam(id): PathParam<String>,
+    headers: HeaderMap,
     OptionalJsonBody(body): OptionalJsonBody<StartRun>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
+    let key = client_key(&headers)?;
     let old = app
         .store
         .run(&id)
@@ -306,9 +321,8 @@ pub async fn rerun(
             ),
         ));
     }
-    let input = body.input.unwrap_or_else(|| old.input.clone());
-    let workflow = app.catalog.latest(&old.workflow).ok_or_else(|| {
-        Problem::new(
+    if app.catalog.latest(&old.workflow).is_none() {
+        return Err(Problem::new(
             StatusCode::CONFLICT,
             "workflow-gone",
             "The run's workflow is no longer deployed",
@@ -316,17 +330,12 @@ pub async fn rerun(
                 "workflow {} is not deployed any more: deploy it again to rerun run {id}",
                 old.workflow
             ),
-        )
-    })?;
-    workflow
-        .check_input_for_client(&input)
-        .map_err(invalid_input)?;
-    let new_id = uuid::Uuid::now_v7().to_string();
-    let (row, _) = app
-        .worker
-        .start_rerun(workflow, &new_id, &input, None, &caller.subject, Some(&id))
-        .await?;
-    Ok((StatusCode::CREATED, Json(summary(&row))))
+        ));
+    }
+    let input = body.input.unwrap_or_else(|| old.input.clone());
+    let (row, created) =
+        start_run(&app, &old.workflow, input, key, &caller.subject, Some(&id)).await?;
+    Ok((created_or_found(created), Json(summary(&row))))
 }
 
 #[derive(Deserialize)]
