@@ -14,6 +14,7 @@ mod approvals;
 mod cli_run;
 mod durability;
 mod faults;
+mod for_each;
 mod itsm_examples;
 mod plugin_units;
 mod rerun;

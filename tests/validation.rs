@@ -99,7 +99,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "step without a kind",
             yaml: "name: demo\nsteps:\n  - id: a\n".into(),
-            expect: &["FILE:3:5: steps.a: a step needs exactly one of uses, approval, parallel or wait"],
+            expect: &["FILE:3:5: steps.a: a step needs exactly one of uses, approval, parallel, wait or for_each"],
         },
         Case {
             name: "parallel branches cannot see each other",
@@ -184,8 +184,70 @@ fn cases() -> Vec<Case> {
             yaml: format!("{}      allow_self_approval: sometimes\n", FOUR_EYES.replace("QUORUM", "any").replace("REQUESTER", "max")),
             expect: &["FILE:8:28: steps.ask.approval.allow_self_approval: expected true or false"],
         },
+        Case {
+            name: "for_each over a literal that is not a list",
+            yaml: LOOP.replace("${{ input.items }}", "seven"),
+            expect: &["FILE:4:15: steps.each.for_each: expected a list to loop over"],
+        },
+        Case {
+            name: "a loop's item used outside it",
+            yaml: format!("{LOOP}  - id: after\n    uses: transform\n    with: {{ x: \"${{{{ item.sku }}}}\" }}\n"),
+            expect: &["steps.after.with", "unknown variable item", "exist only inside its for_each"],
+        },
+        Case {
+            name: "a step inside a loop read after it",
+            yaml: format!("{LOOP}  - id: after\n    uses: transform\n    with: {{ x: \"${{{{ steps.order.output }}}}\" }}\n"),
+            expect: &["steps.after.with", "step order runs once per element inside for_each each", "steps.each.output"],
+        },
+        Case {
+            name: "an approval inside a loop",
+            yaml: LOOP.replace("      - id: order\n        uses: transform\n        with: { sku: \"${{ item.sku }}\", n: \"${{ index }}\" }\n", "      - id: order\n        approval: { approvers: [ana] }\n"),
+            expect: &["FILE:7:9: steps.order: approval steps cannot run inside for_each each"],
+        },
+        Case {
+            name: "a loop inside a loop",
+            yaml: LOOP.replace("        uses: transform\n        with: { sku: \"${{ item.sku }}\", n: \"${{ index }}\" }\n", "        for_each: [1, 2]\n        steps: [{ id: inner, uses: transform }]\n"),
+            expect: &["steps.order: a for_each inside a for_each cannot run inside for_each each"],
+        },
+        Case {
+            name: "a loop whose element name hides a root",
+            yaml: LOOP.replace("    concurrency: 5\n", "    concurrency: 5\n    as: input\n"),
+            expect: &["FILE:6:9: steps.each.as: \"input\" cannot name the element"],
+        },
+        Case {
+            name: "a loop with a concurrency out of range",
+            yaml: LOOP.replace("concurrency: 5", "concurrency: 0"),
+            expect: &["FILE:5:18: steps.each.concurrency: expected how many elements may run at once"],
+        },
+        Case {
+            name: "a loop with an unknown on_error",
+            yaml: LOOP.replace("    concurrency: 5\n", "    concurrency: 5\n    on_error: ignore\n"),
+            expect: &["FILE:6:15: steps.each.on_error: expected fail_fast", "or continue"],
+        },
+        Case {
+            name: "a loop without steps",
+            yaml: "name: demo\nsteps:\n  - id: each\n    for_each: [1]\n".into(),
+            expect: &["steps.each.steps: a for_each needs the steps to run per element"],
+        },
+        Case {
+            name: "loop fields on a plugin step",
+            yaml: BASE.replace("with: { a: 1 }", "with: { a: 1 }\n    concurrency: 4"),
+            expect: &["FILE:6:18: steps.first.concurrency: only for_each steps take `concurrency`"],
+        },
     ]
 }
+
+/// A loop over the input's items, to break in small ways.
+const LOOP: &str = "name: order
+steps:
+  - id: each
+    for_each: ${{ input.items }}
+    concurrency: 5
+    steps:
+      - id: order
+        uses: transform
+        with: { sku: \"${{ item.sku }}\", n: \"${{ index }}\" }
+";
 
 /// An approval by two people with a requester, to break in small ways.
 const FOUR_EYES: &str = "name: leave

@@ -197,10 +197,35 @@ fn default_clock_skew() -> std::time::Duration {
 }
 
 /// `[defaults]`: what workflow steps get when they do not say.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DefaultsSettings {
     pub retry: RetrySettings,
+    /// The most elements a `for_each` may loop over: a loop's list and
+    /// results are kept in its run's history.
+    #[serde(deserialize_with = "loop_limit")]
+    pub for_each_max_items: usize,
+}
+
+impl Default for DefaultsSettings {
+    fn default() -> Self {
+        DefaultsSettings {
+            retry: RetrySettings::default(),
+            for_each_max_items: crate::workflow::model::FOR_EACH_MAX_ITEMS,
+        }
+    }
+}
+
+/// `for_each_max_items`: from 1 to a million.
+fn loop_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = i64::deserialize(d)?;
+    if (1..=1_000_000).contains(&n) {
+        Ok(n as usize)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "for_each_max_items = {n}: expected from 1 to 1000000"
+        )))
+    }
 }
 
 /// `[defaults] retry`: the retry policy of steps that set no `retry:`,

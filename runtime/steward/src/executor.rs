@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use crate::engine::{CallError, CallRequest, Engine, StepContext};
-use crate::run::state::ApprovalState;
+use crate::run::state::{ApprovalState, StepRecord};
 use crate::run::{
     Action, Event, JournalError, Plan, PlanContext, Recorded, RunState, StepError, StepState,
     idempotency_key, outcome_event, plan,
@@ -242,6 +242,12 @@ impl Executor {
         self
     }
 
+    /// Sets the most elements a `for_each` may loop over.
+    pub fn with_for_each_max_items(mut self, max: usize) -> Executor {
+        Arc::make_mut(&mut self.context).for_each_max_items = max;
+        self
+    }
+
     /// Sets the groups `group:NAME` approvers are looked up in.
     pub fn with_groups(mut self, groups: crate::groups::Groups) -> Executor {
         self.groups = groups;
@@ -333,17 +339,8 @@ impl Executor {
                     run.flush_wake(journal, Some(Utc::now())).await?;
                     return Ok(DriveEnd::Parked);
                 };
-                if let Ok(finished) = joined
-                    && let Some(step) = workflow.step(&finished.step)
-                {
-                    run.record(outcome_event(
-                        &self.context,
-                        &run.state.id,
-                        step,
-                        finished.attempt,
-                        finished.result,
-                        Utc::now(),
-                    ));
+                if let Ok(finished) = joined {
+                    self.record_outcome(workflow, run, finished);
                 }
                 continue;
             }
@@ -448,17 +445,15 @@ impl Executor {
             };
             match wait(&mut calls, wake_at).await {
                 Some(finished) => {
-                    let Some(step) = workflow.step(&finished.step) else {
-                        continue;
-                    };
-                    run.record(outcome_event(
-                        &self.context,
-                        &run.state.id,
-                        step,
-                        finished.attempt,
-                        finished.result,
-                        Utc::now(),
-                    ));
+                    self.record_outcome(workflow, run, finished);
+                    // Take every other result already in: one plan (and
+                    // one write) for all of them, which is what keeps a
+                    // loop of many short elements fast.
+                    while let Some(joined) = calls.try_join_next() {
+                        if let Ok(finished) = joined {
+                            self.record_outcome(workflow, run, finished);
+                        }
+                    }
                 }
                 None if calls.is_empty() && next.wake_at.is_none() => {
                     let why = if awaiting_people {
@@ -483,19 +478,32 @@ impl Executor {
     /// True while the run is unfinished and every step in flight is a
     /// plugin step whose plugin [`Engine::is_contained`].
     fn only_contained_steps_run(&self, workflow: &Workflow, state: &RunState) -> bool {
-        let mut running = state
-            .steps
-            .iter()
-            .filter(|(_, record)| matches!(record.state, StepState::Running { .. }))
+        let mut running = running_records(state)
+            .filter_map(|(key, _)| workflow.step_by_key(key))
+            // A loop in progress calls nothing itself; its elements do.
+            .filter(|step| !matches!(step.kind, StepKind::ForEach(_)))
             .peekable();
         !state.status.is_terminal()
             && running.peek().is_some()
-            && running.all(|(id, _)| {
-                matches!(
-                    workflow.step(id).map(|s| &s.kind),
-                    Some(StepKind::Plugin { uses, .. }) if self.engine.is_contained(uses)
-                )
+            && running.all(|step| {
+                matches!(&step.kind, StepKind::Plugin { uses, .. } if self.engine.is_contained(uses))
             })
+    }
+
+    /// Records what a finished call means for its step.
+    fn record_outcome(&self, workflow: &Workflow, run: &mut LiveRun, finished: Finished) {
+        let Some(step) = workflow.step_by_key(&finished.step) else {
+            return;
+        };
+        run.record(outcome_event(
+            &self.context,
+            &run.state.id,
+            &finished.step,
+            step,
+            finished.attempt,
+            finished.result,
+            Utc::now(),
+        ));
     }
 
     fn spawn_call(
@@ -648,7 +656,7 @@ fn resume_call(
     attempt: u32,
     input: Value,
 ) -> Option<CallSpec> {
-    let definition = workflow.step(&step)?;
+    let definition = workflow.step_by_key(&step)?;
     let crate::workflow::model::StepKind::Plugin { uses, .. } = &definition.kind else {
         return None;
     };
@@ -670,7 +678,7 @@ fn resume_call(
 /// the input it was started with).
 fn interrupted_calls(run: &LiveRun) -> Vec<(String, u32, Value)> {
     let mut out = Vec::new();
-    for (step, record) in &run.state.steps {
+    for (step, record) in running_records(&run.state) {
         let StepState::Running { attempt } = record.state else {
             continue;
         };
@@ -687,6 +695,16 @@ fn interrupted_calls(run: &LiveRun) -> Vec<(String, u32, Value)> {
         }
     }
     out
+}
+
+/// The records of steps with an attempt in flight, top-level steps and
+/// those inside loop elements (which only running elements have).
+fn running_records(state: &RunState) -> impl Iterator<Item = (&String, &StepRecord)> {
+    state
+        .steps
+        .iter()
+        .chain(state.elements.iter())
+        .filter(|(_, record)| matches!(record.state, StepState::Running { .. }))
 }
 
 /// Waits for the next finished call or the wake-up time, whichever comes

@@ -122,6 +122,22 @@ pub enum Event {
     RunCancelled {
         reason: String,
     },
+    /// A `for_each` step rendered its list: the elements it runs, kept so
+    /// the loop never depends on re-evaluating its expression.
+    LoopStarted {
+        step: String,
+        items: Vec<Value>,
+    },
+    /// Element `index` of loop `step` finished: its last step's output, or
+    /// the error that ended it.
+    ElementFinished {
+        step: String,
+        index: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<StepError>,
+    },
 }
 
 impl Event {
@@ -136,7 +152,9 @@ impl Event {
             | Event::TimerFired { step }
             | Event::ApprovalRequested { step, .. }
             | Event::ApprovalDecided { step, .. }
-            | Event::RunRejected { step, .. } => Some(step),
+            | Event::RunRejected { step, .. }
+            | Event::LoopStarted { step, .. }
+            | Event::ElementFinished { step, .. } => Some(step),
             _ => None,
         }
     }

@@ -12,7 +12,10 @@ use super::event::{Event, StepError};
 use super::state::{RunState, StepRecord, StepState, clock_add};
 use crate::groups::GroupSnapshot;
 use crate::workflow::expr::Scope;
-use crate::workflow::model::{OnTimeout, Quorum, RetryPolicy, Sla, StepKind, WaitFor};
+use crate::workflow::model::{
+    FOR_EACH_INDEX, FOR_EACH_MAX_ITEMS, ForEach, OnError, OnTimeout, Quorum, RetryPolicy, Sla,
+    StepKind, WaitFor,
+};
 use crate::workflow::{Step, Workflow};
 
 /// Something the executor must do now.
@@ -58,6 +61,9 @@ pub struct PlanContext {
     pub calendars: BTreeMap<String, crate::calendar::Calendar>,
     /// The retry policy of steps that set no `retry:` (`[defaults] retry`).
     pub default_retry: RetryPolicy,
+    /// The most elements a `for_each` may loop over
+    /// (`[defaults] for_each_max_items`).
+    pub for_each_max_items: usize,
 }
 
 impl Default for PlanContext {
@@ -66,6 +72,7 @@ impl Default for PlanContext {
             env: Value::Null,
             calendars: BTreeMap::new(),
             default_retry: RetryPolicy::UNSET_DEFAULT,
+            for_each_max_items: FOR_EACH_MAX_ITEMS,
         }
     }
 }
@@ -88,24 +95,26 @@ pub fn plan(
     if state.status.is_terminal() {
         return plan;
     }
-    let scope = Scope {
-        input: state.input.clone(),
-        steps: state.outputs(),
-        run: serde_json::json!({
+    let scope = Scope::new(
+        state.input.clone(),
+        state.outputs(),
+        serde_json::json!({
             "id": state.id,
             "workflow": state.workflow,
             "version": state.version,
             "started_at": state.started_at.to_rfc3339(),
         }),
-        env: env.clone(),
-    };
+        env.clone(),
+    );
     let mut planner = Planner {
         state,
         scope: &scope,
         groups,
         calendars: &context.calendars,
+        max_items: context.for_each_max_items,
         now,
         plan: &mut plan,
+        prefix: String::new(),
     };
     if let Some(sla) = &workflow.sla
         && state.sla.is_none()
@@ -120,7 +129,7 @@ pub fn plan(
         Progress::Done => {
             let output = match &workflow.output {
                 Some(template) => template.render(&scope),
-                None => Ok(scope.steps.clone()),
+                None => Ok((*scope.steps).clone()),
             };
             plan.actions.push(Action::Record(match output {
                 Ok(output) => Event::RunSucceeded { output },
@@ -137,11 +146,12 @@ pub fn plan(
     plan
 }
 
-/// What a call's result means for the step: success, a retry later, or
-/// failure.
+/// What a call's result means for the step recorded under `key` (its id,
+/// or its element key inside a loop): success, a retry later, or failure.
 pub fn outcome_event(
     context: &PlanContext,
     run_id: &str,
+    key: &str,
     step: &Step,
     attempt: u32,
     result: Result<Value, StepError>,
@@ -150,7 +160,7 @@ pub fn outcome_event(
     let retry = step.retry_policy(&context.default_retry);
     match result {
         Ok(output) => Event::StepSucceeded {
-            step: step.id.clone(),
+            step: key.to_string(),
             attempt,
             output,
         },
@@ -158,14 +168,14 @@ pub fn outcome_event(
             // A delay past the calendar's end means: no further attempt.
             let retry_at = (error.retryable && attempt < retry.max_attempts)
                 .then(|| {
-                    let seed = jitter_seed(run_id, &step.id, attempt);
+                    let seed = jitter_seed(run_id, key, attempt);
                     chrono::Duration::from_std(retry.delay_with_jitter(attempt, seed))
                         .ok()
                         .and_then(|d| now.checked_add_signed(d))
                 })
                 .flatten();
             Event::StepFailed {
-                step: step.id.clone(),
+                step: key.to_string(),
                 attempt,
                 error,
                 retry_at,
@@ -208,8 +218,12 @@ struct Planner<'a> {
     scope: &'a Scope,
     groups: &'a GroupSnapshot,
     calendars: &'a BTreeMap<String, crate::calendar::Calendar>,
+    max_items: usize,
     now: DateTime<Utc>,
     plan: &'a mut Plan,
+    /// Prepended to step ids to key their records: empty at the top,
+    /// `LOOP/INDEX/` inside a loop's element.
+    prefix: String,
 }
 
 impl Planner<'_> {
@@ -224,8 +238,14 @@ impl Planner<'_> {
         Progress::Done
     }
 
+    /// Where `step`'s record is kept here: its id, or inside an element its
+    /// element key.
+    fn key(&self, step: &Step) -> String {
+        format!("{}{}", self.prefix, step.id)
+    }
+
     fn step(&mut self, step: &Step) -> Progress {
-        let record = self.state.step(&step.id);
+        let record = self.state.step(&self.key(step));
         match record.state {
             StepState::Succeeded | StepState::Skipped => Progress::Done,
             StepState::Failed => {
@@ -235,7 +255,10 @@ impl Planner<'_> {
                     ..error
                 })
             }
-            StepState::Running { .. } => Progress::Blocked,
+            StepState::Running { .. } => match &step.kind {
+                StepKind::ForEach(each) => self.for_each(step, each),
+                _ => Progress::Blocked,
+            },
             StepState::Retrying { attempt, at } => {
                 if self.now >= at {
                     self.start(step, attempt + 1);
@@ -247,7 +270,7 @@ impl Planner<'_> {
             StepState::Waiting { until } => {
                 if self.now >= until {
                     self.record(Event::TimerFired {
-                        step: step.id.clone(),
+                        step: self.key(step),
                     });
                 } else {
                     self.plan.wake(until);
@@ -540,7 +563,7 @@ impl Planner<'_> {
                 Ok(Value::Bool(true)) => {}
                 Ok(Value::Bool(false)) | Ok(Value::Null) => {
                     self.record(Event::StepSkipped {
-                        step: step.id.clone(),
+                        step: self.key(step),
                     });
                     return Progress::Blocked;
                 }
@@ -558,7 +581,7 @@ impl Planner<'_> {
             StepKind::Wait(wait) => match self.deadline(wait) {
                 Ok(until) => {
                     self.record(Event::TimerStarted {
-                        step: step.id.clone(),
+                        step: self.key(step),
                         until,
                     });
                     Progress::Blocked
@@ -569,6 +592,7 @@ impl Planner<'_> {
             StepKind::Approval(spec) => {
                 self.request_approval(step, 0, &spec.approvers, spec.quorum, spec.timeout)
             }
+            StepKind::ForEach(each) => self.for_each(step, each),
         }
     }
 
@@ -578,11 +602,11 @@ impl Planner<'_> {
         // A failed branch fails the group before any sibling starts again.
         if let Some(failed) = branches
             .iter()
-            .find(|b| self.state.step(&b.id).state == StepState::Failed)
+            .find(|b| self.state.step(&self.key(b)).state == StepState::Failed)
             && let Progress::Failed(error) = self.step(failed)
         {
             self.record(Event::StepFailed {
-                step: group.id.clone(),
+                step: self.key(group),
                 attempt: 1,
                 error,
                 retry_at: None,
@@ -594,7 +618,7 @@ impl Planner<'_> {
         for branch in branches {
             match self.step(branch) {
                 Progress::Done => {
-                    let record = self.state.step(&branch.id);
+                    let record = self.state.step(&self.key(branch));
                     if record.state == StepState::Succeeded {
                         outputs.insert(branch.id.clone(), record.output.unwrap_or(Value::Null));
                     }
@@ -602,7 +626,7 @@ impl Planner<'_> {
                 Progress::Blocked => all_done = false,
                 Progress::Failed(error) => {
                     self.record(Event::StepFailed {
-                        step: group.id.clone(),
+                        step: self.key(group),
                         attempt: 1,
                         error: error.clone(),
                         retry_at: None,
@@ -613,12 +637,157 @@ impl Planner<'_> {
         }
         if all_done {
             self.record(Event::StepSucceeded {
-                step: group.id.clone(),
+                step: self.key(group),
                 attempt: 1,
                 output: Value::Object(outputs),
             });
         }
         Progress::Blocked
+    }
+
+    /// A loop: renders its list once, then keeps up to `concurrency`
+    /// elements going, starting them in order; finishes when every element
+    /// has (or, with `fail_fast`, at the first that failed).
+    fn for_each(&mut self, step: &Step, each: &ForEach) -> Progress {
+        let key = self.key(step);
+        let state = self.state;
+        let Some(progress) = state.loops.get(&key) else {
+            return self.start_loop(step, each, key);
+        };
+        if each.on_error == OnError::FailFast && progress.failed > 0 {
+            let (index, error) = progress
+                .results
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| Some((i, r.as_ref()?.as_ref().err()?)))
+                .expect("a failed element has its error");
+            self.record(Event::StepFailed {
+                step: key,
+                attempt: 1,
+                error: StepError {
+                    message: format!("element {index}: {}", error.message),
+                    ..error.clone()
+                },
+                retry_at: None,
+            });
+            return Progress::Blocked;
+        }
+        if progress.finished == progress.items.len() {
+            let output = progress
+                .results
+                .iter()
+                .map(|r| match r {
+                    Some(Ok(output)) => output.clone(),
+                    Some(Err(error)) => serde_json::json!({ "error": error }),
+                    None => Value::Null,
+                })
+                .collect();
+            self.record(Event::StepSucceeded {
+                step: key,
+                attempt: 1,
+                output: Value::Array(output),
+            });
+            return Progress::Blocked;
+        }
+        for &index in &progress.active {
+            self.element(each, &key, index, &progress.items[index]);
+        }
+        let room = (each.concurrency as usize).saturating_sub(progress.active.len());
+        for index in (progress.started..progress.items.len()).take(room) {
+            self.element(each, &key, index, &progress.items[index]);
+        }
+        Progress::Blocked
+    }
+
+    /// Renders the loop's list and records it, or fails the step when it is
+    /// not a list or longer than allowed.
+    fn start_loop(&mut self, step: &Step, each: &ForEach, key: String) -> Progress {
+        let items = match each.items.render(self.scope) {
+            Ok(Value::Array(items)) => items,
+            Ok(other) => {
+                let kind = match other {
+                    Value::Null => "null",
+                    Value::Bool(_) => "a boolean",
+                    Value::Number(_) => "a number",
+                    Value::String(_) => "a string",
+                    Value::Object(_) => "an object",
+                    Value::Array(_) => "a list",
+                };
+                return self.fail(step, format!("for_each: expected a list, got {kind}"));
+            }
+            Err(e) => return self.fail(step, format!("for_each: {e}")),
+        };
+        if items.len() > self.max_items {
+            return self.fail(
+                step,
+                format!(
+                    "for_each: {} elements, more than the limit of {}: split the list, \
+                     or raise [defaults] for_each_max_items in steward.toml",
+                    items.len(),
+                    self.max_items
+                ),
+            );
+        }
+        self.record(Event::LoopStarted { step: key, items });
+        Progress::Blocked
+    }
+
+    /// Advances element `index` of the loop keyed `key`: its steps run in
+    /// order with the element and its index in scope, keyed
+    /// `KEY/INDEX/STEP`; when they are done the element's result is
+    /// recorded.
+    fn element(&mut self, each: &ForEach, key: &str, index: usize, item: &Value) {
+        let prefix = format!("{key}/{index}/");
+        let mut done = serde_json::Map::new();
+        collect_outputs(self.state, &prefix, &each.steps, &mut done);
+        let steps = if done.is_empty() {
+            self.scope.steps.clone()
+        } else {
+            let mut merged = self.scope.steps.as_object().cloned().unwrap_or_default();
+            merged.extend(done);
+            std::sync::Arc::new(Value::Object(merged))
+        };
+        let mut locals = self.scope.locals.clone();
+        locals.push((each.var.clone(), item.clone()));
+        locals.push((FOR_EACH_INDEX.to_string(), Value::from(index)));
+        let scope = Scope {
+            steps,
+            locals,
+            ..self.scope.clone()
+        };
+        let mut inner = Planner {
+            state: self.state,
+            scope: &scope,
+            groups: self.groups,
+            calendars: self.calendars,
+            max_items: self.max_items,
+            now: self.now,
+            plan: &mut *self.plan,
+            prefix,
+        };
+        let finished = match inner.sequence(&each.steps) {
+            Progress::Blocked => return,
+            Progress::Done => {
+                let last = each.steps.last().map(|s| inner.key(s));
+                let output = last
+                    .map(|k| self.state.step(&k))
+                    .filter(|r| r.state == StepState::Succeeded)
+                    .and_then(|r| r.output);
+                Event::ElementFinished {
+                    step: key.to_string(),
+                    index,
+                    output: Some(output.unwrap_or(Value::Null)),
+                    error: None,
+                }
+            }
+            Progress::Failed(error) => Event::ElementFinished {
+                step: key.to_string(),
+                index,
+                output: None,
+                error: Some(error),
+            },
+        };
+        self.record(finished);
     }
 
     fn start(&mut self, step: &Step, attempt: u32) {
@@ -627,7 +796,7 @@ impl Planner<'_> {
         };
         match with.render(self.scope) {
             Ok(input) => self.plan.actions.push(Action::Call {
-                step: step.id.clone(),
+                step: self.key(step),
                 attempt,
                 plugin: uses.clone(),
                 input,
@@ -672,12 +841,30 @@ impl Planner<'_> {
 
     fn fail(&mut self, step: &Step, message: String) -> Progress {
         self.record(Event::StepFailed {
-            step: step.id.clone(),
+            step: self.key(step),
             attempt: 1,
             error: StepError::fatal(format!("steps.{}.{message}", step.id)),
             retry_at: None,
         });
         Progress::Blocked
+    }
+}
+
+/// `{ "<id>": { "output": ... } }` for the steps of one element (keyed
+/// `prefix` + id) that succeeded, parallel branches included.
+fn collect_outputs(state: &RunState, prefix: &str, steps: &[Step], out: &mut Map<String, Value>) {
+    for step in steps {
+        if let Some(record) = state.elements.get(&format!("{prefix}{}", step.id))
+            && record.state == StepState::Succeeded
+        {
+            out.insert(
+                step.id.clone(),
+                serde_json::json!({ "output": record.output.clone().unwrap_or(Value::Null) }),
+            );
+        }
+        if let StepKind::Parallel(branches) = &step.kind {
+            collect_outputs(state, prefix, branches, out);
+        }
     }
 }
 
@@ -711,7 +898,7 @@ mod tests {
             StepError::fatal("bad request")
         };
         let step = workflow.step("call").unwrap();
-        match outcome_event(context, run, step, attempt, Err(error), now) {
+        match outcome_event(context, run, "call", step, attempt, Err(error), now) {
             Event::StepFailed { retry_at, .. } => retry_at,
             other => panic!("{other:?}"),
         }
@@ -792,6 +979,191 @@ mod tests {
 
     fn at(text: &str) -> DateTime<Utc> {
         text.parse().unwrap()
+    }
+
+    /// Drives `workflow` on `input` to its end with calls answered by
+    /// `respond` (step key, input); returns the final state, the history
+    /// and the most calls that were in flight at once.
+    fn simulate(
+        workflow: &Workflow,
+        input: Value,
+        context: &PlanContext,
+        respond: impl Fn(&str, &Value) -> Result<Value, StepError>,
+    ) -> (RunState, Vec<Event>, usize) {
+        let now = at("2026-12-02T12:00:00Z");
+        let mut state = RunState::new("r1", &workflow.name, 1, now);
+        let mut history = Vec::new();
+        let apply = |state: &mut RunState, event: Event, history: &mut Vec<Event>| {
+            state.apply(&Recorded::at(history.len() as u64 + 1, now, event.clone()));
+            history.push(event);
+        };
+        apply(&mut state, Event::RunStarted { input }, &mut history);
+        let mut widest = 0;
+        for _ in 0..100_000 {
+            if state.status.is_terminal() {
+                break;
+            }
+            let next = plan(workflow, &state, context, &GroupSnapshot::default(), now);
+            assert!(!next.actions.is_empty(), "stuck: {state:?}");
+            let mut calls = Vec::new();
+            for action in next.actions {
+                match action {
+                    Action::Record(event) => apply(&mut state, event, &mut history),
+                    Action::Call {
+                        step,
+                        attempt,
+                        input,
+                        ..
+                    } => {
+                        apply(
+                            &mut state,
+                            Event::StepStarted {
+                                step: step.clone(),
+                                attempt,
+                                input: input.clone(),
+                            },
+                            &mut history,
+                        );
+                        calls.push((step, attempt, input));
+                    }
+                }
+            }
+            widest = widest.max(calls.len());
+            for (key, attempt, input) in calls {
+                let definition = workflow.step_by_key(&key).unwrap();
+                let result = respond(&key, &input);
+                let event = outcome_event(context, "r1", &key, definition, attempt, result, now);
+                apply(&mut state, event, &mut history);
+            }
+        }
+        (state, history, widest)
+    }
+
+    fn load(yaml: &str) -> Workflow {
+        let plugins = ["transform".to_string()].into();
+        crate::workflow::load_str(yaml, "loop.yaml", &plugins).unwrap()
+    }
+
+    const LOOP: &str = "name: loop\nsteps:\n  - id: first\n    uses: transform\n    with: {}\n  - id: each\n    for_each: ${{ input.items }}\n    as: it\n    concurrency: 3\n    steps:\n      - id: shape\n        uses: transform\n        with: { n: '${{ it }}', at: '${{ index }}' }\n      - id: done\n        uses: transform\n        with: { from: '${{ steps.shape.output.n }}', before: '${{ steps.first.output }}' }\n  - id: after\n    uses: transform\n    with: { all: '${{ steps.each.output }}' }\n";
+
+    /// Every element runs its steps in order with its item and index, at
+    /// most `concurrency` at once, and the loop's output lists each
+    /// element's last output in input order.
+    #[test]
+    fn a_loop_runs_each_element_once_in_order_within_its_concurrency() {
+        let workflow = load(LOOP);
+        let items: Vec<Value> = (0..10).map(|i| Value::from(i * 10)).collect();
+        let (state, history, widest) = simulate(
+            &workflow,
+            serde_json::json!({ "items": items }),
+            &PlanContext::default(),
+            |key, input| match key {
+                "first" => Ok(Value::from("F")),
+                "after" => Ok(input.clone()),
+                _ => Ok(
+                    serde_json::json!({ "n": input.get("n").or(input.get("from")).cloned(), "key": key, "before": input.get("before") }),
+                ),
+            },
+        );
+        assert_eq!(
+            state.status,
+            crate::run::state::Status::Succeeded,
+            "{state:?}"
+        );
+        assert!(widest <= 3, "{widest} calls at once");
+        let output = state.steps["each"].output.clone().unwrap();
+        let list = output.as_array().unwrap();
+        assert_eq!(list.len(), 10);
+        for (i, entry) in list.iter().enumerate() {
+            assert_eq!(entry["n"], Value::from(i * 10));
+            assert_eq!(entry["key"], Value::from(format!("each/{i}/done")));
+            assert_eq!(entry["before"], Value::from("F"), "outer steps in scope");
+        }
+        let started: Vec<&str> = history
+            .iter()
+            .filter_map(|e| match e {
+                Event::StepStarted { step, .. } => Some(step.as_str()),
+                _ => None,
+            })
+            .collect();
+        for i in 0..10 {
+            for body in ["shape", "done"] {
+                let key = format!("each/{i}/{body}");
+                assert_eq!(started.iter().filter(|s| **s == key).count(), 1, "{key}");
+            }
+        }
+        assert_eq!(state.steps["after"].output.as_ref().unwrap()["all"], output);
+        assert!(
+            state.elements.is_empty(),
+            "finished elements keep no records"
+        );
+    }
+
+    #[test]
+    fn fail_fast_fails_the_loop_and_continue_keeps_going_with_error_entries() {
+        let fails = |key: &str, _: &Value| {
+            if key == "each/4/shape" {
+                Err(StepError::fatal("no such item"))
+            } else {
+                Ok(serde_json::json!({ "n": key }))
+            }
+        };
+        let workflow = load(LOOP);
+        let input = serde_json::json!({ "items": (0..8).collect::<Vec<u32>>() });
+        let (state, _, _) = simulate(&workflow, input.clone(), &PlanContext::default(), fails);
+        assert_eq!(state.status, crate::run::state::Status::Failed);
+        let error = state.error.unwrap().message;
+        assert!(
+            error.contains("element 4") && error.contains("no such item"),
+            "{error}"
+        );
+        assert!(state.steps["each"].elements.unwrap().finished < 8);
+
+        let continuing = LOOP.replace("concurrency: 3", "concurrency: 3\n    on_error: continue");
+        let workflow = load(&continuing);
+        let (state, _, _) = simulate(&workflow, input, &PlanContext::default(), fails);
+        assert_eq!(state.status, crate::run::state::Status::Succeeded);
+        let list = state.steps["each"].output.clone().unwrap();
+        assert_eq!(list[3]["n"], Value::from("each/3/done"));
+        assert!(
+            list[4]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no such item"),
+            "{list}"
+        );
+        assert_eq!(state.steps["each"].elements.unwrap().failed, 1);
+    }
+
+    #[test]
+    fn a_loop_over_too_many_or_no_elements_or_not_a_list() {
+        let workflow = load(LOOP);
+        let context = PlanContext {
+            for_each_max_items: 5,
+            ..PlanContext::default()
+        };
+        let ok = |key: &str, _: &Value| Ok(Value::from(key));
+        let (state, _, _) = simulate(
+            &workflow,
+            serde_json::json!({ "items": [1, 2, 3, 4, 5, 6] }),
+            &context,
+            ok,
+        );
+        let error = state.error.unwrap().message;
+        assert!(
+            error.contains("6 elements, more than the limit of 5"),
+            "{error}"
+        );
+        let (state, _, _) = simulate(&workflow, serde_json::json!({ "items": [] }), &context, ok);
+        assert_eq!(state.steps["each"].output, Some(serde_json::json!([])));
+        let (state, _, _) = simulate(
+            &workflow,
+            serde_json::json!({ "items": "abc" }),
+            &context,
+            ok,
+        );
+        let error = state.error.unwrap().message;
+        assert!(error.contains("expected a list, got a string"), "{error}");
     }
 
     #[test]

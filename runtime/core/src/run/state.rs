@@ -1,7 +1,7 @@
 //! A run's state, folded from its events. Nothing here is stored on its
 //! own: replaying the history always gives the same state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -102,6 +102,52 @@ pub struct StepRecord {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// A `for_each` step's progress over its elements.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elements: Option<ElementCounts>,
+}
+
+/// How far a loop has come, as the run's step record shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ElementCounts {
+    pub total: usize,
+    pub finished: usize,
+    pub failed: usize,
+    pub running: usize,
+}
+
+/// A `for_each` loop in progress: its elements, which have started and
+/// what the finished ones gave. Elements start in order, so the next to
+/// start is always `started`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoopState {
+    pub items: Vec<Value>,
+    /// Each element's last step output, or the error that ended it.
+    pub results: Vec<Option<Result<Value, StepError>>>,
+    /// Started and not finished.
+    pub active: BTreeSet<usize>,
+    pub started: usize,
+    pub finished: usize,
+    pub failed: usize,
+}
+
+impl LoopState {
+    fn counts(&self) -> ElementCounts {
+        ElementCounts {
+            total: self.items.len(),
+            finished: self.finished,
+            failed: self.failed,
+            running: self.active.len(),
+        }
+    }
+}
+
+/// Splits an element key (`LOOP/INDEX/STEP`) into the loop's key and the
+/// element's index; `None` for a step outside loops.
+pub fn split_element_key(key: &str) -> Option<(&str, usize)> {
+    let mut parts = key.splitn(3, '/');
+    let (owner, index, _) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((owner, index.parse().ok()?))
 }
 
 impl Default for StepRecord {
@@ -114,6 +160,7 @@ impl Default for StepRecord {
             approval: None,
             started_at: None,
             finished_at: None,
+            elements: None,
         }
     }
 }
@@ -180,6 +227,15 @@ pub struct RunState {
     pub sla: Option<SlaState>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Records of the steps inside `for_each` elements still running, by
+    /// [`crate::workflow::model::element_key`]; a finished element's are
+    /// dropped (its result is in [`LoopState::results`], its steps in the
+    /// history), so a 10,000-element loop keeps only what runs.
+    #[serde(skip)]
+    pub elements: BTreeMap<String, StepRecord>,
+    /// The `for_each` loops that started, by step key.
+    #[serde(skip)]
+    pub loops: BTreeMap<String, LoopState>,
 }
 
 impl RunState {
@@ -196,12 +252,69 @@ impl RunState {
             sla: None,
             started_at,
             finished_at: None,
+            elements: BTreeMap::new(),
+            loops: BTreeMap::new(),
         }
     }
 
-    /// The record of `step`, pending when nothing happened to it yet.
+    /// The record of `step` (a step id, or an element key), pending when
+    /// nothing happened to it yet.
     pub fn step(&self, step: &str) -> StepRecord {
-        self.steps.get(step).cloned().unwrap_or_default()
+        let records = if step.contains('/') {
+            &self.elements
+        } else {
+            &self.steps
+        };
+        records.get(step).cloned().unwrap_or_default()
+    }
+
+    /// The record an event about `key` changes; an element's first event
+    /// marks the element started.
+    fn record_mut(&mut self, key: &str) -> &mut StepRecord {
+        if let Some((owner, index)) = split_element_key(key) {
+            if let Some(each) = self.loops.get_mut(owner)
+                && each.results.get(index).is_some_and(Option::is_none)
+                && each.active.insert(index)
+            {
+                each.started = each.started.max(index + 1);
+                let counts = each.counts();
+                if let Some(r) = self.steps.get_mut(owner) {
+                    r.elements = Some(counts);
+                }
+            }
+            return self.elements.entry(key.to_string()).or_default();
+        }
+        self.steps.entry(key.to_string()).or_default()
+    }
+
+    /// Element `index` of loop `owner` finished: its result is kept, its
+    /// step records dropped.
+    fn finish_element(&mut self, owner: &str, index: usize, result: Result<Value, StepError>) {
+        let Some(each) = self.loops.get_mut(owner) else {
+            return;
+        };
+        let Some(slot) = each.results.get_mut(index).filter(|r| r.is_none()) else {
+            return; // recorded already
+        };
+        each.failed += usize::from(result.is_err());
+        *slot = Some(result);
+        each.finished += 1;
+        each.active.remove(&index);
+        each.started = each.started.max(index + 1);
+        let counts = each.counts();
+        if let Some(r) = self.steps.get_mut(owner) {
+            r.elements = Some(counts);
+        }
+        let prefix = format!("{owner}/{index}/");
+        let done: Vec<String> = self
+            .elements
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in done {
+            self.elements.remove(&key);
+        }
     }
 
     /// Folds one event into the state.
@@ -216,13 +329,13 @@ impl RunState {
                 self.status = Status::Running;
             }
             Event::StepStarted { step, attempt, .. } => {
-                let r = self.steps.entry(step.clone()).or_default();
+                let r = self.record_mut(step);
                 r.state = StepState::Running { attempt: *attempt };
                 r.attempts = *attempt;
                 r.started_at.get_or_insert(at);
             }
             Event::StepSucceeded { step, output, .. } => {
-                let r = self.steps.entry(step.clone()).or_default();
+                let r = self.record_mut(step);
                 r.state = StepState::Succeeded;
                 r.output = Some(output.clone());
                 r.error = None;
@@ -235,7 +348,7 @@ impl RunState {
                 error,
                 retry_at,
             } => {
-                let r = self.steps.entry(step.clone()).or_default();
+                let r = self.record_mut(step);
                 r.error = Some(error.clone());
                 r.attempts = r.attempts.max(*attempt);
                 match retry_at {
@@ -252,17 +365,17 @@ impl RunState {
                 }
             }
             Event::StepSkipped { step } => {
-                let r = self.steps.entry(step.clone()).or_default();
+                let r = self.record_mut(step);
                 r.state = StepState::Skipped;
                 r.finished_at = Some(at);
             }
             Event::TimerStarted { step, until } => {
-                let r = self.steps.entry(step.clone()).or_default();
+                let r = self.record_mut(step);
                 r.state = StepState::Waiting { until: *until };
                 r.started_at = Some(at);
             }
             Event::TimerFired { step } => {
-                let r = self.steps.entry(step.clone()).or_default();
+                let r = self.record_mut(step);
                 r.state = StepState::Succeeded;
                 r.output = Some(Value::Null);
                 r.finished_at = Some(at);
@@ -286,7 +399,7 @@ impl RunState {
                 requester,
                 allow_self_approval,
             } => {
-                let r = self.steps.entry(step.clone()).or_default();
+                let r = self.record_mut(step);
                 r.state = StepState::Awaiting {
                     approval: approval.clone(),
                 };
@@ -313,7 +426,7 @@ impl RunState {
                 delegate,
                 entered_by,
             } => {
-                let r = self.steps.entry(step.clone()).or_default();
+                let r = self.record_mut(step);
                 if let Some(a) = r.approval.as_mut().filter(|a| &a.id == approval)
                     && !a.decisions.iter().any(|d| &d.by == by)
                 {
@@ -329,7 +442,7 @@ impl RunState {
             }
             Event::RunRejected { step, reason } => {
                 let error = StepError::fatal(reason.clone());
-                let r = self.steps.entry(step.clone()).or_default();
+                let r = self.record_mut(step);
                 r.state = StepState::Failed;
                 r.error = Some(error.clone());
                 r.finished_at = Some(at);
@@ -366,6 +479,32 @@ impl RunState {
             Event::RunCancelled { reason } => {
                 self.error = Some(StepError::fatal(reason.clone()));
                 self.finish(Status::Cancelled, at);
+            }
+            Event::LoopStarted { step, items } => {
+                let each = LoopState {
+                    items: items.clone(),
+                    results: vec![None; items.len()],
+                    ..LoopState::default()
+                };
+                let counts = each.counts();
+                self.loops.insert(step.clone(), each);
+                let r = self.record_mut(step);
+                r.state = StepState::Running { attempt: 1 };
+                r.attempts = 1;
+                r.started_at = Some(at);
+                r.elements = Some(counts);
+            }
+            Event::ElementFinished {
+                step,
+                index,
+                output,
+                error,
+            } => {
+                let result = match error {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(output.clone().unwrap_or(Value::Null)),
+                };
+                self.finish_element(step, *index, result);
             }
         }
         if !self.status.is_terminal() {

@@ -130,11 +130,13 @@ impl Expression {
     /// Evaluates against `scope`, giving JSON.
     pub fn eval(&self, scope: &Scope) -> Result<Value, String> {
         if let Some(path) = &self.path {
-            let root = match path[0].as_str() {
-                "input" => &scope.input,
-                "steps" => &scope.steps,
-                "run" => &scope.run,
-                _ => &scope.env,
+            let root = match (scope.local(&path[0]), path[0].as_str()) {
+                (Some(local), _) => local,
+                (None, "input") => &*scope.input,
+                (None, "steps") => &*scope.steps,
+                (None, "run") => &*scope.run,
+                (None, "env") => &*scope.env,
+                _ => return self.eval_cel(scope),
             };
             // A missing key or a non-object falls through to CEL, whose
             // error it is to report.
@@ -150,12 +152,20 @@ impl Expression {
 
     fn eval_cel(&self, scope: &Scope) -> Result<Value, String> {
         let mut context = cel::Context::with_env(STDLIB.clone());
+        for (name, value) in scope.locals.iter().map(|(n, v)| (n.as_str(), v)) {
+            if self.roots.contains(name) {
+                context.add_variable_from_value(name, to_cel(value));
+            }
+        }
         for (name, value) in [
-            ("input", &scope.input),
-            ("steps", &scope.steps),
-            ("run", &scope.run),
-            ("env", &scope.env),
+            ("input", &*scope.input),
+            ("steps", &*scope.steps),
+            ("run", &*scope.run),
+            ("env", &*scope.env),
         ] {
+            if scope.local(name).is_some() {
+                continue;
+            }
             // Only what the expression reads: `steps` grows with the run.
             if self.roots.contains(name) {
                 context.add_variable_from_value(name, to_cel(value));
@@ -182,7 +192,7 @@ fn plain_path(source: &str) -> Option<Vec<String>> {
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
-    (ROOTS.contains(&segments[0].as_str()) && segments.iter().all(identifier)).then_some(segments)
+    segments.iter().all(identifier).then_some(segments)
 }
 
 /// CEL's standard functions, built once: building them per evaluation cost
@@ -213,14 +223,36 @@ fn to_cel(value: &Value) -> cel::Value {
     }
 }
 
-/// The data expressions see.
+/// The data expressions see. Shared parts are reference-counted: a
+/// `for_each` plans many elements against the same input in one pass, and
+/// each element's scope must not copy it.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
-    pub input: Value,
+    pub input: Arc<Value>,
     /// `{ "<id>": { "output": ... } }` for every finished step.
-    pub steps: Value,
-    pub run: Value,
-    pub env: Value,
+    pub steps: Arc<Value>,
+    pub run: Arc<Value>,
+    pub env: Arc<Value>,
+    /// Variables bound where the expression runs (a `for_each` element's
+    /// item and `index`), read before the roots above.
+    pub locals: Vec<(String, Value)>,
+}
+
+impl Scope {
+    /// A scope with no local variables.
+    pub fn new(input: Value, steps: Value, run: Value, env: Value) -> Scope {
+        Scope {
+            input: Arc::new(input),
+            steps: Arc::new(steps),
+            run: Arc::new(run),
+            env: Arc::new(env),
+            locals: Vec::new(),
+        }
+    }
+
+    fn local(&self, name: &str) -> Option<&Value> {
+        self.locals.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
 }
 
 #[derive(Default)]
@@ -439,12 +471,12 @@ mod tests {
     use serde_json::json;
 
     fn scope() -> Scope {
-        Scope {
-            input: json!({"user": "ada", "team": "net", "n": 3, "items": [1, 2, 3]}),
-            steps: json!({"owner": {"output": {"criticality": "high", "owner": "bob"}}}),
-            run: json!({"id": "r1"}),
-            env: json!({"iam_url": "https://iam.example.com"}),
-        }
+        Scope::new(
+            json!({"user": "ada", "team": "net", "n": 3, "items": [1, 2, 3]}),
+            json!({"owner": {"output": {"criticality": "high", "owner": "bob"}}}),
+            json!({"id": "r1"}),
+            json!({"iam_url": "https://iam.example.com"}),
+        )
     }
 
     fn render(text: &str) -> Value {
@@ -546,10 +578,10 @@ mod tests {
     #[test]
     fn a_member_chain_read_off_the_json_equals_what_cel_gives() {
         let scope = Scope {
-            input: json!({
+            input: Arc::new(json!({
                 "f": 2.0, "big": u64::MAX, "neg": -7, "none": null, "s": "x",
                 "nested": {"list": [1, {"a": 1.5}], "empty": {}}
-            }),
+            })),
             ..scope()
         };
         for source in [

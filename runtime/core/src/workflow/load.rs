@@ -76,6 +76,8 @@ pub fn load_str(
         file,
         plugins,
         errors: Vec::new(),
+        in_loop: None,
+        loop_bodies: BTreeMap::new(),
     };
     let root = match yaml::parse(text) {
         Ok(root) => root,
@@ -98,6 +100,10 @@ struct Loader<'a> {
     file: &'a str,
     plugins: &'a BTreeSet<String>,
     errors: Vec<ValidationError>,
+    /// The `for_each` whose body is being read.
+    in_loop: Option<String>,
+    /// Every step inside a loop's body, with the loop's id.
+    loop_bodies: BTreeMap<String, String>,
 }
 
 const WORKFLOW_KEYS: &[&str] = &[
@@ -124,7 +130,15 @@ const STEP_KEYS: &[&str] = &[
     "approval",
     "parallel",
     "wait",
+    "for_each",
+    "as",
+    "concurrency",
+    "on_error",
+    "steps",
 ];
+
+/// The fields only a `for_each` step takes.
+const FOR_EACH_KEYS: &[&str] = &["as", "concurrency", "on_error", "steps"];
 
 /// Where an expression sits decides what it may read.
 struct RefRules<'a> {
@@ -134,6 +148,8 @@ struct RefRules<'a> {
     known: &'a BTreeMap<String, Pos>,
     /// Extra explanation when `steps` is not allowed at all.
     no_steps: Option<&'a str>,
+    /// Variables bound here besides the roots (a loop's item and `index`).
+    locals: &'a [String],
 }
 
 impl<'a> Loader<'a> {
@@ -282,14 +298,25 @@ impl<'a> Loader<'a> {
         rules: &RefRules<'_>,
     ) {
         for root in &e.roots {
+            if rules.locals.contains(root) {
+                continue;
+            }
             if !ROOTS.contains(&root.as_str()) {
+                let mut usable: Vec<&str> = ROOTS.to_vec();
+                usable.extend(rules.locals.iter().map(String::as_str));
+                let hint =
+                    if usable.len() == ROOTS.len() && (root == "item" || root == FOR_EACH_INDEX) {
+                        " (a loop's item and index exist only inside its for_each steps)"
+                    } else {
+                        ""
+                    };
                 self.error(
                     pos,
                     field,
                     format!(
-                        "`{}`: unknown variable {root}; expressions can use {}",
+                        "`{}`: unknown variable {root}; expressions can use {}{hint}",
                         e.source,
-                        ROOTS.join(", ")
+                        usable.join(", ")
                     ),
                 );
             } else if root == "steps"
@@ -320,12 +347,17 @@ impl<'a> Loader<'a> {
             if rules.available.contains(step) {
                 continue;
             }
-            let message = match rules.known.get(step) {
-                Some(at) => format!(
+            let message = match (rules.known.get(step), self.loop_bodies.get(step)) {
+                (Some(_), Some(owner)) => format!(
+                    "`{}`: step {step} runs once per element inside for_each {owner}: \
+                     read the loop's results as steps.{owner}.output (a list)",
+                    e.source
+                ),
+                (Some(at), None) => format!(
                     "`{}`: step {step} (line {}) has not finished at this point: use only steps before this one",
                     e.source, at.line
                 ),
-                None => format!("`{}`: unknown step {step}", e.source),
+                (None, _) => format!("`{}`: unknown step {step}", e.source),
             };
             self.error(pos, field, message);
         }
@@ -378,12 +410,18 @@ impl<'a> Loader<'a> {
                 Vec::new()
             }
         };
-        self.check_step_refs(&steps, &BTreeSet::new(), &known);
-        let all: BTreeSet<String> = known.keys().cloned().collect();
+        self.check_step_refs(&steps, &BTreeSet::new(), &known, &[]);
+        // Steps inside loops have a result per element, not one to read.
+        let all: BTreeSet<String> = known
+            .keys()
+            .filter(|id| !self.loop_bodies.contains_key(*id))
+            .cloned()
+            .collect();
         let rules_all = RefRules {
             available: &all,
             known: &known,
             no_steps: None,
+            locals: &[],
         };
 
         let output = get("output").and_then(|n| {
@@ -557,7 +595,7 @@ impl<'a> Loader<'a> {
             known.insert(id.clone(), id_pos);
         }
 
-        let kinds: Vec<&str> = ["uses", "approval", "parallel", "wait"]
+        let kinds: Vec<&str> = ["uses", "approval", "parallel", "wait", "for_each"]
             .into_iter()
             .filter(|k| get(k).is_some())
             .collect();
@@ -571,10 +609,51 @@ impl<'a> Loader<'a> {
                 node.pos,
                 &field,
                 format!(
-                    "a step needs exactly one of uses, approval, parallel or wait (found {found})"
+                    "a step needs exactly one of uses, approval, parallel, wait or for_each (found {found})"
                 ),
             );
             return None;
+        }
+        if kinds[0] != "for_each" {
+            for key in FOR_EACH_KEYS {
+                if let Some(n) = get(key) {
+                    self.error(
+                        n.pos,
+                        format!("{field}.{key}"),
+                        format!("only for_each steps take `{key}`"),
+                    );
+                }
+            }
+        }
+        if kinds[0] == "for_each" {
+            for key in ["retry", "timeout"] {
+                if let Some(n) = get(key) {
+                    self.error(
+                        n.pos,
+                        format!("{field}.{key}"),
+                        format!(
+                            "set `{key}` on the steps inside the for_each, which it applies to"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(owner) = self.in_loop.clone() {
+            let refused = match kinds[0] {
+                "approval" => Some("approval steps"),
+                "for_each" => Some("a for_each inside a for_each"),
+                _ => None,
+            };
+            if let Some(what) = refused {
+                self.error(
+                    node.pos,
+                    &field,
+                    format!(
+                        "{what} cannot run inside for_each {owner}: \
+                         put the loop's body in its own steps, or loop over a flat list"
+                    ),
+                );
+            }
         }
         if get("with").is_some() && kinds[0] != "uses" {
             self.error(
@@ -605,6 +684,7 @@ impl<'a> Loader<'a> {
                 );
                 StepKind::Parallel(branches)
             }
+            "for_each" => StepKind::ForEach(self.for_each(&id, &field, &get, known)?),
             _ => StepKind::Wait(self.wait(get("wait").unwrap(), &format!("{field}.wait"))?),
         };
         let when = get("when").and_then(|n| self.condition(n, &format!("{field}.when")));
@@ -634,6 +714,110 @@ impl<'a> Loader<'a> {
         })
     }
 
+    /// `for_each: ${{ list }}` with its body (`steps`), `as`, `concurrency`
+    /// and `on_error`.
+    fn for_each<'n>(
+        &mut self,
+        id: &str,
+        field: &str,
+        get: &dyn Fn(&str) -> Option<&'n Node>,
+        known: &mut BTreeMap<String, Pos>,
+    ) -> Option<ForEach> {
+        let items_node = get("for_each").unwrap();
+        let items = self.template(items_node, &format!("{field}.for_each"))?;
+        if let Template::Literal(value) = &items
+            && !value.is_array()
+        {
+            self.error(
+                items_node.pos,
+                format!("{field}.for_each"),
+                format!(
+                    "expected a list to loop over (or an expression giving one), found {}",
+                    items_node.kind()
+                ),
+            );
+        }
+        let var = match get("as") {
+            None => "item".to_string(),
+            Some(n) => {
+                let name = self.string(n, &format!("{field}.as"))?;
+                let clash = ROOTS.contains(&name.as_str()) || name == FOR_EACH_INDEX;
+                let identifier = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !identifier || clash {
+                    self.error(
+                        n.pos,
+                        format!("{field}.as"),
+                        format!(
+                            "{name:?} cannot name the element: use letters, digits and '_', \
+                             and none of {}, {FOR_EACH_INDEX}",
+                            ROOTS.join(", ")
+                        ),
+                    );
+                }
+                name
+            }
+        };
+        let concurrency = match get("concurrency") {
+            None => 1,
+            Some(Node {
+                value: NodeValue::Int(v),
+                ..
+            }) if (1..=1000).contains(v) => *v as u32,
+            Some(n) => {
+                self.error(
+                    n.pos,
+                    format!("{field}.concurrency"),
+                    format!(
+                        "expected how many elements may run at once, a number from 1 to 1000, found {}",
+                        n.kind()
+                    ),
+                );
+                1
+            }
+        };
+        let on_error = match get("on_error") {
+            None => OnError::FailFast,
+            Some(n) => match n.as_str() {
+                Some("fail_fast") => OnError::FailFast,
+                Some("continue") => OnError::Continue,
+                _ => {
+                    self.error(
+                        n.pos,
+                        format!("{field}.on_error"),
+                        "expected fail_fast (the loop fails at the first failed element) \
+                         or continue (failed elements give {\"error\": ...} entries)",
+                    );
+                    OnError::FailFast
+                }
+            },
+        };
+        let Some(body) = get("steps") else {
+            self.error(
+                items_node.pos,
+                format!("{field}.steps"),
+                "a for_each needs the steps to run per element (steps: [...])",
+            );
+            return None;
+        };
+        let outer = self.in_loop.replace(id.to_string());
+        let before: BTreeSet<String> = known.keys().cloned().collect();
+        let steps = self.steps(body, &format!("{field}.steps"), known);
+        for inner in known.keys() {
+            if !before.contains(inner) {
+                self.loop_bodies.insert(inner.clone(), id.to_string());
+            }
+        }
+        self.in_loop = outer;
+        Some(ForEach {
+            items,
+            var,
+            concurrency,
+            on_error,
+            steps,
+        })
+    }
+
     fn check_plugin(&mut self, uses: &str, pos: Pos, field: &str) {
         if !self.plugins.contains(uses) {
             let loaded: Vec<&str> = self.plugins.iter().map(String::as_str).collect();
@@ -655,6 +839,7 @@ impl<'a> Loader<'a> {
         steps: &[Step],
         before: &BTreeSet<String>,
         known: &BTreeMap<String, Pos>,
+        locals: &[String],
     ) {
         let mut available = before.clone();
         for step in steps {
@@ -662,6 +847,7 @@ impl<'a> Loader<'a> {
                 available: &available,
                 known,
                 no_steps: None,
+                locals,
             };
             let field = format!("steps.{}", step.id);
             if let Some(when) = &step.when {
@@ -708,9 +894,23 @@ impl<'a> Loader<'a> {
                 StepKind::Parallel(branches) => {
                     // Branches run concurrently: each sees only what came before the group.
                     for branch in branches {
-                        self.check_step_refs(std::slice::from_ref(branch), &available, known);
+                        self.check_step_refs(
+                            std::slice::from_ref(branch),
+                            &available,
+                            known,
+                            locals,
+                        );
                     }
                     available.extend(branches.iter().map(|b| b.id.clone()));
+                }
+                StepKind::ForEach(each) => {
+                    self.check_refs(&each.items, step.pos, &format!("{field}.for_each"), &rules);
+                    // The body sees what came before the loop, its element
+                    // and index, and its own earlier steps.
+                    let mut inner = locals.to_vec();
+                    inner.push(each.var.clone());
+                    inner.push(FOR_EACH_INDEX.to_string());
+                    self.check_step_refs(&each.steps, &available, known, &inner);
                 }
             }
             available.insert(step.id.clone());
@@ -1045,6 +1245,7 @@ impl<'a> Loader<'a> {
             no_steps: Some(
                 "sla.priority is set when the run starts: use input, run or env, not steps",
             ),
+            locals: &[],
         };
         let priority = match get("priority") {
             Some(n) => {

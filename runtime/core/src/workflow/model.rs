@@ -90,6 +90,8 @@ pub enum StepKind {
     /// Branches run concurrently; the group finishes when all have.
     Parallel(Vec<Step>),
     Wait(WaitFor),
+    /// The body runs once per element of a list.
+    ForEach(ForEach),
 }
 
 impl StepKind {
@@ -99,6 +101,7 @@ impl StepKind {
             StepKind::Approval(_) => "approval",
             StepKind::Parallel(_) => "parallel",
             StepKind::Wait(_) => "wait",
+            StepKind::ForEach(_) => "for_each",
         }
     }
 }
@@ -164,6 +167,45 @@ impl RetryPolicy {
         let micros = bound.as_micros().min(u64::MAX as u128) as u64;
         Duration::from_micros(((micros as u128 * share as u128) / 1_000_000) as u64)
     }
+}
+
+/// `for_each`: the body's steps run once per element of `items`, up to
+/// `concurrency` elements at a time, started in order. The step's output is
+/// the list of each element's last body step output, in input order.
+#[derive(Debug)]
+pub struct ForEach {
+    /// Rendered once, when the loop starts, and recorded in the history.
+    pub items: Template,
+    /// The element's name in expressions (`as:`, default `item`).
+    pub var: String,
+    pub concurrency: u32,
+    pub on_error: OnError,
+    pub steps: Vec<Step>,
+}
+
+/// What a failed element does to its loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// The loop fails at the first failed element; no new element starts.
+    FailFast,
+    /// The element's entry in the output is `{"error": ...}` and the loop
+    /// goes on.
+    Continue,
+}
+
+/// The default limit on a loop's elements (`[defaults]
+/// for_each_max_items` changes it): a loop's items and outputs are kept in
+/// its history, so the list must stay a size a run can carry.
+pub const FOR_EACH_MAX_ITEMS: usize = 10_000;
+
+/// The name of an element's position in expressions.
+pub const FOR_EACH_INDEX: &str = "index";
+
+/// The key of step `id` inside element `index` of loop `loop_key`: its
+/// record in the run's state and, prefixed by the run id, its idempotency
+/// key (`RUN/LOOP/INDEX/STEP`).
+pub fn element_key(loop_key: &str, index: usize, id: &str) -> String {
+    format!("{loop_key}/{index}/{id}")
 }
 
 #[derive(Debug)]
@@ -291,19 +333,28 @@ impl Trigger {
 }
 
 impl Workflow {
-    /// Every step, parallel branches included, in file order.
+    /// Every step, parallel branches and loop bodies included, in file
+    /// order.
     pub fn all_steps(&self) -> Vec<&Step> {
         fn visit<'a>(steps: &'a [Step], out: &mut Vec<&'a Step>) {
             for step in steps {
                 out.push(step);
-                if let StepKind::Parallel(branches) = &step.kind {
-                    visit(branches, out);
+                match &step.kind {
+                    StepKind::Parallel(branches) => visit(branches, out),
+                    StepKind::ForEach(each) => visit(&each.steps, out),
+                    _ => {}
                 }
             }
         }
         let mut out = Vec::new();
         visit(&self.steps, &mut out);
         out
+    }
+
+    /// The step a record key names: a step id, or for a step inside a
+    /// `for_each` element, its [`element_key`] (the id is its last part).
+    pub fn step_by_key(&self, key: &str) -> Option<&Step> {
+        self.step(key.rsplit('/').next().unwrap_or(key))
     }
 
     /// The step with `id`, parallel branches and SLA escalations included.

@@ -47,7 +47,8 @@ pub async fn run(file: &Path, input: &str, config: &Config) -> anyhow::Result<Ex
     let executor = Executor::new(set.engine.clone(), config.env_json())
         .with_groups(steward::groups::Groups::new(config.groups.clone()))
         .with_calendars(config.calendars()?)
-        .with_default_retry(config.defaults.retry.policy());
+        .with_default_retry(config.defaults.retry.policy())
+        .with_for_each_max_items(config.defaults.for_each_max_items);
     let outcome = executor.run(workflow, &run_id, input).await;
     let state = outcome.state;
     match state.status {

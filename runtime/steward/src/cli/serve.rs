@@ -127,7 +127,8 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
     let executor = Executor::new(set.engine.clone(), config.env_json())
         .with_groups(groups.clone())
         .with_calendars(calendars.clone())
-        .with_default_retry(config.defaults.retry.policy());
+        .with_default_retry(config.defaults.retry.policy())
+        .with_for_each_max_items(config.defaults.for_each_max_items);
     let executes = role != Role::ApiOnly;
     let options = WorkerOptions {
         lease: std::time::Duration::from_millis(config.worker.lease_ms.max(100)),
