@@ -25,5 +25,6 @@ mod scheduler;
 mod schedules;
 mod sla;
 mod store;
+mod sub_workflows;
 mod validation;
 mod worker;

@@ -48,6 +48,7 @@ fn new_run<'a>(id: &'a str, input: &'a serde_json::Value, key: Option<&'a str>) 
         idempotency_key: key,
         started_by: None,
         rerun_of: None,
+        parent: None,
         lease: None,
         placement: Default::default(),
     }
@@ -69,7 +70,8 @@ async fn a_created_run_has_its_first_event_and_an_idempotency_key_returns_it() {
         assert_eq!(
             events[0].event,
             Event::RunStarted {
-                input: input.clone()
+                input: input.clone(),
+                parent: None,
             }
         );
 
@@ -542,7 +544,7 @@ async fn every_write_of_a_mixed_batch_gets_its_own_answer() {
             let store = store.clone();
             tasks.spawn(async move {
                 let mut state = RunState::new(id, "demo", 1, Utc::now());
-                let started = Recorded::at(2, chrono::Utc::now(), Event::RunStarted { input: json!({}) });
+                let started = Recorded::at(2, chrono::Utc::now(), Event::RunStarted { input: json!({}), parent: None });
                 let done = Recorded::at(3, chrono::Utc::now(), Event::RunSucceeded { output: json!(id) });
                 state.apply(&started);
                 state.apply(&done);
@@ -732,6 +734,7 @@ async fn runs_are_listed_newest_first_by_workflow_and_status_in_pages() {
                 idempotency_key: None,
                 started_by: None,
                 rerun_of: None,
+                parent: None,
                 lease: None,
                 placement: Default::default(),
             };

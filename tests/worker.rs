@@ -142,6 +142,7 @@ async fn a_contained_step_is_written_with_its_outcome_others_before_they_run() {
             at: now,
             event: Event::RunStarted {
                 input: input.clone(),
+                parent: None,
             },
         };
         let mut run = LiveRun::resume(RunState::new("r1", &workflow.name, 1, now), vec![started]);

@@ -43,6 +43,7 @@ pub fn unleased<'a>(id: &'a str, workflow: &'a str, input: &'a Value) -> NewRun<
         idempotency_key: None,
         started_by: None,
         rerun_of: None,
+        parent: None,
         lease: None,
         placement: Default::default(),
     }

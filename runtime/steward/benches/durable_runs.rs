@@ -195,6 +195,7 @@ async fn store_alone(store: &Store, prefix: &str, in_flight: usize) -> f64 {
                         idempotency_key: None,
                         started_by: None,
                         rerun_of: None,
+                        parent: None,
                         lease: None,
                         placement: Default::default(),
                     })
@@ -204,6 +205,7 @@ async fn store_alone(store: &Store, prefix: &str, in_flight: usize) -> f64 {
                 let events = [
                     Event::RunStarted {
                         input: input.clone(),
+                        parent: None,
                     },
                     Event::StepStarted {
                         step: "t".into(),

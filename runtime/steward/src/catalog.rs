@@ -48,14 +48,14 @@ impl Catalog {
     /// `actor` is who deploys it, for the audit log.
     pub async fn deploy(
         &self,
-        workflow: Workflow,
+        workflow: impl Into<Arc<Workflow>>,
         actor: &str,
     ) -> Result<(Arc<Workflow>, bool), CatalogError> {
+        let workflow: Arc<Workflow> = workflow.into();
         let created = self
             .store
             .deploy_workflow(&workflow.name, workflow.version, &workflow.source, actor)
             .await?;
-        let workflow = Arc::new(workflow);
         self.versions
             .write()
             .unwrap()
@@ -67,6 +67,57 @@ impl Catalog {
             crate::schedule::sync_triggers(&self.store, &workflow, actor).await?;
         }
         Ok((workflow, created))
+    }
+
+    /// The problems of `workflow`'s sub-workflow steps (unknown workflows,
+    /// literal inputs their schema refuses, cycles), looking the workflows
+    /// up first in `alongside` (the others being loaded with it, by name and
+    /// version) and then among the deployed ones.
+    pub async fn link_errors(
+        &self,
+        workflow: &Arc<Workflow>,
+        alongside: &[Arc<Workflow>],
+    ) -> Result<Vec<crate::workflow::ValidationError>, CatalogError> {
+        // Versions named explicitly may be older than what is in memory.
+        let mut pinned = BTreeMap::new();
+        let mut queue: Vec<Arc<Workflow>> = vec![workflow.clone()];
+        let mut seen = BTreeSet::new();
+        while let Some(next) = queue.pop() {
+            if !seen.insert((next.name.clone(), next.version)) {
+                continue;
+            }
+            for step in next.all_steps() {
+                let crate::workflow::StepKind::Workflow(child) = &step.kind else {
+                    continue;
+                };
+                let found = match child.version {
+                    Some(v) => match alongside
+                        .iter()
+                        .find(|w| w.name == child.name && w.version == v)
+                    {
+                        Some(w) => Some(w.clone()),
+                        None => self.version(&child.name, v).await?,
+                    },
+                    None => alongside
+                        .iter()
+                        .filter(|w| w.name == child.name)
+                        .max_by_key(|w| w.version)
+                        .cloned()
+                        .or_else(|| self.latest(&child.name)),
+                };
+                if let Some(found) = found {
+                    pinned.insert((child.name.clone(), child.version), found.clone());
+                    queue.push(found);
+                }
+            }
+        }
+        let find = |name: &str, version: Option<u32>| {
+            if name == workflow.name && version.is_none_or(|v| v == workflow.version) {
+                return Some(workflow.clone());
+            }
+            pinned.get(&(name.to_string(), version)).cloned()
+        };
+        Ok(crate::workflow::check_links(workflow, &find))
     }
 
     /// Loads the latest deployed version of every workflow in the store

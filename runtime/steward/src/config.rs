@@ -205,6 +205,9 @@ pub struct DefaultsSettings {
     /// results are kept in its run's history.
     #[serde(deserialize_with = "loop_limit")]
     pub for_each_max_items: usize,
+    /// How deep sub-workflows may nest (a run's child is at depth 1).
+    #[serde(deserialize_with = "depth_limit")]
+    pub max_workflow_depth: u32,
 }
 
 impl Default for DefaultsSettings {
@@ -212,7 +215,20 @@ impl Default for DefaultsSettings {
         DefaultsSettings {
             retry: RetrySettings::default(),
             for_each_max_items: crate::workflow::model::FOR_EACH_MAX_ITEMS,
+            max_workflow_depth: crate::workflow::model::MAX_WORKFLOW_DEPTH,
         }
+    }
+}
+
+/// `max_workflow_depth`: from 1 to 64.
+fn depth_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = i64::deserialize(d)?;
+    if (1..=64).contains(&n) {
+        Ok(n as u32)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "max_workflow_depth = {n}: expected from 1 to 64"
+        )))
     }
 }
 

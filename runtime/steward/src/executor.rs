@@ -18,8 +18,8 @@ use tracing::Instrument as _;
 use crate::engine::{CallError, CallRequest, Engine, StepContext};
 use crate::run::state::{ApprovalState, StepRecord};
 use crate::run::{
-    Action, Event, JournalError, Plan, PlanContext, Recorded, RunState, StepError, StepState,
-    idempotency_key, outcome_event, plan,
+    Action, ChildOutcome, ChildRun, Event, JournalError, Plan, PlanContext, Recorded, RunState,
+    StepError, StepState, child_outcome_event, idempotency_key, outcome_event, plan,
 };
 use crate::store::{ApprovalRow, Decision, Store};
 use crate::workflow::{StepKind, Workflow};
@@ -46,6 +46,9 @@ pub struct StoreJournal {
     /// it already (with the claim, or none for a run it just created):
     /// one query per run saved. Later checks ask the store.
     cancel_known: Option<Option<String>>,
+    /// Where sub-workflows are looked up; without it a `workflow:` step
+    /// cannot start its child.
+    catalog: Option<Arc<crate::catalog::Catalog>>,
 }
 
 impl StoreJournal {
@@ -56,7 +59,14 @@ impl StoreJournal {
             owner,
             opened: Default::default(),
             cancel_known: None,
+            catalog: None,
         }
+    }
+
+    /// Lets `workflow:` steps start their sub-workflows from `catalog`.
+    pub fn with_catalog(mut self, catalog: Arc<crate::catalog::Catalog>) -> StoreJournal {
+        self.catalog = Some(catalog);
+        self
     }
 
     /// Answers the first cancel check with `reason`, read moments ago by
@@ -119,6 +129,88 @@ impl Journal for StoreJournal {
             .close_run_approvals(run_id)
             .await
             .map_err(JournalError::from)
+    }
+    async fn start_child(&mut self, child: &ChildRun) -> Result<Result<(), String>, JournalError> {
+        let Some(catalog) = &self.catalog else {
+            return Ok(Err("this process cannot start sub-workflows".into()));
+        };
+        let found = match child.version {
+            Some(version) => catalog.version(&child.workflow, version).await,
+            None => catalog.current(&child.workflow).await,
+        };
+        let workflow = match found {
+            Ok(Some(workflow)) => workflow,
+            Ok(None) => {
+                let version = child
+                    .version
+                    .map(|v| format!(" version {v}"))
+                    .unwrap_or_default();
+                return Ok(Err(format!(
+                    "workflow {}{version} is not deployed: deploy it, then retry the run",
+                    child.workflow
+                )));
+            }
+            Err(crate::catalog::CatalogError::Store(e)) => return Err(JournalError::from(e)),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if let Err(problems) = workflow.check_input_for_client(&child.input) {
+            return Ok(Err(format!(
+                "the input does not match workflow {}'s schema: {}",
+                workflow.name,
+                problems.join("; ")
+            )));
+        }
+        // The child acts for whoever started the parent: four eyes hold
+        // across sub-workflows.
+        let started_by = self
+            .store
+            .run(&child.parent.run)
+            .await
+            .map_err(JournalError::from)?
+            .and_then(|row| row.started_by);
+        let new = crate::store::NewRun {
+            id: &child.id,
+            workflow: &workflow.name,
+            version: workflow.version,
+            input: &child.input,
+            // Created once, whatever a crashed parent asks again.
+            idempotency_key: Some(&child.id),
+            started_by: started_by.as_deref(),
+            rerun_of: None,
+            parent: Some(&child.parent),
+            lease: None,
+            placement: crate::store::Placement::of(&workflow),
+        };
+        self.store
+            .create_run(new)
+            .await
+            .map_err(JournalError::from)?;
+        crate::metrics::global().run_started(&workflow.name);
+        Ok(Ok(()))
+    }
+
+    async fn child_outcome(&mut self, run_id: &str) -> Result<Option<ChildOutcome>, JournalError> {
+        let row = self.store.run(run_id).await.map_err(JournalError::from)?;
+        Ok(row.and_then(|row| {
+            let status = crate::run::Status::parse(&row.status)?;
+            status.is_terminal().then_some(ChildOutcome {
+                status,
+                output: row.output,
+                error: row.error,
+            })
+        }))
+    }
+
+    async fn cancel_child(&mut self, run_id: &str, reason: &str) -> Result<(), JournalError> {
+        self.store
+            .request_cancel(run_id, reason, crate::auth::SYSTEM_ACTOR)
+            .await
+            .map(|_| ())
+            .map_err(JournalError::from)
+    }
+
+    async fn wake_parent(&mut self, run_id: &str) -> Result<(), JournalError> {
+        self.store.nudge(run_id).await.map_err(JournalError::from)
     }
 }
 
@@ -248,6 +340,12 @@ impl Executor {
         self
     }
 
+    /// Sets how deep sub-workflows may nest.
+    pub fn with_max_workflow_depth(mut self, depth: u32) -> Executor {
+        Arc::make_mut(&mut self.context).max_workflow_depth = depth;
+        self
+    }
+
     /// Sets the groups `group:NAME` approvers are looked up in.
     pub fn with_groups(mut self, groups: crate::groups::Groups) -> Executor {
         self.groups = groups;
@@ -270,7 +368,10 @@ impl Executor {
     pub async fn run(&self, workflow: Arc<Workflow>, run_id: &str, input: Value) -> LiveRun {
         let state = RunState::new(run_id, &workflow.name, workflow.version, Utc::now());
         let mut run = LiveRun::resume(state, Vec::new());
-        run.record(Event::RunStarted { input });
+        run.record(Event::RunStarted {
+            input,
+            parent: None,
+        });
         // The memory journal cannot fail.
         let _ = self
             .drive(&workflow, &mut run, &mut MemoryJournal, false)
@@ -300,6 +401,11 @@ impl Executor {
         if let Ok(DriveEnd::Finished) = end
             && had_approvals
             && let Err(e) = journal.close_run_approvals(&run.state.id).await
+        {
+            end = Err(e);
+        }
+        if let Ok(DriveEnd::Finished) = end
+            && let Err(e) = settle_family(run, journal).await
         {
             end = Err(e);
         }
@@ -346,6 +452,7 @@ impl Executor {
             }
             let now = Utc::now();
             sync_decisions(run, journal).await?;
+            sync_children(workflow, run, journal).await?;
             let groups = self.groups.snapshot();
             let mut next = plan(workflow, &run.state, &self.context, &groups, now);
             let closing = approvals_decided_by(&next, &run.state);
@@ -359,10 +466,31 @@ impl Executor {
                 next = plan(workflow, &run.state, &self.context, &groups, now);
             }
             let progressed = !next.actions.is_empty();
+            let waited_on = waiting_children(&run.state);
             let mut to_call = Vec::new();
             for action in next.actions {
                 match action {
                     Action::Record(event) => run.record(event),
+                    Action::StartChild {
+                        step,
+                        attempt,
+                        child,
+                    } => match journal.start_child(&child).await? {
+                        Ok(()) => run.record(Event::ChildStarted {
+                            step,
+                            attempt,
+                            child: child.id,
+                        }),
+                        Err(why) => run.record(Event::StepFailed {
+                            step: step.clone(),
+                            attempt,
+                            error: StepError::fatal(format!(
+                                "steps.{}.workflow: {why}",
+                                step.rsplit('/').next().unwrap_or(&step)
+                            )),
+                            retry_at: None,
+                        }),
+                    },
                     Action::Call {
                         step,
                         attempt,
@@ -389,6 +517,15 @@ impl Executor {
             {
                 return run.cancel(journal, &mut calls, reason).await;
             }
+            // A child whose step stopped waiting (its timeout) is stopped.
+            for (key, child) in waited_on {
+                if !matches!(&run.state.step(&key).state, StepState::Child { run: r, .. } if *r == child)
+                {
+                    journal
+                        .cancel_child(&child, "its parent's step stopped waiting for it")
+                        .await?;
+                }
+            }
             for (step, attempt, plugin, input, timeout) in to_call {
                 self.spawn_call(
                     workflow,
@@ -410,11 +547,14 @@ impl Executor {
             if progressed {
                 continue;
             }
+            // Decisions and sub-workflows come from outside: such a run
+            // parks until they arrive (they make it due).
             let awaiting_people = run
                 .state
                 .steps
                 .values()
-                .any(|r| matches!(r.state, StepState::Awaiting { .. }));
+                .any(|r| matches!(r.state, StepState::Awaiting { .. }))
+                || !waiting_children(&run.state).is_empty();
             let idle_long = match next.wake_at {
                 Some(at) => at - now > PARK_AFTER,
                 None => awaiting_people,
@@ -623,6 +763,66 @@ async fn sync_decisions<J: Journal>(
                 entered_by: decision.entered_by,
             });
         }
+    }
+    Ok(())
+}
+
+/// The sub-workflow runs steps wait for: (step key, child run id).
+fn waiting_children(state: &RunState) -> Vec<(String, String)> {
+    state
+        .steps
+        .iter()
+        .chain(state.elements.iter())
+        .filter_map(|(key, record)| match &record.state {
+            StepState::Child { run, .. } => Some((key.clone(), run.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Copies the end of every finished sub-workflow run into the history.
+async fn sync_children<J: Journal>(
+    workflow: &Workflow,
+    run: &mut LiveRun,
+    journal: &mut J,
+) -> Result<(), JournalError> {
+    for (key, child) in waiting_children(&run.state) {
+        let Some(outcome) = journal.child_outcome(&child).await? else {
+            continue;
+        };
+        let (Some(step), StepState::Child { attempt, .. }) =
+            (workflow.step_by_key(&key), run.state.step(&key).state)
+        else {
+            continue;
+        };
+        let event = child_outcome_event(
+            &run.state.id,
+            &key,
+            step,
+            attempt,
+            &child,
+            outcome,
+            Utc::now(),
+        );
+        run.record(event);
+    }
+    Ok(())
+}
+
+/// When a run finishes: the children it still waits for are cancelled
+/// (a cancelled, failed or rejected parent leaves no orphans), and its own
+/// parent, if any, is told.
+async fn settle_family<J: Journal>(run: &mut LiveRun, journal: &mut J) -> Result<(), JournalError> {
+    for (_, child) in waiting_children(&run.state) {
+        let reason = format!(
+            "its parent run {} {}",
+            run.state.id,
+            run.state.status.as_str()
+        );
+        journal.cancel_child(&child, &reason).await?;
+    }
+    if let Some(parent) = &run.state.parent {
+        journal.wake_parent(&parent.run).await?;
     }
     Ok(())
 }

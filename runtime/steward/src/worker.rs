@@ -142,6 +142,7 @@ impl WorkerHandle {
             idempotency_key,
             started_by: Some(started_by),
             rerun_of,
+            parent: None,
             lease,
             placement,
         };
@@ -156,6 +157,7 @@ impl WorkerHandle {
                 at: row.created_at,
                 event: Event::RunStarted {
                     input: input.clone(),
+                    parent: None,
                 },
             };
             let state = RunState::new(&row.id, &row.workflow, row.version, row.created_at);
@@ -176,7 +178,8 @@ async fn drive_adopted(shared: Arc<Shared>, workflow: Arc<Workflow>, mut run: Li
         // Created a moment ago: a cancel sent since is seen by the drive's
         // first write, before any step starts.
         let mut journal = StoreJournal::new(inner.store.clone(), Some(inner.options.owner.clone()))
-            .knowing_cancel(None);
+            .knowing_cancel(None)
+            .with_catalog(inner.catalog.clone());
         inner
             .executor
             .drive(&workflow, &mut run, &mut journal, true)
@@ -348,8 +351,9 @@ async fn drive(shared: &Shared, row: ClaimedRun) -> Result<DriveEnd, JournalErro
     let state = RunState::new(&row.id, &row.workflow, row.version, row.created_at);
     let mut run = LiveRun::resume(state, row.history);
     let owner = shared.options.owner.clone();
-    let mut journal =
-        StoreJournal::new(store.clone(), Some(owner.clone())).knowing_cancel(row.cancel_requested);
+    let mut journal = StoreJournal::new(store.clone(), Some(owner.clone()))
+        .knowing_cancel(row.cancel_requested)
+        .with_catalog(shared.catalog.clone());
     let workflow = match shared.catalog.version(&row.workflow, row.version).await {
         Ok(Some(w)) => w,
         // The database may be back soon: try again later.

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::Row;
 
-use steward_core::run::{Event, Recorded, RunState, Status, StepError};
+use steward_core::run::{Event, ParentLink, Recorded, RunState, Status, StepError};
 
 use crate::{Store, StoreError, audit, now_ms, to_time, writer};
 
@@ -61,6 +61,8 @@ pub struct NewRun<'a> {
     pub started_by: Option<&'a str>,
     /// The run this one repeats (`POST /v1/runs/{id}/rerun`).
     pub rerun_of: Option<&'a str>,
+    /// The run whose `workflow:` step starts this one.
+    pub parent: Option<&'a ParentLink>,
     /// Create it already claimed by this worker for this long, so the
     /// process that accepted it can drive it without a claim and a reload.
     pub lease: Option<(&'a str, Duration)>,
@@ -165,6 +167,7 @@ impl Store {
         let now = now_ms();
         let first_event = serde_json::to_string(&Event::RunStarted {
             input: new.input.clone(),
+            parent: new.parent.cloned(),
         })
         .expect("events serialise");
         let row = writer::CreateRow {
@@ -386,6 +389,24 @@ impl Store {
         })
     }
 
+    /// Makes a waiting run due at once, for news it must read (its
+    /// sub-workflow finished): like a decision, it is kept due even if the
+    /// run's worker parks it a moment later.
+    pub async fn nudge(&self, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE runs SET attention = 1, wake_at = $2 \
+             WHERE id = $1 AND status NOT IN ('succeeded', 'failed', 'rejected', 'cancelled')",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.announce();
+        Ok(())
+    }
+
     /// The reason of a pending cancel request.
     pub async fn cancel_requested(&self, id: &str) -> Result<Option<String>, StoreError> {
         let reason: Option<Option<String>> =
@@ -447,6 +468,7 @@ pub(crate) mod tests {
             idempotency_key: None,
             started_by: None,
             rerun_of: None,
+            parent: None,
             lease: None,
             placement: Placement::default(),
         }

@@ -25,12 +25,24 @@ impl StepError {
     }
 }
 
+/// The run and step that started a sub-workflow's run, and how deep it
+/// nests (a top-level run's child is at depth 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentLink {
+    pub run: String,
+    pub step: String,
+    pub depth: u32,
+}
+
 /// One entry in a run's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     RunStarted {
         input: Value,
+        /// Set when a parent run's `workflow:` step started this run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentLink>,
     },
     /// An attempt began; if the process dies now, the attempt is re-run
     /// under the same idempotency key.
@@ -138,6 +150,13 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<StepError>,
     },
+    /// A `workflow:` step started attempt `attempt` as the run `child`; the
+    /// step waits for it without holding a worker.
+    ChildStarted {
+        step: String,
+        attempt: u32,
+        child: String,
+    },
 }
 
 impl Event {
@@ -154,7 +173,8 @@ impl Event {
             | Event::ApprovalDecided { step, .. }
             | Event::RunRejected { step, .. }
             | Event::LoopStarted { step, .. }
-            | Event::ElementFinished { step, .. } => Some(step),
+            | Event::ElementFinished { step, .. }
+            | Event::ChildStarted { step, .. } => Some(step),
             _ => None,
         }
     }

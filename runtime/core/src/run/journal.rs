@@ -8,8 +8,30 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 
+use serde_json::Value;
+
 use super::approval::{ApprovalRow, Decision};
-use super::{Recorded, RunState};
+use super::state::Status;
+use super::{ParentLink, Recorded, RunState, StepError};
+
+/// A sub-workflow run to create for a parent's `workflow:` step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildRun {
+    pub id: String,
+    pub workflow: String,
+    /// `None`: the latest deployed version.
+    pub version: Option<u32>,
+    pub input: Value,
+    pub parent: ParentLink,
+}
+
+/// How a sub-workflow run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildOutcome {
+    pub status: Status,
+    pub output: Option<Value>,
+    pub error: Option<StepError>,
+}
 
 /// A failed write or read of a run's journal.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +88,47 @@ pub trait Journal: Send {
         &mut self,
         run_id: &str,
     ) -> impl Future<Output = Result<(), JournalError>> + Send;
+
+    /// Creates a sub-workflow run (idempotent by its id). The inner error
+    /// is why the step cannot start it (the workflow is not deployed, the
+    /// input does not match): the step fails with it. A journal without a
+    /// database (`steward run`) cannot keep a run of its own.
+    fn start_child(
+        &mut self,
+        _child: &ChildRun,
+    ) -> impl Future<Output = Result<Result<(), String>, JournalError>> + Send {
+        async {
+            Ok(Err(
+                "a sub-workflow is a run of its own, kept in the database: run this workflow on `steward serve`"
+                    .to_string(),
+            ))
+        }
+    }
+
+    /// The end of a sub-workflow run; `None` while it runs.
+    fn child_outcome(
+        &mut self,
+        _run_id: &str,
+    ) -> impl Future<Output = Result<Option<ChildOutcome>, JournalError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Asks a sub-workflow run its parent no longer waits for to stop.
+    fn cancel_child(
+        &mut self,
+        _run_id: &str,
+        _reason: &str,
+    ) -> impl Future<Output = Result<(), JournalError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Tells a waiting parent run that its child finished.
+    fn wake_parent(
+        &mut self,
+        _run_id: &str,
+    ) -> impl Future<Output = Result<(), JournalError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Keeps nothing beyond the run's in-memory history: `steward run`.

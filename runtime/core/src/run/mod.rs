@@ -10,7 +10,10 @@ pub mod journal;
 pub mod plan;
 pub mod state;
 
-pub use event::{Event, Recorded, StepError};
-pub use journal::{Journal, JournalError, MemoryJournal};
-pub use plan::{Action, Plan, PlanContext, approval_id, idempotency_key, outcome_event, plan};
+pub use event::{Event, ParentLink, Recorded, StepError};
+pub use journal::{ChildOutcome, ChildRun, Journal, JournalError, MemoryJournal};
+pub use plan::{
+    Action, Plan, PlanContext, approval_id, child_outcome_event, idempotency_key, outcome_event,
+    plan,
+};
 pub use state::{RunState, Status, StepRecord, StepState};

@@ -13,8 +13,8 @@ use super::state::{RunState, StepRecord, StepState, clock_add};
 use crate::groups::GroupSnapshot;
 use crate::workflow::expr::Scope;
 use crate::workflow::model::{
-    FOR_EACH_INDEX, FOR_EACH_MAX_ITEMS, ForEach, OnError, OnTimeout, Quorum, RetryPolicy, Sla,
-    StepKind, WaitFor,
+    FOR_EACH_INDEX, FOR_EACH_MAX_ITEMS, ForEach, MAX_WORKFLOW_DEPTH, OnError, OnTimeout, Quorum,
+    RetryPolicy, Sla, StepKind, SubWorkflow, WaitFor, child_run_id,
 };
 use crate::workflow::{Step, Workflow};
 
@@ -23,6 +23,13 @@ use crate::workflow::{Step, Workflow};
 pub enum Action {
     /// Record the event (it needs no outside work).
     Record(Event),
+    /// Create the sub-workflow run of a `workflow:` step (then record
+    /// [`Event::ChildStarted`]).
+    StartChild {
+        step: String,
+        attempt: u32,
+        child: super::ChildRun,
+    },
     /// Start attempt `attempt` of a plugin step.
     Call {
         step: String,
@@ -64,6 +71,8 @@ pub struct PlanContext {
     /// The most elements a `for_each` may loop over
     /// (`[defaults] for_each_max_items`).
     pub for_each_max_items: usize,
+    /// How deep sub-workflows may nest (`[defaults] max_workflow_depth`).
+    pub max_workflow_depth: u32,
 }
 
 impl Default for PlanContext {
@@ -73,6 +82,7 @@ impl Default for PlanContext {
             calendars: BTreeMap::new(),
             default_retry: RetryPolicy::UNSET_DEFAULT,
             for_each_max_items: FOR_EACH_MAX_ITEMS,
+            max_workflow_depth: MAX_WORKFLOW_DEPTH,
         }
     }
 }
@@ -112,6 +122,7 @@ pub fn plan(
         groups,
         calendars: &context.calendars,
         max_items: context.for_each_max_items,
+        max_depth: context.max_workflow_depth,
         now,
         plan: &mut plan,
         prefix: String::new(),
@@ -164,24 +175,71 @@ pub fn outcome_event(
             attempt,
             output,
         },
-        Err(error) => {
-            // A delay past the calendar's end means: no further attempt.
-            let retry_at = (error.retryable && attempt < retry.max_attempts)
-                .then(|| {
-                    let seed = jitter_seed(run_id, key, attempt);
-                    chrono::Duration::from_std(retry.delay_with_jitter(attempt, seed))
-                        .ok()
-                        .and_then(|d| now.checked_add_signed(d))
-                })
-                .flatten();
-            Event::StepFailed {
-                step: key.to_string(),
-                attempt,
-                error,
-                retry_at,
-            }
-        }
+        Err(error) => failure_event(retry, run_id, key, attempt, error, now),
     }
+}
+
+/// A failed attempt, with the time of the next one when `retry` allows
+/// another (retryable errors only).
+fn failure_event(
+    retry: &RetryPolicy,
+    run_id: &str,
+    key: &str,
+    attempt: u32,
+    error: StepError,
+    now: DateTime<Utc>,
+) -> Event {
+    // A delay past the calendar's end means: no further attempt.
+    let retry_at = (error.retryable && attempt < retry.max_attempts)
+        .then(|| {
+            let seed = jitter_seed(run_id, key, attempt);
+            chrono::Duration::from_std(retry.delay_with_jitter(attempt, seed))
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+        })
+        .flatten();
+    Event::StepFailed {
+        step: key.to_string(),
+        attempt,
+        error,
+        retry_at,
+    }
+}
+
+/// What a sub-workflow's end means for its step: its output, or a failure
+/// retried only by the step's own `retry:` (a new child run per attempt;
+/// the operator's default policy is for network errors, not for whole
+/// workflows).
+pub fn child_outcome_event(
+    run_id: &str,
+    key: &str,
+    step: &Step,
+    attempt: u32,
+    child: &str,
+    outcome: super::ChildOutcome,
+    now: DateTime<Utc>,
+) -> Event {
+    if outcome.status == super::Status::Succeeded {
+        return Event::StepSucceeded {
+            step: key.to_string(),
+            attempt,
+            output: outcome.output.unwrap_or(Value::Null),
+        };
+    }
+    let why = outcome
+        .error
+        .map(|e| e.message)
+        .unwrap_or_else(|| outcome.status.as_str().to_string());
+    let error = StepError {
+        message: format!(
+            "sub-workflow run {child} {}: {why}",
+            outcome.status.as_str()
+        ),
+        retryable: true,
+        code: None,
+    };
+    let retry = step.retry.unwrap_or_default();
+    failure_event(&retry, run_id, key, attempt, error, now)
 }
 
 /// A number that differs between runs, steps and attempts, for the
@@ -219,6 +277,7 @@ struct Planner<'a> {
     groups: &'a GroupSnapshot,
     calendars: &'a BTreeMap<String, crate::calendar::Calendar>,
     max_items: usize,
+    max_depth: u32,
     now: DateTime<Utc>,
     plan: &'a mut Plan,
     /// Prepended to step ids to key their records: empty at the top,
@@ -278,6 +337,11 @@ impl Planner<'_> {
                 Progress::Blocked
             }
             StepState::Awaiting { .. } => self.awaiting(step, &record),
+            StepState::Child {
+                run,
+                attempt,
+                since,
+            } => self.child_waits(step, &run, attempt, since),
             StepState::Pending => self.pending(step),
         }
     }
@@ -593,7 +657,54 @@ impl Planner<'_> {
                 self.request_approval(step, 0, &spec.approvers, spec.quorum, spec.timeout)
             }
             StepKind::ForEach(each) => self.for_each(step, each),
+            StepKind::Workflow(_) => {
+                self.start(step, 1);
+                Progress::Blocked
+            }
         }
+    }
+
+    /// A step waiting for its sub-workflow: its end is copied in by the
+    /// executor; here only its `timeout` can end the wait.
+    fn child_waits(
+        &mut self,
+        step: &Step,
+        child: &str,
+        attempt: u32,
+        since: DateTime<Utc>,
+    ) -> Progress {
+        let Some(timeout) = step.timeout else {
+            return Progress::Blocked;
+        };
+        let Some(due) = chrono::Duration::from_std(timeout)
+            .ok()
+            .and_then(|t| since.checked_add_signed(t))
+        else {
+            return Progress::Blocked;
+        };
+        if self.now < due {
+            self.plan.wake(due);
+            return Progress::Blocked;
+        }
+        let error = StepError {
+            message: format!(
+                "sub-workflow run {child} did not finish within the step's timeout ({})",
+                humantime::format_duration(timeout)
+            ),
+            retryable: true,
+            code: Some("timeout".into()),
+        };
+        let retry = step.retry.unwrap_or_default();
+        let key = self.key(step);
+        self.record(failure_event(
+            &retry,
+            &self.state.id,
+            &key,
+            attempt,
+            error,
+            self.now,
+        ));
+        Progress::Blocked
     }
 
     /// Every branch advances on its own; the group finishes when all have,
@@ -761,6 +872,7 @@ impl Planner<'_> {
             groups: self.groups,
             calendars: self.calendars,
             max_items: self.max_items,
+            max_depth: self.max_depth,
             now: self.now,
             plan: &mut *self.plan,
             prefix,
@@ -791,6 +903,10 @@ impl Planner<'_> {
     }
 
     fn start(&mut self, step: &Step, attempt: u32) {
+        if let StepKind::Workflow(child) = &step.kind {
+            self.start_child(step, child, attempt);
+            return;
+        }
         let StepKind::Plugin { uses, with } = &step.kind else {
             return;
         };
@@ -806,6 +922,47 @@ impl Planner<'_> {
                 self.fail(step, format!("with: {e}"));
             }
         }
+    }
+
+    /// Asks for the sub-workflow run of attempt `attempt`, one level deeper
+    /// than this run, unless that is deeper than allowed.
+    fn start_child(&mut self, step: &Step, child: &SubWorkflow, attempt: u32) {
+        let depth = self.state.parent.as_ref().map_or(0, |p| p.depth) + 1;
+        if depth > self.max_depth {
+            self.fail(
+                step,
+                format!(
+                    "workflow: sub-workflows nest {depth} deep here, more than the limit of {}: \
+                     a chain of workflows calling workflows must end (or raise \
+                     [defaults] max_workflow_depth in steward.toml)",
+                    self.max_depth
+                ),
+            );
+            return;
+        }
+        let input = match child.with.render(self.scope) {
+            Ok(input) => input,
+            Err(e) => {
+                self.fail(step, format!("with: {e}"));
+                return;
+            }
+        };
+        let key = self.key(step);
+        self.plan.actions.push(Action::StartChild {
+            step: key.clone(),
+            attempt,
+            child: super::ChildRun {
+                id: child_run_id(&self.state.id, &key, attempt),
+                workflow: child.name.clone(),
+                version: child.version,
+                input,
+                parent: super::ParentLink {
+                    run: self.state.id.clone(),
+                    step: key,
+                    depth,
+                },
+            },
+        });
     }
 
     fn deadline(&self, wait: &WaitFor) -> Result<DateTime<Utc>, String> {
@@ -997,7 +1154,14 @@ mod tests {
             state.apply(&Recorded::at(history.len() as u64 + 1, now, event.clone()));
             history.push(event);
         };
-        apply(&mut state, Event::RunStarted { input }, &mut history);
+        apply(
+            &mut state,
+            Event::RunStarted {
+                input,
+                parent: None,
+            },
+            &mut history,
+        );
         let mut widest = 0;
         for _ in 0..100_000 {
             if state.status.is_terminal() {
@@ -1026,6 +1190,7 @@ mod tests {
                         );
                         calls.push((step, attempt, input));
                     }
+                    Action::StartChild { .. } => panic!("no sub-workflows here"),
                 }
             }
             widest = widest.max(calls.len());
@@ -1199,6 +1364,7 @@ mod tests {
             &mut state,
             Event::RunStarted {
                 input: serde_json::json!({"priority": "P3"}),
+                parent: None,
             },
         );
         let first = plan(
@@ -1262,6 +1428,7 @@ mod tests {
                 at: now,
                 event: Event::RunStarted {
                     input: serde_json::json!({ "after": after }),
+                    parent: None,
                 },
             });
             plan(

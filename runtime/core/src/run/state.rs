@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::event::{Event, Recorded, StepError};
+use super::event::{Event, ParentLink, Recorded, StepError};
 use crate::calendar::Calendar;
 
 /// A run's status, as the API reports it.
@@ -80,6 +80,13 @@ pub enum StepState {
     /// Waiting for people: see the record's `approval`.
     Awaiting {
         approval: String,
+    },
+    /// Waiting for the sub-workflow run `run`, started by attempt
+    /// `attempt` at `since`.
+    Child {
+        run: String,
+        attempt: u32,
+        since: DateTime<Utc>,
     },
     Succeeded,
     Skipped,
@@ -236,6 +243,12 @@ pub struct RunState {
     /// The `for_each` loops that started, by step key.
     #[serde(skip)]
     pub loops: BTreeMap<String, LoopState>,
+    /// The run whose `workflow:` step started this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
+    /// The sub-workflow runs this run started, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<String>,
 }
 
 impl RunState {
@@ -254,6 +267,8 @@ impl RunState {
             finished_at: None,
             elements: BTreeMap::new(),
             loops: BTreeMap::new(),
+            parent: None,
+            children: Vec::new(),
         }
     }
 
@@ -324,8 +339,9 @@ impl RunState {
             return; // late results of abandoned branches change nothing
         }
         match &recorded.event {
-            Event::RunStarted { input } => {
+            Event::RunStarted { input, parent } => {
                 self.input = input.clone();
+                self.parent = parent.clone();
                 self.status = Status::Running;
             }
             Event::StepStarted { step, attempt, .. } => {
@@ -494,6 +510,21 @@ impl RunState {
                 r.started_at = Some(at);
                 r.elements = Some(counts);
             }
+            Event::ChildStarted {
+                step,
+                attempt,
+                child,
+            } => {
+                let r = self.record_mut(step);
+                r.state = StepState::Child {
+                    run: child.clone(),
+                    attempt: *attempt,
+                    since: at,
+                };
+                r.attempts = *attempt;
+                r.started_at.get_or_insert(at);
+                self.children.push(child.clone());
+            }
             Event::ElementFinished {
                 step,
                 index,
@@ -523,7 +554,9 @@ impl RunState {
         for r in self.steps.values() {
             match r.state {
                 StepState::Running { .. } | StepState::Retrying { .. } => return Status::Running,
-                StepState::Waiting { .. } | StepState::Awaiting { .. } => waiting = true,
+                StepState::Waiting { .. }
+                | StepState::Awaiting { .. }
+                | StepState::Child { .. } => waiting = true,
                 _ => {}
             }
         }

@@ -135,6 +135,8 @@ const STEP_KEYS: &[&str] = &[
     "concurrency",
     "on_error",
     "steps",
+    "workflow",
+    "version",
 ];
 
 /// The fields only a `for_each` step takes.
@@ -595,10 +597,12 @@ impl<'a> Loader<'a> {
             known.insert(id.clone(), id_pos);
         }
 
-        let kinds: Vec<&str> = ["uses", "approval", "parallel", "wait", "for_each"]
-            .into_iter()
-            .filter(|k| get(k).is_some())
-            .collect();
+        let kinds: Vec<&str> = [
+            "uses", "approval", "parallel", "wait", "for_each", "workflow",
+        ]
+        .into_iter()
+        .filter(|k| get(k).is_some())
+        .collect();
         if kinds.len() != 1 {
             let found = if kinds.is_empty() {
                 "none".to_string()
@@ -609,7 +613,7 @@ impl<'a> Loader<'a> {
                 node.pos,
                 &field,
                 format!(
-                    "a step needs exactly one of uses, approval, parallel, wait or for_each (found {found})"
+                    "a step needs exactly one of uses, approval, parallel, wait, for_each or workflow (found {found})"
                 ),
             );
             return None;
@@ -655,11 +659,18 @@ impl<'a> Loader<'a> {
                 );
             }
         }
-        if get("with").is_some() && kinds[0] != "uses" {
+        if get("with").is_some() && kinds[0] != "uses" && kinds[0] != "workflow" {
             self.error(
                 get("with").unwrap().pos,
                 format!("{field}.with"),
-                "only plugin steps (uses) take `with`",
+                "only plugin steps (uses) and sub-workflows (workflow) take `with`",
+            );
+        }
+        if let Some(n) = get("version").filter(|_| kinds[0] != "workflow") {
+            self.error(
+                n.pos,
+                format!("{field}.version"),
+                "only sub-workflow steps (workflow) take `version`",
             );
         }
         let kind = match kinds[0] {
@@ -685,6 +696,41 @@ impl<'a> Loader<'a> {
                 StepKind::Parallel(branches)
             }
             "for_each" => StepKind::ForEach(self.for_each(&id, &field, &get, known)?),
+            "workflow" => {
+                let name_node = get("workflow").unwrap();
+                let name = self.string(name_node, &format!("{field}.workflow"))?;
+                if !is_valid_name(&name) {
+                    self.error(
+                        name_node.pos,
+                        format!("{field}.workflow"),
+                        format!("{name:?} is not a workflow name"),
+                    );
+                }
+                let version = match get("version") {
+                    None => None,
+                    Some(Node {
+                        value: NodeValue::Int(v),
+                        ..
+                    }) if *v >= 1 && *v <= u32::MAX as i64 => Some(*v as u32),
+                    Some(n) => {
+                        self.error(
+                            n.pos,
+                            format!("{field}.version"),
+                            format!("expected a positive integer, found {}", n.kind()),
+                        );
+                        None
+                    }
+                };
+                let with = match get("with") {
+                    Some(w) => self.template(w, &format!("{field}.with"))?,
+                    None => Template::Object(Vec::new()),
+                };
+                StepKind::Workflow(SubWorkflow {
+                    name,
+                    version,
+                    with,
+                })
+            }
             _ => StepKind::Wait(self.wait(get("wait").unwrap(), &format!("{field}.wait"))?),
         };
         let when = get("when").and_then(|n| self.condition(n, &format!("{field}.when")));
@@ -854,7 +900,7 @@ impl<'a> Loader<'a> {
                 self.check_refs(when, step.pos, &format!("{field}.when"), &rules);
             }
             match &step.kind {
-                StepKind::Plugin { with, .. } => {
+                StepKind::Plugin { with, .. } | StepKind::Workflow(SubWorkflow { with, .. }) => {
                     self.check_refs(with, step.pos, &format!("{field}.with"), &rules)
                 }
                 StepKind::Approval(a) => {

@@ -4,11 +4,13 @@
 //! Plugins are known only by name.
 
 pub mod expr;
+pub mod links;
 pub mod load;
 pub mod model;
 pub mod placement;
 pub mod yaml;
 
+pub use links::check_links;
 pub use load::{ValidationError, ValidationErrors, load_dir, load_file, load_str};
 pub use model::{MAX_TAGS, Step, StepKind, Workflow, check_tag};
 pub use placement::Placement;

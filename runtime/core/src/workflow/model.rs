@@ -92,6 +92,8 @@ pub enum StepKind {
     Wait(WaitFor),
     /// The body runs once per element of a list.
     ForEach(ForEach),
+    /// Another workflow runs as a run of its own (a sub-workflow).
+    Workflow(SubWorkflow),
 }
 
 impl StepKind {
@@ -102,6 +104,7 @@ impl StepKind {
             StepKind::Parallel(_) => "parallel",
             StepKind::Wait(_) => "wait",
             StepKind::ForEach(_) => "for_each",
+            StepKind::Workflow(_) => "workflow",
         }
     }
 }
@@ -181,6 +184,27 @@ pub struct ForEach {
     pub concurrency: u32,
     pub on_error: OnError,
     pub steps: Vec<Step>,
+}
+
+/// `workflow: NAME`: a child run of that workflow (its `version`, else
+/// the latest deployed when the step starts) with `with` as its input; its
+/// output is the step's.
+#[derive(Debug)]
+pub struct SubWorkflow {
+    pub name: String,
+    pub version: Option<u32>,
+    pub with: Template,
+}
+
+/// How deep sub-workflows may nest by default: a run's child is at depth
+/// 1, its grandchild at 2.
+pub const MAX_WORKFLOW_DEPTH: u32 = 8;
+
+/// The id of the child run attempt `attempt` of step `key` starts: derived,
+/// so a parent that crashed before recording the start creates the same
+/// run again, not a second one.
+pub fn child_run_id(parent: &str, key: &str, attempt: u32) -> String {
+    format!("{parent}.{}.{attempt}", key.replace('/', "."))
 }
 
 /// What a failed element does to its loop.

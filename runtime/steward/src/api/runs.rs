@@ -141,6 +141,9 @@ pub async fn show(
     body["output"] = row.output.clone().unwrap_or(Value::Null);
     body["error"] = json!(row.error);
     body["steps"] = json!(state.steps);
+    // Sub-workflows: the run that started this one, and those it started.
+    body["parent_run"] = json!(state.parent.as_ref().map(|p| &p.run));
+    body["children"] = json!(state.children);
     if let Some(clock) = &state.sla {
         let workflow = app
             .catalog

@@ -115,6 +115,22 @@ pub async fn deploy(
             ),
         ));
     }
+    let workflow = Arc::new(workflow);
+    let problems = match app.catalog.link_errors(&workflow, &[]).await {
+        Ok(problems) => problems,
+        Err(CatalogError::Store(e)) => return Err(e.into()),
+        Err(CatalogError::Invalid(e)) => return Err(Problem::internal(e)),
+    };
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems.iter().map(|e| e.to_string()).collect();
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-workflow",
+            "The workflow does not validate",
+            lines.join("\n"),
+        )
+        .with("errors", json!(lines)));
+    }
     match app.catalog.deploy(workflow, &caller.subject).await {
         Ok((workflow, created)) => {
             let status = if created {

@@ -48,7 +48,8 @@ pub async fn run(file: &Path, input: &str, config: &Config) -> anyhow::Result<Ex
         .with_groups(steward::groups::Groups::new(config.groups.clone()))
         .with_calendars(config.calendars()?)
         .with_default_retry(config.defaults.retry.policy())
-        .with_for_each_max_items(config.defaults.for_each_max_items);
+        .with_for_each_max_items(config.defaults.for_each_max_items)
+        .with_max_workflow_depth(config.defaults.max_workflow_depth);
     let outcome = executor.run(workflow, &run_id, input).await;
     let state = outcome.state;
     match state.status {

@@ -62,6 +62,9 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
     for problem in catalog.restore().await? {
         tracing::error!("{problem}");
     }
+    // Every folder is read before anything deploys: a workflow's
+    // sub-workflows may sit in any of them.
+    let mut loaded = Vec::new();
     for dir in &config.workflows {
         if !dir.exists() {
             tracing::warn!(
@@ -72,25 +75,34 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
         }
         for result in load_dir(dir, &catalog.plugins()).map_err(anyhow::Error::msg)? {
             match result {
-                Ok(w) => {
-                    let file = w.file.clone();
-                    let (name, version) = (w.name.clone(), w.version);
-                    match catalog.deploy(w, steward::auth::SYSTEM_ACTOR).await {
-                        Ok((w, _)) => {
-                            tracing::info!(workflow = %w.name, version = w.version, "loaded {file}")
-                        }
-                        Err(e) => {
-                            tracing::error!("{file}: not deployed: {e}");
-                            // Keep serving what was deployed under that version.
-                            if let Ok(Some(_)) = catalog.version(&name, version).await {
-                                tracing::warn!(
-                                    "{name} version {version} keeps its deployed definition"
-                                );
-                            }
-                        }
-                    }
-                }
+                Ok(w) => loaded.push(Arc::new(w)),
                 Err(errors) => tracing::error!("workflow not loaded:\n{errors}"),
+            }
+        }
+    }
+    let mut valid = Vec::new();
+    for w in &loaded {
+        let problems = catalog.link_errors(w, &loaded).await?;
+        if problems.is_empty() {
+            valid.push(w.clone());
+        } else {
+            let lines: Vec<String> = problems.iter().map(|e| e.to_string()).collect();
+            tracing::error!("workflow not loaded:\n{}", lines.join("\n"));
+        }
+    }
+    for w in valid {
+        let file = w.file.clone();
+        let (name, version) = (w.name.clone(), w.version);
+        match catalog.deploy(w, steward::auth::SYSTEM_ACTOR).await {
+            Ok((w, _)) => {
+                tracing::info!(workflow = %w.name, version = w.version, "loaded {file}")
+            }
+            Err(e) => {
+                tracing::error!("{file}: not deployed: {e}");
+                // Keep serving what was deployed under that version.
+                if let Ok(Some(_)) = catalog.version(&name, version).await {
+                    tracing::warn!("{name} version {version} keeps its deployed definition");
+                }
             }
         }
     }
@@ -128,7 +140,8 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
         .with_groups(groups.clone())
         .with_calendars(calendars.clone())
         .with_default_retry(config.defaults.retry.policy())
-        .with_for_each_max_items(config.defaults.for_each_max_items);
+        .with_for_each_max_items(config.defaults.for_each_max_items)
+        .with_max_workflow_depth(config.defaults.max_workflow_depth);
     let executes = role != Role::ApiOnly;
     let options = WorkerOptions {
         lease: std::time::Duration::from_millis(config.worker.lease_ms.max(100)),
