@@ -99,7 +99,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "step without a kind",
             yaml: "name: demo\nsteps:\n  - id: a\n".into(),
-            expect: &["FILE:3:5: steps.a: a step needs exactly one of uses, approval, parallel, wait or for_each"],
+            expect: &["FILE:3:5: steps.a: a step needs exactly one of uses, approval, parallel, wait, for_each or workflow"],
         },
         Case {
             name: "parallel branches cannot see each other",
@@ -228,6 +228,16 @@ fn cases() -> Vec<Case> {
             name: "a loop without steps",
             yaml: "name: demo\nsteps:\n  - id: each\n    for_each: [1]\n".into(),
             expect: &["steps.each.steps: a for_each needs the steps to run per element"],
+        },
+        Case {
+            name: "a version on a plugin step",
+            yaml: BASE.replace("with: { a: 1 }", "with: { a: 1 }\n    version: 2"),
+            expect: &["FILE:6:14: steps.first.version: only sub-workflow steps (workflow) take `version`"],
+        },
+        Case {
+            name: "a sub-workflow version that is not a number",
+            yaml: "name: demo\nsteps:\n  - id: sub\n    workflow: other\n    version: latest\n".into(),
+            expect: &["FILE:5:14: steps.sub.version: expected a positive integer"],
         },
         Case {
             name: "loop fields on a plugin step",
