@@ -180,6 +180,12 @@ pub struct RunState {
     pub sla: Option<SlaState>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Per step reset by retries, its current generation (2 after the
+    /// first reset, ...); steps never reset are generation 1 and absent.
+    /// Idempotency keys and approval ids carry it, so a retried step is a
+    /// new request to the outside world.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub generations: BTreeMap<String, u32>,
 }
 
 impl RunState {
@@ -196,7 +202,13 @@ impl RunState {
             sla: None,
             started_at,
             finished_at: None,
+            generations: BTreeMap::new(),
         }
+    }
+
+    /// The generation of `step`: 1, plus one per retry that reset it.
+    pub fn generation(&self, step: &str) -> u32 {
+        self.generations.get(step).copied().unwrap_or(1)
     }
 
     /// The record of `step`, pending when nothing happened to it yet.
@@ -207,6 +219,16 @@ impl RunState {
     /// Folds one event into the state.
     pub fn apply(&mut self, recorded: &Recorded) {
         let at = recorded.at;
+        if let Event::RunRetried {
+            reset,
+            input,
+            version,
+            ..
+        } = &recorded.event
+        {
+            self.retry(reset, input.as_ref(), *version);
+            return;
+        }
         if self.status.is_terminal() {
             return; // late results of abandoned branches change nothing
         }
@@ -367,10 +389,37 @@ impl RunState {
                 self.error = Some(StepError::fatal(reason.clone()));
                 self.finish(Status::Cancelled, at);
             }
+            Event::RunRetried { .. } => {} // folded above
         }
         if !self.status.is_terminal() {
             self.status = self.live_status();
         }
+    }
+
+    /// A finished run made live again: the `reset` steps' records are
+    /// discarded and their generation advances, the run's end is
+    /// forgotten, `input` and `version` replace the run's when given. The
+    /// SLA clock is left alone: it keeps running from the run's start.
+    /// Only a finished run is retried; on a live one this changes nothing.
+    fn retry(&mut self, reset: &[String], input: Option<&Value>, version: Option<u32>) {
+        if !self.status.is_terminal() || self.status == Status::Succeeded {
+            return;
+        }
+        for step in reset {
+            self.steps.remove(step);
+            let next = self.generation(step) + 1;
+            self.generations.insert(step.clone(), next);
+        }
+        if let Some(input) = input {
+            self.input = input.clone();
+        }
+        if let Some(version) = version {
+            self.version = version;
+        }
+        self.output = None;
+        self.error = None;
+        self.finished_at = None;
+        self.status = self.live_status();
     }
 
     fn finish(&mut self, status: Status, at: DateTime<Utc>) {
