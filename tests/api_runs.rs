@@ -966,6 +966,7 @@ fn the_openapi_document_describes_every_route() {
         ("/v1/runs/{id}/events", "get"),
         ("/v1/runs/{id}/cancel", "post"),
         ("/v1/runs/{id}/rerun", "post"),
+        ("/v1/runs/{id}/retry", "post"),
         ("/v1/tokens", "post"),
         ("/v1/tokens", "get"),
         ("/v1/tokens/{id}", "delete"),

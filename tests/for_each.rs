@@ -211,3 +211,41 @@ fn a_list_longer_than_the_configured_limit_fails_the_step_clearly() {
     assert!(sink.received().is_empty());
     drop(dir);
 }
+
+/// Retrying a run whose loop failed runs the loop again under a new key
+/// generation (`RUN/LOOP/INDEX/STEP#2`), so a sink that deduplicates by key
+/// sees new requests.
+#[test]
+fn retrying_a_failed_loop_runs_its_elements_under_a_new_key_generation() {
+    // Element 2 fails until the sink is "fixed" (after 10 requests).
+    let sink = TestServer::start(|request, before| {
+        if index_of(&request.path) == 2 && before < 10 {
+            (500, vec![], b"out of stock".to_vec())
+        } else {
+            (
+                200,
+                vec![("content-type".into(), "application/json".into())],
+                b"{}".to_vec(),
+            )
+        }
+    });
+    let (_dir, config) = setup(&sink, "fail_fast");
+    let server = Server::start(&config);
+    let run = server.start_run("fan-out", items(3));
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(30));
+    assert_eq!(done[0]["status"], "failed", "{:#}", done[0]);
+    while sink.received().len() < 10 {
+        let _ = ureq::get(&sink.url("/tasks?i=9")).call();
+    }
+    let (status, body) = server.send_json("POST", &format!("/v1/runs/{run}/retry"), &json!({}));
+    assert!(status == 200 || status == 202, "{status} {body:#}");
+    let done = server.wait_until_finished(std::slice::from_ref(&run), Duration::from_secs(30));
+    assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
+    let keys: Vec<String> = sink
+        .received()
+        .iter()
+        .filter_map(|r| r.header("idempotency-key").map(str::to_string))
+        .collect();
+    assert!(keys.contains(&format!("{run}/each/2/call")), "{keys:?}");
+    assert!(keys.contains(&format!("{run}/each/2/call#2")), "{keys:?}");
+}

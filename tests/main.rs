@@ -19,6 +19,7 @@ mod itsm_examples;
 mod plugin_units;
 mod rerun;
 mod retries;
+mod retry_from_step;
 mod sandbox;
 mod scale_out;
 mod scheduler;

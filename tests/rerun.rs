@@ -91,6 +91,18 @@ fn a_failed_run_is_rerun_with_its_input_as_a_new_linked_run() {
     );
     assert_eq!(calls[0].body, calls[1].body);
 
+    // Audited with who reran what.
+    let audit = common::server::json_of(
+        server
+            .request("GET", "/v1/audit?action=run.rerun")
+            .call()
+            .unwrap(),
+    );
+    let entry = &audit["items"][0];
+    assert_eq!(entry["target"], id.as_str(), "{audit:#}");
+    assert_eq!(entry["actor"], "admin");
+    assert_eq!(entry["detail"]["rerun_of"], old.as_str());
+
     // The link survives a restart.
     server.kill();
     let server = Server::start(&config);

@@ -1303,3 +1303,143 @@ async fn a_change_that_fails_writes_no_audit_entry() {
     })
     .await;
 }
+
+/// A retry flips a failed run back to running and due, with its event and
+/// audit entry, only while the run is still finished and its history is
+/// the one the retry was planned on; of two at once, one wins.
+#[tokio::test]
+async fn a_retry_makes_a_finished_run_live_once() {
+    use steward::store::{RetryOutcome, RetryRun};
+    on_every_backend("retry", |store| async move {
+        let input = json!({"n": 1});
+        store.create_run(new_run("r1", &input, None)).await.unwrap();
+        let mut state = RunState::new("r1", "demo", 1, Utc::now());
+        state.apply(&Recorded::at(
+            1,
+            Utc::now(),
+            Event::RunStarted {
+                input: input.clone(),
+                parent: None,
+            },
+        ));
+        let failed = Recorded::at(
+            2,
+            Utc::now(),
+            Event::RunFailed {
+                error: steward::run::StepError::fatal("vendor said no"),
+            },
+        );
+        state.apply(&failed);
+        store.append(&state, &[failed], None, None).await.unwrap();
+        let row = store.run("r1").await.unwrap().unwrap();
+        assert_eq!(row.status, "failed");
+        assert!(row.finished_at.is_some());
+
+        let retried = |seq: u64, by: &str| {
+            Recorded::at(
+                seq,
+                Utc::now(),
+                Event::RunRetried {
+                    by: by.into(),
+                    from_step: None,
+                    reset: vec!["a".into()],
+                    input: Some(json!({"n": 2})),
+                    version: None,
+                    idempotency_key: None,
+                },
+            )
+        };
+        let (ana, ben) = (retried(3, "ana"), retried(3, "ben"));
+        let corrected = json!({"n": 2});
+        fn retry_with<'a>(event: &'a Recorded, input: &'a serde_json::Value) -> RetryRun<'a> {
+            RetryRun {
+                id: "r1",
+                event,
+                input: Some(input),
+                upgrade: None,
+                actor: "ana",
+            }
+        }
+        let (first, second) = tokio::join!(
+            store.retry_run(retry_with(&ana, &corrected)),
+            store.retry_run(retry_with(&ben, &corrected))
+        );
+        let mut outcomes = [first.unwrap(), second.unwrap()];
+        outcomes.sort_by_key(|o| format!("{o:?}"));
+        assert_eq!(
+            outcomes,
+            [
+                RetryOutcome::NotRetryable("running".into()),
+                RetryOutcome::Retried
+            ]
+        );
+        let row = store.run("r1").await.unwrap().unwrap();
+        assert_eq!((row.status.as_str(), row.finished_at), ("running", None));
+        assert_eq!(row.error, None);
+        assert_eq!(row.input, corrected);
+        let history = store.events("r1").await.unwrap();
+        assert_eq!(history.len(), 3);
+        assert!(matches!(history[2].event, Event::RunRetried { .. }));
+        // Due now: a worker claims it at once.
+        let claimed = store
+            .claim_due_runs("w1", Duration::from_secs(30), 10, &[])
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].history, history);
+        let audit = store
+            .audit_entries(
+                &AuditFilter {
+                    action: Some("run.retry"),
+                    ..AuditFilter::default()
+                },
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].target, "r1");
+
+        // Failed again, a retry planned on the older history is refused.
+        let mut state = RunState::new("r1", "demo", 1, Utc::now());
+        for recorded in &history {
+            state.apply(recorded);
+        }
+        let again = Recorded::at(
+            4,
+            Utc::now(),
+            Event::RunFailed {
+                error: steward::run::StepError::fatal("still no"),
+            },
+        );
+        state.apply(&again);
+        store
+            .append(&state, &[again], None, Some("w1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .retry_run(retry_with(&retried(3, "ana"), &corrected))
+                .await
+                .unwrap(),
+            RetryOutcome::Changed
+        );
+        assert_eq!(store.run("r1").await.unwrap().unwrap().status, "failed");
+        assert_eq!(
+            store
+                .retry_run(retry_with(&retried(5, "ana"), &corrected))
+                .await
+                .unwrap(),
+            RetryOutcome::Retried
+        );
+        let missing = RetryRun {
+            id: "nope",
+            ..retry_with(&ana, &corrected)
+        };
+        assert_eq!(
+            store.retry_run(missing).await.unwrap(),
+            RetryOutcome::NotFound
+        );
+    })
+    .await;
+}

@@ -376,3 +376,38 @@ fn validate(config: &Path, files: &[&PathBuf]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// Retrying a parent whose sub-workflow failed starts a new child (a new
+/// generation of the step), and keeps the steps that had finished.
+#[test]
+fn retrying_a_parent_from_its_failed_child_starts_a_new_child() {
+    let sink = fails_once();
+    let mut files = parent_and_children(&sink);
+    files[0].1 = files[0]
+        .1
+        .replace("    retry: { max_attempts: 2, backoff: 100ms }\n", "");
+    let (_dir, config) = setup(&files, "");
+    let server = Server::start(&config);
+    let parent = server.start_run("onboard", json!({ "employee": "ada" }));
+    let done = server.wait_until_finished(std::slice::from_ref(&parent), Duration::from_secs(30));
+    assert_eq!(done[0]["status"], "failed", "{:#}", done[0]);
+
+    let (status, body) = server.send_json("POST", &format!("/v1/runs/{parent}/retry"), &json!({}));
+    assert!(status == 200 || status == 202, "{status} {body:#}");
+    let done = server.wait_until_finished(std::slice::from_ref(&parent), Duration::from_secs(30));
+    assert_eq!(done[0]["status"], "succeeded", "{:#}", done[0]);
+    assert_eq!(
+        done[0]["output"],
+        json!({ "login": "ada.x", "laptop": "LT-7" })
+    );
+    let children = server.run(&parent)["children"].clone();
+    assert_eq!(
+        children,
+        json!([
+            format!("{parent}.account.1"),
+            format!("{parent}.laptop.1"),
+            format!("{parent}.laptop~2.1"),
+        ]),
+        "the account child is kept, the laptop child started afresh"
+    );
+}

@@ -657,7 +657,11 @@ impl Executor {
         let request = CallRequest {
             plugin: spec.plugin,
             context: StepContext {
-                idempotency_key: idempotency_key(&run_id, &spec.step),
+                idempotency_key: idempotency_key(
+                    &run_id,
+                    &spec.step,
+                    run.state.generation(&spec.step),
+                ),
                 run_id,
                 workflow: workflow.name.clone(),
                 step_id: spec.step.clone(),

@@ -18,7 +18,7 @@ pub struct AuditEntry {
     pub actor: String,
     /// What was done: `approval.decide`, `delegation.set`,
     /// `delegation.end`, `group.set`, `group.delete`, `plugin.upload`,
-    /// `run.cancel`, `schedule.create`, `schedule.update`,
+    /// `run.cancel`, `run.retry`, `run.rerun`, `schedule.create`, `schedule.update`,
     /// `schedule.delete`, `token.create`, `token.revoke`, `workflow.deploy`.
     pub action: String,
     /// What it was done to: an approval, delegation, run, schedule or token
@@ -29,7 +29,7 @@ pub struct AuditEntry {
 
 /// Every action the log records; `/openapi.json` lists the same (a test
 /// holds them together), and [`record`] refuses any other in debug builds.
-pub const AUDIT_ACTIONS: [&str; 13] = [
+pub const AUDIT_ACTIONS: [&str; 15] = [
     "approval.decide",
     "delegation.set",
     "delegation.end",
@@ -43,6 +43,8 @@ pub const AUDIT_ACTIONS: [&str; 13] = [
     "schedule.update",
     "schedule.delete",
     "plugin.upload",
+    "run.retry",
+    "run.rerun",
 ];
 
 /// Which entries to list; every field narrows.

@@ -3,7 +3,8 @@
 //! PostgreSQL (for many processes), with the same SQL for both.
 //!
 //! One module per table or concern, each adding its methods to [`Store`]:
-//! `runs` (runs and their events), `claims` (claims and leases),
+//! `runs` (runs and their events), `retry` (a finished run made live
+//! again), `claims` (claims and leases),
 //! `workflows`, `tokens`, `uploads`, `kv`, `approvals`, `audit`,
 //! `schedules`, `groups` and `retention`; `open` connects, `writer` is the
 //! group commit every durable write goes through, `error` says what failed.
@@ -30,6 +31,7 @@ mod params;
 #[cfg(test)]
 mod parity;
 pub mod retention;
+mod retry;
 mod runs;
 mod schedules;
 mod tokens;
@@ -46,6 +48,7 @@ pub use claims::{ClaimedRun, tag_subsets};
 pub use dialect::Backend;
 pub use error::StoreError;
 pub use open::{SqliteSync, StoreOptions};
+pub use retry::{RetryOutcome, RetryRun};
 pub use runs::{CancelRequest, NewRun, Placement, RunRow};
 pub use tokens::StoredToken;
 pub use uploads::UploadedPlugin;

@@ -617,7 +617,13 @@ async fn commit_on(
         }
         events
     };
-    if dialect::batch_in_one_query(backend) && !alone {
+    // A rerun is audited in its creating transaction (below); reruns are
+    // rare, so a batch holding one is committed statement by statement.
+    let reruns = keyless
+        .iter()
+        .chain(&keyed)
+        .any(|row| row.rerun_of.is_some());
+    if dialect::batch_in_one_query(backend) && !alone && !reruns {
         return commit_in_one_query(conn, backend, batch, writes, &appends, &events(true, true))
             .await;
     }
@@ -655,6 +661,11 @@ async fn commit_on(
         let sql = statement(backend, &[(part.kind, part.len())], false);
         part.bind(sqlx::query(sql)).execute(&mut *tx).await?;
     }
+    if all_created {
+        for row in keyless.iter().chain(&keyed) {
+            audit_rerun(&mut tx, row).await?;
+        }
+    }
     // Cancel requests are rare: where the UPDATE did not return them, one
     // lookup for the batch, by primary key.
     if all_applied && !dialect::update_returns_cancels(backend) {
@@ -669,6 +680,17 @@ async fn commit_on(
 
     tx.commit().await?;
     Ok(Some(answers(batch, all_created, all_applied, cancels)))
+}
+
+/// The audit entry `run.rerun` of a run created as the rerun of another,
+/// by its starter, in the transaction that creates it.
+async fn audit_rerun(tx: &mut AnyConnection, row: &CreateRow) -> Result<(), StoreError> {
+    let Some(rerun_of) = &row.rerun_of else {
+        return Ok(());
+    };
+    let actor = row.started_by.as_deref().unwrap_or("system");
+    let detail = serde_json::json!({ "rerun_of": rerun_of });
+    crate::audit::record(tx, actor, "run.rerun", &row.id, &detail).await
 }
 
 /// Each write's answer, from what its batch learnt.

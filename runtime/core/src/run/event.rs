@@ -157,6 +157,29 @@ pub enum Event {
         attempt: u32,
         child: String,
     },
+    /// A failed, rejected or cancelled run was resumed (`POST
+    /// /v1/runs/{id}/retry`): the one event that makes a finished run live
+    /// again. `reset` lists the steps whose records it discards (they run
+    /// again, under a new idempotency key generation); the others keep
+    /// their outputs. `input` and `version` replace the run's when given.
+    RunRetried {
+        /// Who asked (the caller's subject).
+        by: String,
+        /// The step asked to resume from; `None` for the step that ended
+        /// the run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_step: Option<String>,
+        reset: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<Value>,
+        /// The workflow version the run continues on, when upgraded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u32>,
+        /// The client's `Idempotency-Key`: a repeated request finds this
+        /// event instead of retrying again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+    },
 }
 
 impl Event {

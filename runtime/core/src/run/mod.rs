@@ -8,6 +8,7 @@ pub mod approval;
 pub mod event;
 pub mod journal;
 pub mod plan;
+pub mod retry;
 pub mod state;
 
 pub use event::{Event, ParentLink, Recorded, StepError};
@@ -16,4 +17,5 @@ pub use plan::{
     Action, Plan, PlanContext, approval_id, child_outcome_event, idempotency_key, outcome_event,
     plan,
 };
+pub use retry::{RetryError, RetryPlan, plan_retry};
 pub use state::{RunState, Status, StepRecord, StepState};

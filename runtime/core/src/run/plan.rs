@@ -54,9 +54,16 @@ impl Plan {
 }
 
 /// The stable idempotency key of a step of a run: every attempt, and a
-/// re-run after a crash, carries the same one.
-pub fn idempotency_key(run_id: &str, step: &str) -> String {
-    format!("{run_id}/{step}")
+/// re-run after a crash, carries the same one. A step reset by a retry of
+/// the run ([`Event::RunRetried`]) is a new request, so its `generation`
+/// (see [`RunState::generation`]) is part of the key from the second on:
+/// `RUN/STEP`, then `RUN/STEP#2`, `RUN/STEP#3`, ...
+pub fn idempotency_key(run_id: &str, step: &str, generation: u32) -> String {
+    if generation <= 1 {
+        format!("{run_id}/{step}")
+    } else {
+        format!("{run_id}/{step}#{generation}")
+    }
 }
 
 /// What the operator configured that plans depend on.
@@ -87,9 +94,17 @@ impl Default for PlanContext {
     }
 }
 
-/// The id of the approval a step opens at `level` (0, then escalations).
-pub fn approval_id(run_id: &str, step: &str, level: u32) -> String {
-    format!("{run_id}.{step}.{level}")
+/// The id of the approval a step opens at `level` (0, then escalations):
+/// `RUN.STEP.LEVEL`, and `RUN.STEP~G.LEVEL` for the step's generation `G`
+/// from the second on (a retried approval step opens a new approval, never
+/// the closed one of an earlier generation). `~` is in no step id and
+/// needs no escaping in a URL.
+pub fn approval_id(run_id: &str, step: &str, level: u32, generation: u32) -> String {
+    if generation <= 1 {
+        format!("{run_id}.{step}.{level}")
+    } else {
+        format!("{run_id}.{step}~{generation}.{level}")
+    }
 }
 
 /// Decides the next actions for `state`.
@@ -605,7 +620,12 @@ impl Planner<'_> {
         };
         self.record(Event::ApprovalRequested {
             step: step.id.clone(),
-            approval: approval_id(&self.state.id, &step.id, level),
+            approval: approval_id(
+                &self.state.id,
+                &step.id,
+                level,
+                self.state.generation(&step.id),
+            ),
             level,
             approvers: listed,
             quorum: if from_identity_provider {
@@ -952,7 +972,7 @@ impl Planner<'_> {
             step: key.clone(),
             attempt,
             child: super::ChildRun {
-                id: child_run_id(&self.state.id, &key, attempt),
+                id: child_run_id(&self.state.id, &key, self.state.generation(&key), attempt),
                 workflow: child.name.clone(),
                 version: child.version,
                 input,

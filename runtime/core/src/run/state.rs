@@ -249,6 +249,12 @@ pub struct RunState {
     /// The sub-workflow runs this run started, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<String>,
+    /// Per step reset by retries, its current generation (2 after the
+    /// first reset, ...); steps never reset are generation 1 and absent.
+    /// Idempotency keys and approval ids carry it, so a retried step is a
+    /// new request to the outside world.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub generations: BTreeMap<String, u32>,
 }
 
 impl RunState {
@@ -269,7 +275,15 @@ impl RunState {
             loops: BTreeMap::new(),
             parent: None,
             children: Vec::new(),
+            generations: BTreeMap::new(),
         }
+    }
+
+    /// The generation of `step`: 1, plus one per retry that reset it. A
+    /// step inside a loop's element has its loop's.
+    pub fn generation(&self, step: &str) -> u32 {
+        let owner = split_element_key(step).map_or(step, |(owner, _)| owner);
+        self.generations.get(owner).copied().unwrap_or(1)
     }
 
     /// The record of `step` (a step id, or an element key), pending when
@@ -335,6 +349,16 @@ impl RunState {
     /// Folds one event into the state.
     pub fn apply(&mut self, recorded: &Recorded) {
         let at = recorded.at;
+        if let Event::RunRetried {
+            reset,
+            input,
+            version,
+            ..
+        } = &recorded.event
+        {
+            self.retry(reset, input.as_ref(), *version);
+            return;
+        }
         if self.status.is_terminal() {
             return; // late results of abandoned branches change nothing
         }
@@ -537,10 +561,42 @@ impl RunState {
                 };
                 self.finish_element(step, *index, result);
             }
+            Event::RunRetried { .. } => {} // folded above
         }
         if !self.status.is_terminal() {
             self.status = self.live_status();
         }
+    }
+
+    /// A finished run made live again: the `reset` steps' records are
+    /// discarded and their generation advances, the run's end is
+    /// forgotten, `input` and `version` replace the run's when given. The
+    /// SLA clock is left alone: it keeps running from the run's start.
+    /// Only a finished run is retried; on a live one this changes nothing.
+    fn retry(&mut self, reset: &[String], input: Option<&Value>, version: Option<u32>) {
+        if !self.status.is_terminal() || self.status == Status::Succeeded {
+            return;
+        }
+        for step in reset {
+            self.steps.remove(step);
+            // A loop starts over: its list and its elements' records go.
+            if self.loops.remove(step).is_some() {
+                let prefix = format!("{step}/");
+                self.elements.retain(|key, _| !key.starts_with(&prefix));
+            }
+            let next = self.generation(step) + 1;
+            self.generations.insert(step.clone(), next);
+        }
+        if let Some(input) = input {
+            self.input = input.clone();
+        }
+        if let Some(version) = version {
+            self.version = version;
+        }
+        self.output = None;
+        self.error = None;
+        self.finished_at = None;
+        self.status = self.live_status();
     }
 
     fn finish(&mut self, status: Status, at: DateTime<Utc>) {

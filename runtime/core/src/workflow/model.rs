@@ -200,11 +200,17 @@ pub struct SubWorkflow {
 /// 1, its grandchild at 2.
 pub const MAX_WORKFLOW_DEPTH: u32 = 8;
 
-/// The id of the child run attempt `attempt` of step `key` starts: derived,
+/// The id of the child run attempt `attempt` of step `key` starts, in the
+/// step's `generation` (a retry of the parent starts it afresh): derived,
 /// so a parent that crashed before recording the start creates the same
 /// run again, not a second one.
-pub fn child_run_id(parent: &str, key: &str, attempt: u32) -> String {
-    format!("{parent}.{}.{attempt}", key.replace('/', "."))
+pub fn child_run_id(parent: &str, key: &str, generation: u32, attempt: u32) -> String {
+    let key = key.replace('/', ".");
+    if generation <= 1 {
+        format!("{parent}.{key}.{attempt}")
+    } else {
+        format!("{parent}.{key}~{generation}.{attempt}")
+    }
 }
 
 /// What a failed element does to its loop.

@@ -160,6 +160,11 @@ mod tests {
             ),
             (
                 Method::POST,
+                "/v1/runs/{id}/retry",
+                Needs::Scope("runs:write"),
+            ),
+            (
+                Method::POST,
                 "/v1/approvals/{id}",
                 Needs::Scope("approvals:decide"),
             ),

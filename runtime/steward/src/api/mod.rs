@@ -13,6 +13,7 @@ mod path;
 mod plugins;
 mod problem;
 mod reports;
+mod retry;
 mod routes;
 mod runs;
 mod schedules;

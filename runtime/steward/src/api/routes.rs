@@ -13,8 +13,8 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use serde_json::{Value, json};
 
 use super::{
-    AppState, approvals, audit, groups, hooks, metrics, plugins, reports, runs, schedules, tokens,
-    workflows,
+    AppState, approvals, audit, groups, hooks, metrics, plugins, reports, retry, runs, schedules,
+    tokens, workflows,
 };
 use crate::config::ApiSettings;
 
@@ -270,6 +270,14 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .ok(200, "The rerun an earlier request with the same Idempotency-Key created", "application/json", json!({"$ref": "#/components/schemas/RunSummary"}))
             .ok(201, "Created", "application/json", json!({"$ref": "#/components/schemas/RunSummary"}))
             .errors(&[409]),
+        Route::post("/v1/runs/{id}/retry", retry::retry)
+            .scope("runs:write")
+            .summary("Resume this failed, rejected or cancelled run in place from the step that ended it (or `from_step`, which resets it and every step after; a step inside a parallel group resets the group), keeping the outputs of the steps before; `input` corrects the input, `upgrade` continues on the latest version of the workflow. 409 for a run still going (cancel it first) or succeeded (rerun it); 422 for an unknown `from_step`, an input the schema refuses or an upgrade lacking finished steps")
+            .header("Idempotency-Key", json!({"type": "string", "maxLength": 255}))
+            .body("application/json", json!({"type": "object", "properties": {"from_step": {"type": "string"}, "input": {}, "upgrade": {"type": "boolean"}}, "additionalProperties": false}))
+            .optional_body()
+            .ok(200, "The run, running again (or as it is now, for a repeated Idempotency-Key)", "application/json", json!({"$ref": "#/components/schemas/Run"}))
+            .errors(&[409]),
         Route::post("/v1/tokens", tokens::create)
             .scope("admin")
             .summary("Create a scoped token for a subject (a person or svc:NAME), optionally expiring; the secret is in this answer only")
@@ -285,7 +293,7 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .ok_empty(204, "Revoked"),
         Route::get("/v1/audit", audit::list)
             .scope("admin")
-            .summary("The audit log, newest first: approval decisions, delegations set and ended, run cancels, token creations and revocations, workflow deploys, each with its actor; read-only")
+            .summary("The audit log, newest first: approval decisions, delegations set and ended, run cancels, retries and reruns, token creations and revocations, workflow deploys, each with its actor; read-only")
             .query("actor", json!({"type": "string"}))
             .query("action", json!({"type": "string", "enum": crate::store::AUDIT_ACTIONS}))
             .query("target", json!({"type": "string"}))

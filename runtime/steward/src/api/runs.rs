@@ -54,7 +54,7 @@ fn created_or_found(created: bool) -> StatusCode {
 
 /// A client's `Idempotency-Key`, if it sent one: 1 to 255 visible ASCII
 /// characters, not in the namespaces of webhooks and schedules.
-fn client_key(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
+pub(super) fn client_key(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -132,11 +132,17 @@ pub async fn show(
         .run(&id)
         .await?
         .ok_or_else(|| Problem::not_found(&format!("run {id}")))?;
+    Ok(Json(view(&app, &row).await?))
+}
+
+/// A run as `GET /v1/runs/{id}` shows it: its summary, input, output,
+/// error, steps and SLA.
+pub(super) async fn view(app: &AppState, row: &RunRow) -> Result<Value, Problem> {
     let mut state = RunState::new(&row.id, &row.workflow, row.version, row.created_at);
-    for recorded in app.store.events(&id).await? {
+    for recorded in app.store.events(&row.id).await? {
         state.apply(&recorded);
     }
-    let mut body = summary(&row);
+    let mut body = summary(row);
     body["input"] = row.input.clone();
     body["output"] = row.output.clone().unwrap_or(Value::Null);
     body["error"] = json!(row.error);
@@ -157,7 +163,7 @@ pub async fn show(
             .and_then(|c| app.calendars.get(c));
         body["sla"] = sla_view(&state, clock, sla, calendar, chrono::Utc::now());
     }
-    Ok(Json(body))
+    Ok(body)
 }
 
 /// The SLA as a user reads it: target, due time (moved by pauses),
@@ -223,7 +229,7 @@ pub async fn events(
 }
 
 /// 422 for an input its workflow's schema refuses, each problem listed.
-fn invalid_input(errors: Vec<String>) -> Problem {
+pub(super) fn invalid_input(errors: Vec<String>) -> Problem {
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-input",

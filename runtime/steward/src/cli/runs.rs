@@ -1,4 +1,4 @@
-//! `steward runs list|show|rerun`: the server's runs, from the command line.
+//! `steward runs list|show|rerun|retry`: the server's runs, from the command line.
 
 use std::process::ExitCode;
 
@@ -29,6 +29,22 @@ pub enum RunsCommand {
         /// The new run's input as JSON, instead of the old run's.
         #[arg(long)]
         input: Option<String>,
+    },
+    /// Resume a failed, rejected or cancelled run in place from the step
+    /// that ended it, keeping the outputs of the steps before; prints the
+    /// run.
+    Retry {
+        id: String,
+        /// Resume from this step instead (it and every step after it run
+        /// again).
+        #[arg(long)]
+        from_step: Option<String>,
+        /// The corrected input as JSON.
+        #[arg(long)]
+        input: Option<String>,
+        /// Continue on the latest deployed version of the workflow.
+        #[arg(long)]
+        upgrade: bool,
     },
 }
 
@@ -86,14 +102,10 @@ pub fn dispatch(
             println!("{}", serde_json::to_string_pretty(&body)?);
         }
         RunsCommand::Rerun { id, input } => {
-            let body = match input {
-                Some(text) => {
-                    let input: Value = serde_json::from_str(&text)
-                        .with_context(|| format!("--input is not JSON: {text}"))?;
-                    serde_json::json!({ "input": input })
-                }
-                None => serde_json::json!({}),
-            };
+            let mut body = serde_json::json!({});
+            if let Some(text) = input {
+                body["input"] = parse_input(&text)?;
+            }
             let run = call(
                 "POST",
                 &format!("{server}/v1/runs/{id}/rerun"),
@@ -102,8 +114,37 @@ pub fn dispatch(
             )?;
             println!("{}", serde_json::to_string_pretty(&run)?);
         }
+        RunsCommand::Retry {
+            id,
+            from_step,
+            input,
+            upgrade,
+        } => {
+            let mut body = serde_json::json!({});
+            if let Some(step) = from_step {
+                body["from_step"] = Value::String(step);
+            }
+            if let Some(text) = input {
+                body["input"] = parse_input(&text)?;
+            }
+            if upgrade {
+                body["upgrade"] = Value::Bool(true);
+            }
+            let run = call(
+                "POST",
+                &format!("{server}/v1/runs/{id}/retry"),
+                token,
+                Some(&body),
+            )?;
+            println!("{}", serde_json::to_string_pretty(&run)?);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--input`'s text as JSON.
+fn parse_input(text: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(text).with_context(|| format!("--input is not JSON: {text}"))
 }
 
 fn get(url: &str, token: Option<&str>) -> anyhow::Result<Value> {
