@@ -22,6 +22,7 @@ mod sandbox;
 mod scale_out;
 mod scheduler;
 mod schedules;
+mod signals;
 mod sla;
 mod store;
 mod validation;

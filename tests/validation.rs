@@ -99,7 +99,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "step without a kind",
             yaml: "name: demo\nsteps:\n  - id: a\n".into(),
-            expect: &["FILE:3:5: steps.a: a step needs exactly one of uses, approval, parallel or wait"],
+            expect: &["FILE:3:5: steps.a: a step needs exactly one of uses, approval, parallel, wait or wait_for"],
         },
         Case {
             name: "parallel branches cannot see each other",

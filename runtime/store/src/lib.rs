@@ -5,7 +5,7 @@
 //! One module per table or concern, each adding its methods to [`Store`]:
 //! `runs` (runs and their events), `claims` (claims and leases),
 //! `workflows`, `tokens`, `uploads`, `kv`, `approvals`, `audit`,
-//! `schedules`, `groups` and `retention`; `open` connects, `writer` is the
+//! `schedules`, `signals`, `groups` and `retention`; `open` connects, `writer` is the
 //! group commit every durable write goes through, `error` says what failed.
 //! Where SQLite and PostgreSQL differ in SQL or session settings,
 //! `dialect` says how; beyond it only `open` branches on the backend, for
@@ -32,6 +32,7 @@ mod parity;
 pub mod retention;
 mod runs;
 mod schedules;
+mod signals;
 mod tokens;
 mod uploads;
 mod workflows;
@@ -47,6 +48,7 @@ pub use dialect::Backend;
 pub use error::StoreError;
 pub use open::{SqliteSync, StoreOptions};
 pub use runs::{CancelRequest, NewRun, Placement, RunRow};
+pub use signals::{Delivered, NewSignal, OpenSignalWait, RunSignal, SignalDelivery};
 pub use tokens::StoredToken;
 pub use uploads::UploadedPlugin;
 

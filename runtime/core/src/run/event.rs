@@ -122,6 +122,24 @@ pub enum Event {
     RunCancelled {
         reason: String,
     },
+    /// A `wait_for` step opened: it takes deliveries of `signal` addressed
+    /// to the run, and keyed ones with `key` (rendered now) that arrived
+    /// after the run was created, until `due`.
+    SignalAwaited {
+        step: String,
+        signal: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        due: Option<DateTime<Utc>>,
+    },
+    /// The step took delivery `delivery`; its payload is the step's output.
+    SignalReceived {
+        step: String,
+        signal: String,
+        delivery: String,
+        payload: Value,
+    },
 }
 
 impl Event {
@@ -136,7 +154,9 @@ impl Event {
             | Event::TimerFired { step }
             | Event::ApprovalRequested { step, .. }
             | Event::ApprovalDecided { step, .. }
-            | Event::RunRejected { step, .. } => Some(step),
+            | Event::RunRejected { step, .. }
+            | Event::SignalAwaited { step, .. }
+            | Event::SignalReceived { step, .. } => Some(step),
             _ => None,
         }
     }

@@ -9,6 +9,7 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 
 use super::approval::{ApprovalRow, Decision};
+use super::signal::{OpenSignalWait, SignalDelivery};
 use super::{Recorded, RunState};
 
 /// A failed write or read of a run's journal.
@@ -66,6 +67,30 @@ pub trait Journal: Send {
         &mut self,
         run_id: &str,
     ) -> impl Future<Output = Result<(), JournalError>> + Send;
+
+    /// Makes an open `wait_for` known (idempotent), so keyed deliveries
+    /// wake its run, and answers the deliveries it may take: the one its
+    /// step took already, if any, and those not taken by this run. A
+    /// journal that receives no signals (`steward run`) answers none.
+    fn signal_candidates(
+        &mut self,
+        wait: &OpenSignalWait,
+    ) -> impl Future<Output = Result<Vec<SignalDelivery>, JournalError>> + Send {
+        let _ = wait;
+        async { Ok(Vec::new()) }
+    }
+
+    /// Takes `delivery` for the wait's step, once per run: `true` when the
+    /// step has it (taken now, or by this step before), `false` when
+    /// another step of the run took it first.
+    fn take_signal(
+        &mut self,
+        wait: &OpenSignalWait,
+        delivery: &str,
+    ) -> impl Future<Output = Result<bool, JournalError>> + Send {
+        let _ = (wait, delivery);
+        async { Ok(false) }
+    }
 }
 
 /// Keeps nothing beyond the run's in-memory history: `steward run`.

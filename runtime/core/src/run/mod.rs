@@ -8,9 +8,12 @@ pub mod approval;
 pub mod event;
 pub mod journal;
 pub mod plan;
+pub mod signal;
 pub mod state;
 
 pub use event::{Event, Recorded, StepError};
 pub use journal::{Journal, JournalError, MemoryJournal};
-pub use plan::{Action, Plan, PlanContext, approval_id, idempotency_key, outcome_event, plan};
+pub use plan::{
+    Action, Plan, PlanContext, approval_id, expression_scope, idempotency_key, outcome_event, plan,
+};
 pub use state::{RunState, Status, StepRecord, StepState};

@@ -12,7 +12,9 @@ use super::event::{Event, StepError};
 use super::state::{RunState, StepRecord, StepState, clock_add};
 use crate::groups::GroupSnapshot;
 use crate::workflow::expr::Scope;
-use crate::workflow::model::{OnTimeout, Quorum, RetryPolicy, Sla, StepKind, WaitFor};
+use crate::workflow::model::{
+    OnTimeout, Quorum, RetryPolicy, SignalTimeout, SignalWait, Sla, StepKind, WaitFor,
+};
 use crate::workflow::{Step, Workflow};
 
 /// Something the executor must do now.
@@ -88,17 +90,7 @@ pub fn plan(
     if state.status.is_terminal() {
         return plan;
     }
-    let scope = Scope {
-        input: state.input.clone(),
-        steps: state.outputs(),
-        run: serde_json::json!({
-            "id": state.id,
-            "workflow": state.workflow,
-            "version": state.version,
-            "started_at": state.started_at.to_rfc3339(),
-        }),
-        env: env.clone(),
-    };
+    let scope = expression_scope(state, env);
     let mut planner = Planner {
         state,
         scope: &scope,
@@ -135,6 +127,22 @@ pub fn plan(
         Progress::Blocked => {}
     }
     plan
+}
+
+/// What expressions of `state`'s run see: its input, the outputs of the
+/// steps that succeeded, the run's fields and the operator's `env`.
+pub fn expression_scope(state: &RunState, env: &Value) -> Scope {
+    Scope {
+        input: state.input.clone(),
+        steps: state.outputs(),
+        run: serde_json::json!({
+            "id": state.id,
+            "workflow": state.workflow,
+            "version": state.version,
+            "started_at": state.started_at.to_rfc3339(),
+        }),
+        env: env.clone(),
+    }
 }
 
 /// What a call's result means for the step: success, a retry later, or
@@ -255,6 +263,7 @@ impl Planner<'_> {
                 Progress::Blocked
             }
             StepState::Awaiting { .. } => self.awaiting(step, &record),
+            StepState::AwaitingSignal { due, .. } => self.awaiting_signal(step, due),
             StepState::Pending => self.pending(step),
         }
     }
@@ -568,6 +577,83 @@ impl Planner<'_> {
             StepKind::Parallel(branches) => self.parallel(step, branches),
             StepKind::Approval(spec) => {
                 self.request_approval(step, 0, &spec.approvers, spec.quorum, spec.timeout)
+            }
+            StepKind::Signal(wait) => self.await_signal(step, wait),
+        }
+    }
+
+    /// Opens a `wait_for`: its key is rendered now, its deadline counts
+    /// from now. The executor takes signals for it before every plan.
+    fn await_signal(&mut self, step: &Step, wait: &SignalWait) -> Progress {
+        let key = match wait.key.as_ref().map(|k| k.render(self.scope)) {
+            None => None,
+            Some(Ok(value)) => match super::signal::key_text(&value) {
+                Some(key) => Some(key),
+                None => {
+                    return self.fail(
+                        step,
+                        format!("wait_for.key: expected a string or a number, got {value}"),
+                    );
+                }
+            },
+            Some(Err(e)) => return self.fail(step, format!("wait_for.key: {e}")),
+        };
+        let due = match wait.timeout.map(chrono::Duration::from_std) {
+            None => None,
+            Some(Ok(d)) => match self.now.checked_add_signed(d) {
+                Some(due) => Some(due),
+                None => {
+                    return self.fail(step, "wait_for.timeout: ends too far in the future".into());
+                }
+            },
+            Some(Err(e)) => return self.fail(step, format!("wait_for.timeout: {e}")),
+        };
+        self.record(Event::SignalAwaited {
+            step: step.id.clone(),
+            signal: wait.signal.clone(),
+            key,
+            due,
+        });
+        Progress::Blocked
+    }
+
+    /// An open `wait_for` whose signal has not come (the executor records
+    /// it when it does): at the deadline, `on_timeout` applies.
+    fn awaiting_signal(&mut self, step: &Step, due: Option<DateTime<Utc>>) -> Progress {
+        let Some(due) = due else {
+            return Progress::Blocked;
+        };
+        if self.now < due {
+            self.plan.wake(due);
+            return Progress::Blocked;
+        }
+        let StepKind::Signal(wait) = &step.kind else {
+            return self.fail(
+                step,
+                "wait_for: the step is no longer a wait_for step".into(),
+            );
+        };
+        match wait.on_timeout {
+            SignalTimeout::Continue => {
+                self.record(Event::StepSucceeded {
+                    step: step.id.clone(),
+                    attempt: 1,
+                    output: Value::Null,
+                });
+                Progress::Blocked
+            }
+            SignalTimeout::Fail => {
+                let within = wait
+                    .timeout
+                    .map(|t| format!(" within {}", humantime::format_duration(t)))
+                    .unwrap_or_default();
+                self.fail(
+                    step,
+                    format!(
+                        "wait_for: no {} signal arrived{within} (on_timeout: fail)",
+                        wait.signal
+                    ),
+                )
             }
         }
     }

@@ -84,6 +84,14 @@ pub enum StepState {
     Succeeded,
     Skipped,
     Failed,
+    /// A `wait_for` step waits for a signal until `due` (forever without).
+    AwaitingSignal {
+        signal: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        due: Option<DateTime<Utc>>,
+    },
 }
 
 /// Everything known about one step.
@@ -367,6 +375,29 @@ impl RunState {
                 self.error = Some(StepError::fatal(reason.clone()));
                 self.finish(Status::Cancelled, at);
             }
+            Event::SignalAwaited {
+                step,
+                signal,
+                key,
+                due,
+            } => {
+                let r = self.steps.entry(step.clone()).or_default();
+                r.state = StepState::AwaitingSignal {
+                    signal: signal.clone(),
+                    key: key.clone(),
+                    due: *due,
+                };
+                r.attempts = r.attempts.max(1);
+                r.started_at.get_or_insert(at);
+            }
+            Event::SignalReceived { step, payload, .. } => {
+                let r = self.steps.entry(step.clone()).or_default();
+                r.state = StepState::Succeeded;
+                r.output = Some(payload.clone());
+                r.error = None;
+                r.started_at.get_or_insert(at);
+                r.finished_at = Some(at);
+            }
         }
         if !self.status.is_terminal() {
             self.status = self.live_status();
@@ -384,7 +415,9 @@ impl RunState {
         for r in self.steps.values() {
             match r.state {
                 StepState::Running { .. } | StepState::Retrying { .. } => return Status::Running,
-                StepState::Waiting { .. } | StepState::Awaiting { .. } => waiting = true,
+                StepState::Waiting { .. }
+                | StepState::Awaiting { .. }
+                | StepState::AwaitingSignal { .. } => waiting = true,
                 _ => {}
             }
         }

@@ -129,6 +129,13 @@ impl Expression {
 
     /// Evaluates against `scope`, giving JSON.
     pub fn eval(&self, scope: &Scope) -> Result<Value, String> {
+        self.eval_with(scope, &[])
+    }
+
+    /// Evaluates against `scope` plus `extra` variables of the expression's
+    /// place (`signal` in a `wait_for` step's `match`, `body` in a hook's
+    /// signal key): what a place allows is checked when the file loads.
+    pub fn eval_with(&self, scope: &Scope, extra: &[(&str, &Value)]) -> Result<Value, String> {
         if let Some(path) = &self.path {
             let root = match path[0].as_str() {
                 "input" => &scope.input,
@@ -145,17 +152,18 @@ impl Expression {
                 return Ok(value.clone());
             }
         }
-        self.eval_cel(scope)
+        self.eval_cel(scope, extra)
     }
 
-    fn eval_cel(&self, scope: &Scope) -> Result<Value, String> {
+    fn eval_cel(&self, scope: &Scope, extra: &[(&str, &Value)]) -> Result<Value, String> {
         let mut context = cel::Context::with_env(STDLIB.clone());
-        for (name, value) in [
+        let roots = [
             ("input", &scope.input),
             ("steps", &scope.steps),
             ("run", &scope.run),
             ("env", &scope.env),
-        ] {
+        ];
+        for &(name, value) in roots.iter().chain(extra) {
             // Only what the expression reads: `steps` grows with the run.
             if self.roots.contains(name) {
                 context.add_variable_from_value(name, to_cel(value));
@@ -368,15 +376,21 @@ impl Template {
 
     /// Evaluates every expression and builds the JSON value.
     pub fn render(&self, scope: &Scope) -> Result<Value, String> {
+        self.render_with(scope, &[])
+    }
+
+    /// [`Template::render`] with `extra` variables (see
+    /// [`Expression::eval_with`]).
+    pub fn render_with(&self, scope: &Scope, extra: &[(&str, &Value)]) -> Result<Value, String> {
         Ok(match self {
             Template::Literal(v) => v.clone(),
-            Template::Expr(e) => e.eval(scope)?,
+            Template::Expr(e) => e.eval_with(scope, extra)?,
             Template::Interpolate(parts) => {
                 let mut text = String::new();
                 for part in parts {
                     match part {
                         Part::Text(t) => text.push_str(t),
-                        Part::Expr(e) => match e.eval(scope)? {
+                        Part::Expr(e) => match e.eval_with(scope, extra)? {
                             Value::String(s) => text.push_str(&s),
                             Value::Null => {}
                             other => text.push_str(&other.to_string()),
@@ -388,13 +402,13 @@ impl Template {
             Template::Array(items) => Value::Array(
                 items
                     .iter()
-                    .map(|t| t.render(scope))
+                    .map(|t| t.render_with(scope, extra))
                     .collect::<Result<_, _>>()?,
             ),
             Template::Object(entries) => Value::Object(
                 entries
                     .iter()
-                    .map(|(k, t)| Ok((k.clone(), t.render(scope)?)))
+                    .map(|(k, t)| Ok((k.clone(), t.render_with(scope, extra)?)))
                     .collect::<Result<_, String>>()?,
             ),
         })
@@ -570,7 +584,7 @@ mod tests {
         ] {
             let e = Expression::compile(source).unwrap();
             assert!(e.path.is_some(), "{source} is a plain path");
-            assert_eq!(e.eval(&scope), e.eval_cel(&scope), "{source}");
+            assert_eq!(e.eval(&scope), e.eval_cel(&scope, &[]), "{source}");
         }
         for source in [
             "input.items[0]",

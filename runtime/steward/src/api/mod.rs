@@ -16,6 +16,7 @@ mod reports;
 mod routes;
 mod runs;
 mod schedules;
+mod signals;
 mod tokens;
 mod workflows;
 

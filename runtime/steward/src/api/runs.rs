@@ -54,7 +54,7 @@ fn created_or_found(created: bool) -> StatusCode {
 
 /// A client's `Idempotency-Key`, if it sent one: 1 to 255 visible ASCII
 /// characters, not in the namespaces of webhooks and schedules.
-fn client_key(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
+pub(super) fn client_key(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
