@@ -24,6 +24,7 @@ mod sandbox;
 mod scale_out;
 mod scheduler;
 mod schedules;
+mod signals;
 mod sla;
 mod store;
 mod sub_workflows;

@@ -13,7 +13,7 @@ use steward::store::{AuditFilter, NewRun, Store, StoreError, StoreOptions};
 
 /// Runs `check` on a fresh SQLite store and, when configured, a fresh
 /// PostgreSQL schema.
-async fn on_every_backend<F, Fut>(name: &str, check: F)
+pub(crate) async fn on_every_backend<F, Fut>(name: &str, check: F)
 where
     F: Fn(Store) -> Fut,
     Fut: std::future::Future<Output = ()>,

@@ -99,7 +99,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "step without a kind",
             yaml: "name: demo\nsteps:\n  - id: a\n".into(),
-            expect: &["FILE:3:5: steps.a: a step needs exactly one of uses, approval, parallel, wait, for_each or workflow"],
+            expect: &["FILE:3:5: steps.a: a step needs exactly one of uses, approval, parallel, wait, wait_for, for_each or workflow"],
         },
         Case {
             name: "parallel branches cannot see each other",
@@ -203,6 +203,11 @@ fn cases() -> Vec<Case> {
             name: "an approval inside a loop",
             yaml: LOOP.replace("      - id: order\n        uses: transform\n        with: { sku: \"${{ item.sku }}\", n: \"${{ index }}\" }\n", "      - id: order\n        approval: { approvers: [ana] }\n"),
             expect: &["FILE:7:9: steps.order: approval steps cannot run inside for_each each"],
+        },
+        Case {
+            name: "a wait_for inside a loop",
+            yaml: LOOP.replace("        uses: transform\n        with: { sku: \"${{ item.sku }}\", n: \"${{ index }}\" }\n", "        wait_for: { signal: answered }\n"),
+            expect: &["FILE:7:9: steps.order: wait_for steps cannot run inside for_each each"],
         },
         Case {
             name: "a loop inside a loop",

@@ -379,12 +379,22 @@ impl Default for Config {
     }
 }
 
-/// One webhook: which workflow it starts and the secret its deliveries are
-/// signed with.
+/// One webhook: which workflow it starts, or which signal it delivers (with
+/// the key taken from the body), and the secret its deliveries are signed
+/// with.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HookSettings {
-    pub workflow: String,
+    /// The workflow a delivery starts, with the body as input.
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// The signal a delivery sends instead, with the body as payload.
+    #[serde(default)]
+    pub signal: Option<String>,
+    /// With `signal`: an expression over `body` giving the delivery's key
+    /// (`"${{ body.number }}"`), so it resumes the runs waiting with it.
+    #[serde(default)]
+    pub key: Option<String>,
     pub secret: SecretSource,
     /// The secret being rotated out: deliveries signed with either are
     /// accepted until it is removed.

@@ -21,7 +21,7 @@ use crate::run::{
     Action, ChildOutcome, ChildRun, Event, JournalError, Plan, PlanContext, Recorded, RunState,
     StepError, StepState, child_outcome_event, idempotency_key, outcome_event, plan,
 };
-use crate::store::{ApprovalRow, Decision, Store};
+use crate::store::{ApprovalRow, Decision, OpenSignalWait, SignalDelivery, Store};
 use crate::workflow::{StepKind, Workflow};
 
 /// The log target of what a foreground run tells its user while it
@@ -39,8 +39,9 @@ pub use crate::run::{Journal, MemoryJournal};
 pub struct StoreJournal {
     pub store: Store,
     pub owner: Option<String>,
-    /// Approvals this drive has already made decidable: opening is
-    /// idempotent but a write, and the drive asks before every plan.
+    /// Approvals this drive has already made decidable, and signal waits
+    /// it has recorded (`signal:RUN/STEP`): opening is idempotent but a
+    /// write, and the drive asks before every plan.
     opened: std::collections::HashSet<String>,
     /// The answer to the drive's first cancel check when the caller read
     /// it already (with the claim, or none for a run it just created):
@@ -211,6 +212,35 @@ impl Journal for StoreJournal {
 
     async fn wake_parent(&mut self, run_id: &str) -> Result<(), JournalError> {
         self.store.nudge(run_id).await.map_err(JournalError::from)
+    }
+
+    async fn signal_candidates(
+        &mut self,
+        wait: &OpenSignalWait,
+    ) -> Result<Vec<SignalDelivery>, JournalError> {
+        let opened = format!("signal:{}/{}", wait.run_id, wait.step);
+        if !self.opened.contains(&opened) {
+            self.store
+                .open_signal_wait(wait)
+                .await
+                .map_err(JournalError::from)?;
+            self.opened.insert(opened);
+        }
+        self.store
+            .signal_candidates(wait)
+            .await
+            .map_err(JournalError::from)
+    }
+
+    async fn take_signal(
+        &mut self,
+        wait: &OpenSignalWait,
+        delivery: &str,
+    ) -> Result<bool, JournalError> {
+        self.store
+            .take_signal(wait, delivery)
+            .await
+            .map_err(JournalError::from)
     }
 }
 
@@ -453,6 +483,7 @@ impl Executor {
             let now = Utc::now();
             sync_decisions(run, journal).await?;
             sync_children(workflow, run, journal).await?;
+            self.sync_signals(workflow, run, journal).await?;
             let groups = self.groups.snapshot();
             let mut next = plan(workflow, &run.state, &self.context, &groups, now);
             let closing = approvals_decided_by(&next, &run.state);
@@ -547,14 +578,14 @@ impl Executor {
             if progressed {
                 continue;
             }
-            // Decisions and sub-workflows come from outside: such a run
-            // parks until they arrive (they make it due).
-            let awaiting_people = run
-                .state
-                .steps
-                .values()
-                .any(|r| matches!(r.state, StepState::Awaiting { .. }))
-                || !waiting_children(&run.state).is_empty();
+            // Decisions, signals and sub-workflows come from outside: such
+            // a run parks until they arrive (they make it due).
+            let awaiting_people = run.state.steps.values().any(|r| {
+                matches!(
+                    r.state,
+                    StepState::Awaiting { .. } | StepState::AwaitingSignal { .. }
+                )
+            }) || !waiting_children(&run.state).is_empty();
             let idle_long = match next.wake_at {
                 Some(at) => at - now > PARK_AFTER,
                 None => awaiting_people,
@@ -596,7 +627,15 @@ impl Executor {
                     }
                 }
                 None if calls.is_empty() && next.wake_at.is_none() => {
-                    let why = if awaiting_people {
+                    let awaiting_signal = run
+                        .state
+                        .steps
+                        .values()
+                        .any(|r| matches!(r.state, StepState::AwaitingSignal { .. }));
+                    let why = if awaiting_signal {
+                        "a wait_for step waits for a signal delivered through the API or a \
+                         webhook: run this workflow on `steward serve`"
+                    } else if awaiting_people {
                         "an approval step waits for decisions made through the API: \
                          run this workflow on `steward serve`"
                     } else {
@@ -613,6 +652,40 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// Takes, for each open `wait_for` step, the first delivery it may
+    /// have (the one it took before a crash, else the oldest its `match`
+    /// accepts) and records it; the plan then sees the step finished.
+    async fn sync_signals<J: Journal>(
+        &self,
+        workflow: &Workflow,
+        run: &mut LiveRun,
+        journal: &mut J,
+    ) -> Result<(), JournalError> {
+        let waits = crate::run::signal::open_waits(&run.state);
+        if waits.is_empty() {
+            return Ok(());
+        }
+        let scope = crate::run::expression_scope(&run.state, &self.context.env);
+        for wait in waits {
+            let Some(StepKind::Signal(spec)) = workflow.step(&wait.step).map(|s| &s.kind) else {
+                continue;
+            };
+            let candidates = journal.signal_candidates(&wait).await?;
+            for delivery in crate::run::signal::to_take(spec, &scope, &wait.step, &candidates) {
+                if journal.take_signal(&wait, &delivery.id).await? {
+                    run.record(Event::SignalReceived {
+                        step: wait.step.clone(),
+                        signal: wait.signal.clone(),
+                        delivery: delivery.id.clone(),
+                        payload: delivery.payload.clone(),
+                    });
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// True while the run is unfinished and every step in flight is a

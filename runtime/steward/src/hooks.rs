@@ -58,9 +58,97 @@ pub enum SignatureError {
 
 /// One configured hook with its secrets resolved.
 pub struct Hook {
-    pub workflow: String,
+    /// What a verified delivery does.
+    pub target: HookTarget,
     secrets: Vec<Vec<u8>>,
     tolerance_s: u64,
+}
+
+/// What a hook's deliveries do: start a run, or deliver a signal.
+pub enum HookTarget {
+    /// Starts the workflow with the body as input.
+    Workflow(String),
+    /// Delivers signal `name` with the body as payload, keyed by `key`
+    /// (an expression over `body`, compiled at start), so it resumes the
+    /// runs waiting on that signal with that key.
+    Signal {
+        name: String,
+        key: crate::workflow::expr::Template,
+    },
+}
+
+impl HookTarget {
+    /// `[hooks.NAME]`'s `workflow`, or `signal` with `key`: exactly one of
+    /// the two, a valid signal name and a key expression that reads only
+    /// `body`. Errors name the hook and what to write.
+    fn from_settings(
+        name: &str,
+        settings: &crate::config::HookSettings,
+    ) -> Result<HookTarget, ConfigError> {
+        let invalid = |why: String| ConfigError::Invalid(format!("[hooks.{name}]: {why}"));
+        match (&settings.workflow, &settings.signal) {
+            (Some(workflow), None) => {
+                if settings.key.is_some() {
+                    return Err(invalid(
+                        "key applies to signal hooks only: remove it, or set signal instead of workflow"
+                            .into(),
+                    ));
+                }
+                Ok(HookTarget::Workflow(workflow.clone()))
+            }
+            (None, Some(signal)) => {
+                crate::workflow::model::check_signal_name(signal)
+                    .map_err(|e| invalid(format!("signal: {e}")))?;
+                let source = settings.key.as_deref().ok_or_else(|| {
+                    invalid(
+                        "a signal hook needs a key taken from the body, e.g. key = \"${{ body.number }}\""
+                            .into(),
+                    )
+                })?;
+                let key = match crate::workflow::expr::parse_string(source) {
+                    Ok(Some(template)) => template,
+                    Ok(None) => {
+                        return Err(invalid(format!(
+                            "key {source:?} holds no expression: write one over the body, e.g. \"${{{{ body.number }}}}\""
+                        )));
+                    }
+                    Err(e) => return Err(invalid(format!("key: {e}"))),
+                };
+                for expression in key.expressions() {
+                    if let Some(other) = expression.roots.iter().find(|r| *r != "body") {
+                        return Err(invalid(format!(
+                            "key: `{}`: unknown variable {other}; a hook's key can use body",
+                            expression.source
+                        )));
+                    }
+                }
+                Ok(HookTarget::Signal {
+                    name: signal.clone(),
+                    key,
+                })
+            }
+            (Some(_), Some(_)) => Err(invalid(
+                "set workflow (a delivery starts a run) or signal (a delivery resumes waiting runs), not both"
+                    .into(),
+            )),
+            (None, None) => Err(invalid(
+                "set workflow (the workflow a delivery starts) or signal with key (the signal it delivers)"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// Renders a signal hook's key over a delivery's body: a string or a
+/// number, else an error saying what the expression gave.
+pub fn signal_key(
+    key: &crate::workflow::expr::Template,
+    body: &serde_json::Value,
+) -> Result<String, String> {
+    let scope = crate::workflow::expr::Scope::default();
+    let value = key.render_with(&scope, &[("body", body)])?;
+    crate::run::signal::key_text(&value)
+        .ok_or_else(|| format!("the key must be a string or a number, got {value}"))
 }
 
 /// A delivery whose signature checked out.
@@ -91,7 +179,7 @@ impl Hooks {
                 )));
             }
             let hook = Hook {
-                workflow: settings.workflow.clone(),
+                target: HookTarget::from_settings(name, settings)?,
                 secrets: secrets.into_iter().map(String::into_bytes).collect(),
                 tolerance_s: settings.tolerance_s,
             };
@@ -238,7 +326,7 @@ mod tests {
 
     fn hook() -> Hook {
         Hook {
-            workflow: "w".into(),
+            target: HookTarget::Workflow("w".into()),
             secrets: vec![
                 b"new-secret-0123456789".to_vec(),
                 b"old-secret-0123456789".to_vec(),

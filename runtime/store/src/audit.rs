@@ -19,17 +19,18 @@ pub struct AuditEntry {
     /// What was done: `approval.decide`, `delegation.set`,
     /// `delegation.end`, `group.set`, `group.delete`, `plugin.upload`,
     /// `run.cancel`, `run.retry`, `run.rerun`, `schedule.create`, `schedule.update`,
-    /// `schedule.delete`, `token.create`, `token.revoke`, `workflow.deploy`.
+    /// `schedule.delete`, `token.create`, `token.revoke`, `workflow.deploy`,
+    /// `signal.deliver`.
     pub action: String,
-    /// What it was done to: an approval, delegation, run, schedule or token
-    /// id, a group or plugin name, or `NAME@VERSION`.
+    /// What it was done to: an approval, delegation, run, schedule, token
+    /// or signal delivery id, a group or plugin name, or `NAME@VERSION`.
     pub target: String,
     pub detail: Value,
 }
 
 /// Every action the log records; `/openapi.json` lists the same (a test
 /// holds them together), and [`record`] refuses any other in debug builds.
-pub const AUDIT_ACTIONS: [&str; 15] = [
+pub const AUDIT_ACTIONS: [&str; 16] = [
     "approval.decide",
     "delegation.set",
     "delegation.end",
@@ -45,6 +46,7 @@ pub const AUDIT_ACTIONS: [&str; 15] = [
     "plugin.upload",
     "run.retry",
     "run.rerun",
+    "signal.deliver",
 ];
 
 /// Which entries to list; every field narrows.

@@ -118,6 +118,18 @@ pub(crate) fn claim_turn(backend: Backend) -> Option<&'static str> {
     }
 }
 
+/// A statement that makes keyed signal deliveries and the opening of
+/// signal waits take turns within their transaction (a PostgreSQL advisory
+/// lock), so a delivery either sees a wait opened before it or is seen by
+/// the run that opens it; `None` on SQLite, whose single writer serialises
+/// them already.
+pub(crate) fn signal_turn(backend: Backend) -> Option<&'static str> {
+    match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some("SELECT pg_advisory_xact_lock(7310002)"),
+    }
+}
+
 /// Follows a table name in `FROM` to make SQLite read `index`: without
 /// statistics SQLite may prefer another plan; PostgreSQL has statistics
 /// and takes no such hint.

@@ -6,7 +6,7 @@
 //! `runs` (runs and their events), `retry` (a finished run made live
 //! again), `claims` (claims and leases),
 //! `workflows`, `tokens`, `uploads`, `kv`, `approvals`, `audit`,
-//! `schedules`, `groups` and `retention`; `open` connects, `writer` is the
+//! `schedules`, `signals`, `groups` and `retention`; `open` connects, `writer` is the
 //! group commit every durable write goes through, `error` says what failed.
 //! Where SQLite and PostgreSQL differ in SQL or session settings,
 //! `dialect` says how; beyond it only `open` branches on the backend, for
@@ -34,6 +34,7 @@ pub mod retention;
 mod retry;
 mod runs;
 mod schedules;
+mod signals;
 mod tokens;
 mod uploads;
 mod workflows;
@@ -50,6 +51,7 @@ pub use error::StoreError;
 pub use open::{SqliteSync, StoreOptions};
 pub use retry::{RetryOutcome, RetryRun};
 pub use runs::{CancelRequest, NewRun, Placement, RunRow};
+pub use signals::{Delivered, NewSignal, OpenSignalWait, RunSignal, SignalDelivery};
 pub use tokens::StoredToken;
 pub use uploads::UploadedPlugin;
 

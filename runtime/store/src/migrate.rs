@@ -22,9 +22,9 @@ macro_rules! migrations {
 
 /// (version, name, SQL) per dialect, in order; the file names are the names.
 #[rustfmt::skip]
-pub(crate) const SQLITE: &[Migration] = migrations!("sqlite": 1 "0001_runs", 2 "0002_cancel", 3 "0003_tokens", 4 "0004_plugins", 5 "0005_approvals", 6 "0006_sla", 7 "0007_delegations", 8 "0008_schedules", 9 "0009_groups", 10 "0010_placement", 11 "0011_open_runs", 12 "0012_claims", 13 "0013_keys", 14 "0014_principals", 15 "0015_four_eyes", 16 "0016_audit", 17 "0017_rerun");
+pub(crate) const SQLITE: &[Migration] = migrations!("sqlite": 1 "0001_runs", 2 "0002_cancel", 3 "0003_tokens", 4 "0004_plugins", 5 "0005_approvals", 6 "0006_sla", 7 "0007_delegations", 8 "0008_schedules", 9 "0009_groups", 10 "0010_placement", 11 "0011_open_runs", 12 "0012_claims", 13 "0013_keys", 14 "0014_principals", 15 "0015_four_eyes", 16 "0016_audit", 17 "0017_rerun", 18 "0018_signals");
 #[rustfmt::skip]
-pub(crate) const POSTGRES: &[Migration] = migrations!("postgres": 1 "0001_runs", 2 "0002_cancel", 3 "0003_tokens", 4 "0004_plugins", 5 "0005_approvals", 6 "0006_sla", 7 "0007_delegations", 8 "0008_schedules", 9 "0009_groups", 10 "0010_placement", 11 "0011_open_runs", 12 "0012_claims", 13 "0013_keys", 14 "0014_principals", 15 "0015_four_eyes", 16 "0016_audit", 17 "0017_rerun");
+pub(crate) const POSTGRES: &[Migration] = migrations!("postgres": 1 "0001_runs", 2 "0002_cancel", 3 "0003_tokens", 4 "0004_plugins", 5 "0005_approvals", 6 "0006_sla", 7 "0007_delegations", 8 "0008_schedules", 9 "0009_groups", 10 "0010_placement", 11 "0011_open_runs", 12 "0012_claims", 13 "0013_keys", 14 "0014_principals", 15 "0015_four_eyes", 16 "0016_audit", 17 "0017_rerun", 18 "0018_signals");
 
 /// Applies every migration the database lacks, each in its own transaction.
 pub async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {

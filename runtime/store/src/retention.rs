@@ -1,5 +1,6 @@
 //! Retention: finished runs older than `[retention] runs` are deleted with
-//! their history and approvals, so the database does not grow forever.
+//! their history, approvals and signals, so the database does not grow
+//! forever; keyed signal deliveries go once no run can take them.
 //!
 //! Deletion runs in a background task of each executing process (`serve`,
 //! `worker`), never on a request, in small transactions: a long delete
@@ -74,6 +75,9 @@ impl Store {
                  WHERE approval_id IN (SELECT id FROM approvals WHERE run_id IN ({list}))"
             ),
             format!("DELETE FROM approvals WHERE run_id IN ({list})"),
+            format!("DELETE FROM signal_consumptions WHERE run_id IN ({list})"),
+            format!("DELETE FROM signal_waits WHERE run_id IN ({list})"),
+            format!("DELETE FROM signal_deliveries WHERE run_id IN ({list})"),
             format!("DELETE FROM run_events WHERE run_id IN ({list})"),
             format!("DELETE FROM runs WHERE id IN ({list})"),
         ] {
@@ -97,11 +101,44 @@ impl Store {
             let deleted = self.delete_finished_runs(cutoff, batch).await?;
             total += deleted;
             if deleted < batch {
+                self.delete_old_keyed_signals(cutoff).await?;
                 return Ok(total);
             }
             // Lets the writer's waiting commits in between batches.
             tokio::task::yield_now().await;
         }
+    }
+}
+
+impl Store {
+    /// Deletes keyed signal deliveries received before `cutoff` that no
+    /// run can take any more (every run created before one arrived has
+    /// finished), with the records of the runs that took them; returns
+    /// how many.
+    pub async fn delete_old_keyed_signals(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let old = "SELECT d.id FROM signal_deliveries d
+                   WHERE d.run_id IS NULL AND d.received_at < $1
+                     AND NOT EXISTS (SELECT 1 FROM runs r
+                                     WHERE r.status IN ('pending', 'running', 'waiting')
+                                       AND r.created_at <= d.received_at)";
+        let mut tx = self.begin_write().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM signal_consumptions WHERE delivery_id IN ({old})"
+        )))
+        .bind(cutoff.timestamp_millis())
+        .execute(&mut *tx)
+        .await?;
+        let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM signal_deliveries WHERE id IN ({old})"
+        )))
+        .bind(cutoff.timestamp_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected() as usize)
     }
 }
 

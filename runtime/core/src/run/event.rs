@@ -180,6 +180,24 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency_key: Option<String>,
     },
+    /// A `wait_for` step opened: it takes deliveries of `signal` addressed
+    /// to the run, and keyed ones with `key` (rendered now) that arrived
+    /// after the run was created, until `due`.
+    SignalAwaited {
+        step: String,
+        signal: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        due: Option<DateTime<Utc>>,
+    },
+    /// The step took delivery `delivery`; its payload is the step's output.
+    SignalReceived {
+        step: String,
+        signal: String,
+        delivery: String,
+        payload: Value,
+    },
 }
 
 impl Event {
@@ -197,7 +215,9 @@ impl Event {
             | Event::RunRejected { step, .. }
             | Event::LoopStarted { step, .. }
             | Event::ElementFinished { step, .. }
-            | Event::ChildStarted { step, .. } => Some(step),
+            | Event::ChildStarted { step, .. }
+            | Event::SignalAwaited { step, .. }
+            | Event::SignalReceived { step, .. } => Some(step),
             _ => None,
         }
     }

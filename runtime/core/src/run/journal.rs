@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::approval::{ApprovalRow, Decision};
+use super::signal::{OpenSignalWait, SignalDelivery};
 use super::state::Status;
 use super::{ParentLink, Recorded, RunState, StepError};
 
@@ -128,6 +129,30 @@ pub trait Journal: Send {
         _run_id: &str,
     ) -> impl Future<Output = Result<(), JournalError>> + Send {
         async { Ok(()) }
+    }
+
+    /// Makes an open `wait_for` known (idempotent), so keyed deliveries
+    /// wake its run, and answers the deliveries it may take: the one its
+    /// step took already, if any, and those not taken by this run. A
+    /// journal that receives no signals (`steward run`) answers none.
+    fn signal_candidates(
+        &mut self,
+        wait: &OpenSignalWait,
+    ) -> impl Future<Output = Result<Vec<SignalDelivery>, JournalError>> + Send {
+        let _ = wait;
+        async { Ok(Vec::new()) }
+    }
+
+    /// Takes `delivery` for the wait's step, once per run: `true` when the
+    /// step has it (taken now, or by this step before), `false` when
+    /// another step of the run took it first.
+    fn take_signal(
+        &mut self,
+        wait: &OpenSignalWait,
+        delivery: &str,
+    ) -> impl Future<Output = Result<bool, JournalError>> + Send {
+        let _ = (wait, delivery);
+        async { Ok(false) }
     }
 }
 

@@ -14,7 +14,7 @@ use crate::groups::GroupSnapshot;
 use crate::workflow::expr::Scope;
 use crate::workflow::model::{
     FOR_EACH_INDEX, FOR_EACH_MAX_ITEMS, ForEach, MAX_WORKFLOW_DEPTH, OnError, OnTimeout, Quorum,
-    RetryPolicy, Sla, StepKind, SubWorkflow, WaitFor, child_run_id,
+    RetryPolicy, SignalTimeout, SignalWait, Sla, StepKind, SubWorkflow, WaitFor, child_run_id,
 };
 use crate::workflow::{Step, Workflow};
 
@@ -120,17 +120,7 @@ pub fn plan(
     if state.status.is_terminal() {
         return plan;
     }
-    let scope = Scope::new(
-        state.input.clone(),
-        state.outputs(),
-        serde_json::json!({
-            "id": state.id,
-            "workflow": state.workflow,
-            "version": state.version,
-            "started_at": state.started_at.to_rfc3339(),
-        }),
-        env.clone(),
-    );
+    let scope = expression_scope(state, env);
     let mut planner = Planner {
         state,
         scope: &scope,
@@ -170,6 +160,22 @@ pub fn plan(
         Progress::Blocked => {}
     }
     plan
+}
+
+/// What expressions of `state`'s run see: its input, the outputs of the
+/// steps that succeeded, the run's fields and the operator's `env`.
+pub fn expression_scope(state: &RunState, env: &Value) -> Scope {
+    Scope::new(
+        state.input.clone(),
+        state.outputs(),
+        serde_json::json!({
+            "id": state.id,
+            "workflow": state.workflow,
+            "version": state.version,
+            "started_at": state.started_at.to_rfc3339(),
+        }),
+        env.clone(),
+    )
 }
 
 /// What a call's result means for the step recorded under `key` (its id,
@@ -357,6 +363,7 @@ impl Planner<'_> {
                 attempt,
                 since,
             } => self.child_waits(step, &run, attempt, since),
+            StepState::AwaitingSignal { due, .. } => self.awaiting_signal(step, due),
             StepState::Pending => self.pending(step),
         }
     }
@@ -680,6 +687,83 @@ impl Planner<'_> {
             StepKind::Workflow(_) => {
                 self.start(step, 1);
                 Progress::Blocked
+            }
+            StepKind::Signal(wait) => self.await_signal(step, wait),
+        }
+    }
+
+    /// Opens a `wait_for`: its key is rendered now, its deadline counts
+    /// from now. The executor takes signals for it before every plan.
+    fn await_signal(&mut self, step: &Step, wait: &SignalWait) -> Progress {
+        let key = match wait.key.as_ref().map(|k| k.render(self.scope)) {
+            None => None,
+            Some(Ok(value)) => match super::signal::key_text(&value) {
+                Some(key) => Some(key),
+                None => {
+                    return self.fail(
+                        step,
+                        format!("wait_for.key: expected a string or a number, got {value}"),
+                    );
+                }
+            },
+            Some(Err(e)) => return self.fail(step, format!("wait_for.key: {e}")),
+        };
+        let due = match wait.timeout.map(chrono::Duration::from_std) {
+            None => None,
+            Some(Ok(d)) => match self.now.checked_add_signed(d) {
+                Some(due) => Some(due),
+                None => {
+                    return self.fail(step, "wait_for.timeout: ends too far in the future".into());
+                }
+            },
+            Some(Err(e)) => return self.fail(step, format!("wait_for.timeout: {e}")),
+        };
+        self.record(Event::SignalAwaited {
+            step: step.id.clone(),
+            signal: wait.signal.clone(),
+            key,
+            due,
+        });
+        Progress::Blocked
+    }
+
+    /// An open `wait_for` whose signal has not come (the executor records
+    /// it when it does): at the deadline, `on_timeout` applies.
+    fn awaiting_signal(&mut self, step: &Step, due: Option<DateTime<Utc>>) -> Progress {
+        let Some(due) = due else {
+            return Progress::Blocked;
+        };
+        if self.now < due {
+            self.plan.wake(due);
+            return Progress::Blocked;
+        }
+        let StepKind::Signal(wait) = &step.kind else {
+            return self.fail(
+                step,
+                "wait_for: the step is no longer a wait_for step".into(),
+            );
+        };
+        match wait.on_timeout {
+            SignalTimeout::Continue => {
+                self.record(Event::StepSucceeded {
+                    step: step.id.clone(),
+                    attempt: 1,
+                    output: Value::Null,
+                });
+                Progress::Blocked
+            }
+            SignalTimeout::Fail => {
+                let within = wait
+                    .timeout
+                    .map(|t| format!(" within {}", humantime::format_duration(t)))
+                    .unwrap_or_default();
+                self.fail(
+                    step,
+                    format!(
+                        "wait_for: no {} signal arrived{within} (on_timeout: fail)",
+                        wait.signal
+                    ),
+                )
             }
         }
     }

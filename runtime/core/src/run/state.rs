@@ -91,6 +91,14 @@ pub enum StepState {
     Succeeded,
     Skipped,
     Failed,
+    /// A `wait_for` step waits for a signal until `due` (forever without).
+    AwaitingSignal {
+        signal: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        due: Option<DateTime<Utc>>,
+    },
 }
 
 /// Everything known about one step.
@@ -561,6 +569,29 @@ impl RunState {
                 };
                 self.finish_element(step, *index, result);
             }
+            Event::SignalAwaited {
+                step,
+                signal,
+                key,
+                due,
+            } => {
+                let r = self.record_mut(step);
+                r.state = StepState::AwaitingSignal {
+                    signal: signal.clone(),
+                    key: key.clone(),
+                    due: *due,
+                };
+                r.attempts = r.attempts.max(1);
+                r.started_at.get_or_insert(at);
+            }
+            Event::SignalReceived { step, payload, .. } => {
+                let r = self.record_mut(step);
+                r.state = StepState::Succeeded;
+                r.output = Some(payload.clone());
+                r.error = None;
+                r.started_at.get_or_insert(at);
+                r.finished_at = Some(at);
+            }
             Event::RunRetried { .. } => {} // folded above
         }
         if !self.status.is_terminal() {
@@ -612,7 +643,8 @@ impl RunState {
                 StepState::Running { .. } | StepState::Retrying { .. } => return Status::Running,
                 StepState::Waiting { .. }
                 | StepState::Awaiting { .. }
-                | StepState::Child { .. } => waiting = true,
+                | StepState::Child { .. }
+                | StepState::AwaitingSignal { .. } => waiting = true,
                 _ => {}
             }
         }

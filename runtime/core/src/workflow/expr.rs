@@ -129,14 +129,23 @@ impl Expression {
 
     /// Evaluates against `scope`, giving JSON.
     pub fn eval(&self, scope: &Scope) -> Result<Value, String> {
+        self.eval_with(scope, &[])
+    }
+
+    /// Evaluates against `scope` plus `extra` variables of the expression's
+    /// place (`signal` in a `wait_for` step's `match`, `body` in a hook's
+    /// signal key): what a place allows is checked when the file loads.
+    pub fn eval_with(&self, scope: &Scope, extra: &[(&str, &Value)]) -> Result<Value, String> {
         if let Some(path) = &self.path {
-            let root = match (scope.local(&path[0]), path[0].as_str()) {
-                (Some(local), _) => local,
+            let name = path[0].as_str();
+            let extra_value = extra.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+            let root = match (scope.local(name).or(extra_value), name) {
+                (Some(bound), _) => bound,
                 (None, "input") => &*scope.input,
                 (None, "steps") => &*scope.steps,
                 (None, "run") => &*scope.run,
                 (None, "env") => &*scope.env,
-                _ => return self.eval_cel(scope),
+                _ => return self.eval_cel(scope, extra),
             };
             // A missing key or a non-object falls through to CEL, whose
             // error it is to report.
@@ -147,22 +156,23 @@ impl Expression {
                 return Ok(value.clone());
             }
         }
-        self.eval_cel(scope)
+        self.eval_cel(scope, extra)
     }
 
-    fn eval_cel(&self, scope: &Scope) -> Result<Value, String> {
+    fn eval_cel(&self, scope: &Scope, extra: &[(&str, &Value)]) -> Result<Value, String> {
         let mut context = cel::Context::with_env(STDLIB.clone());
         for (name, value) in scope.locals.iter().map(|(n, v)| (n.as_str(), v)) {
             if self.roots.contains(name) {
                 context.add_variable_from_value(name, to_cel(value));
             }
         }
-        for (name, value) in [
+        let roots = [
             ("input", &*scope.input),
             ("steps", &*scope.steps),
             ("run", &*scope.run),
             ("env", &*scope.env),
-        ] {
+        ];
+        for &(name, value) in extra.iter().chain(roots.iter()) {
             if scope.local(name).is_some() {
                 continue;
             }
@@ -400,15 +410,21 @@ impl Template {
 
     /// Evaluates every expression and builds the JSON value.
     pub fn render(&self, scope: &Scope) -> Result<Value, String> {
+        self.render_with(scope, &[])
+    }
+
+    /// [`Template::render`] with `extra` variables (see
+    /// [`Expression::eval_with`]).
+    pub fn render_with(&self, scope: &Scope, extra: &[(&str, &Value)]) -> Result<Value, String> {
         Ok(match self {
             Template::Literal(v) => v.clone(),
-            Template::Expr(e) => e.eval(scope)?,
+            Template::Expr(e) => e.eval_with(scope, extra)?,
             Template::Interpolate(parts) => {
                 let mut text = String::new();
                 for part in parts {
                     match part {
                         Part::Text(t) => text.push_str(t),
-                        Part::Expr(e) => match e.eval(scope)? {
+                        Part::Expr(e) => match e.eval_with(scope, extra)? {
                             Value::String(s) => text.push_str(&s),
                             Value::Null => {}
                             other => text.push_str(&other.to_string()),
@@ -420,13 +436,13 @@ impl Template {
             Template::Array(items) => Value::Array(
                 items
                     .iter()
-                    .map(|t| t.render(scope))
+                    .map(|t| t.render_with(scope, extra))
                     .collect::<Result<_, _>>()?,
             ),
             Template::Object(entries) => Value::Object(
                 entries
                     .iter()
-                    .map(|(k, t)| Ok((k.clone(), t.render(scope)?)))
+                    .map(|(k, t)| Ok((k.clone(), t.render_with(scope, extra)?)))
                     .collect::<Result<_, String>>()?,
             ),
         })
@@ -602,7 +618,7 @@ mod tests {
         ] {
             let e = Expression::compile(source).unwrap();
             assert!(e.path.is_some(), "{source} is a plain path");
-            assert_eq!(e.eval(&scope), e.eval_cel(&scope), "{source}");
+            assert_eq!(e.eval(&scope), e.eval_cel(&scope, &[]), "{source}");
         }
         for source in [
             "input.items[0]",

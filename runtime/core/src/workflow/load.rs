@@ -137,6 +137,7 @@ const STEP_KEYS: &[&str] = &[
     "steps",
     "workflow",
     "version",
+    "wait_for",
 ];
 
 /// The fields only a `for_each` step takes.
@@ -287,8 +288,21 @@ impl<'a> Loader<'a> {
 
     /// Checks what a template's expressions refer to.
     fn check_refs(&mut self, template: &Template, pos: Pos, field: &str, rules: &RefRules<'_>) {
+        self.check_refs_allowing(template, pos, field, rules, &[]);
+    }
+
+    /// [`Loader::check_refs`] where the place adds variables of its own
+    /// (`signal` in a `wait_for` step's `match`).
+    fn check_refs_allowing(
+        &mut self,
+        template: &Template,
+        pos: Pos,
+        field: &str,
+        rules: &RefRules<'_>,
+        extra_roots: &[&str],
+    ) {
         for expression in template.expressions() {
-            self.check_expression(expression, pos, field, rules);
+            self.check_expression(expression, pos, field, rules, extra_roots);
         }
     }
 
@@ -298,13 +312,14 @@ impl<'a> Loader<'a> {
         pos: Pos,
         field: &str,
         rules: &RefRules<'_>,
+        extra_roots: &[&str],
     ) {
         for root in &e.roots {
-            if rules.locals.contains(root) {
+            if rules.locals.contains(root) || extra_roots.contains(&root.as_str()) {
                 continue;
             }
             if !ROOTS.contains(&root.as_str()) {
-                let mut usable: Vec<&str> = ROOTS.to_vec();
+                let mut usable: Vec<&str> = ROOTS.iter().chain(extra_roots).copied().collect();
                 usable.extend(rules.locals.iter().map(String::as_str));
                 let hint =
                     if usable.len() == ROOTS.len() && (root == "item" || root == FOR_EACH_INDEX) {
@@ -598,7 +613,7 @@ impl<'a> Loader<'a> {
         }
 
         let kinds: Vec<&str> = [
-            "uses", "approval", "parallel", "wait", "for_each", "workflow",
+            "uses", "approval", "parallel", "wait", "wait_for", "for_each", "workflow",
         ]
         .into_iter()
         .filter(|k| get(k).is_some())
@@ -613,7 +628,7 @@ impl<'a> Loader<'a> {
                 node.pos,
                 &field,
                 format!(
-                    "a step needs exactly one of uses, approval, parallel, wait, for_each or workflow (found {found})"
+                    "a step needs exactly one of uses, approval, parallel, wait, wait_for, for_each or workflow (found {found})"
                 ),
             );
             return None;
@@ -645,6 +660,7 @@ impl<'a> Loader<'a> {
         if let Some(owner) = self.in_loop.clone() {
             let refused = match kinds[0] {
                 "approval" => Some("approval steps"),
+                "wait_for" => Some("wait_for steps"),
                 "for_each" => Some("a for_each inside a for_each"),
                 _ => None,
             };
@@ -731,6 +747,9 @@ impl<'a> Loader<'a> {
                     with,
                 })
             }
+            "wait_for" => StepKind::Signal(
+                self.signal_wait(get("wait_for").unwrap(), &format!("{field}.wait_for"))?,
+            ),
             _ => StepKind::Wait(self.wait(get("wait").unwrap(), &format!("{field}.wait"))?),
         };
         let when = get("when").and_then(|n| self.condition(n, &format!("{field}.when")));
@@ -937,6 +956,20 @@ impl<'a> Loader<'a> {
                     self.check_refs(t, step.pos, &format!("{field}.wait"), &rules)
                 }
                 StepKind::Wait(WaitFor::Duration(_)) => {}
+                StepKind::Signal(wait) => {
+                    if let Some(key) = &wait.key {
+                        self.check_refs(key, step.pos, &format!("{field}.wait_for.key"), &rules);
+                    }
+                    if let Some(matches) = &wait.matches {
+                        self.check_refs_allowing(
+                            matches,
+                            step.pos,
+                            &format!("{field}.wait_for.match"),
+                            &rules,
+                            &["signal"],
+                        );
+                    }
+                }
                 StepKind::Parallel(branches) => {
                     // Branches run concurrently: each sees only what came before the group.
                     for branch in branches {
@@ -1017,6 +1050,94 @@ impl<'a> Loader<'a> {
             format!("{text:?} is neither a duration (10m, 2h) nor an RFC 3339 time"),
         );
         None
+    }
+
+    /// `wait_for: { signal, key, match, timeout, on_timeout }`.
+    fn signal_wait(&mut self, node: &Node, field: &str) -> Option<SignalWait> {
+        let entries = self.mapping(
+            node,
+            field,
+            &["signal", "key", "match", "timeout", "on_timeout"],
+        )?;
+        let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        let signal = match get("signal") {
+            Some(n) => {
+                let name = self.string(n, &format!("{field}.signal"))?;
+                if let Err(e) = check_signal_name(&name) {
+                    self.error(n.pos, format!("{field}.signal"), e);
+                }
+                name
+            }
+            None => {
+                self.error(
+                    node.pos,
+                    format!("{field}.signal"),
+                    "wait_for needs the name of the signal it waits for (signal: ticket-updated)",
+                );
+                return None;
+            }
+        };
+        let key = match get("key") {
+            Some(n) if matches!(n.value, NodeValue::Str(_) | NodeValue::Int(_)) => {
+                Some(self.template(n, &format!("{field}.key"))?)
+            }
+            Some(n) => {
+                self.error(
+                    n.pos,
+                    format!("{field}.key"),
+                    format!(
+                        "expected a string or an expression such as \"${{{{ input.number }}}}\", found {}",
+                        n.kind()
+                    ),
+                );
+                None
+            }
+            None => None,
+        };
+        let matches = get("match").and_then(|n| self.condition(n, &format!("{field}.match")));
+        let timeout = get("timeout").and_then(|n| {
+            let timeout = self.duration(n, &format!("{field}.timeout"))?;
+            if timeout.is_zero() {
+                self.error(
+                    n.pos,
+                    format!("{field}.timeout"),
+                    "a wait cannot end in no time: give it at least 1ms, or leave timeout out",
+                );
+                return None;
+            }
+            Some(timeout)
+        });
+        let on_timeout = match get("on_timeout") {
+            None => SignalTimeout::Fail,
+            Some(n) => match n.as_str() {
+                Some("fail") => SignalTimeout::Fail,
+                Some("continue") => SignalTimeout::Continue,
+                _ => {
+                    self.error(
+                        n.pos,
+                        format!("{field}.on_timeout"),
+                        "expected fail (the step fails) or continue (the step's output is null)",
+                    );
+                    SignalTimeout::Fail
+                }
+            },
+        };
+        if let Some(n) = get("on_timeout")
+            && get("timeout").is_none()
+        {
+            self.error(
+                n.pos,
+                format!("{field}.on_timeout"),
+                "on_timeout needs a timeout",
+            );
+        }
+        Some(SignalWait {
+            signal,
+            key,
+            matches,
+            timeout,
+            on_timeout,
+        })
     }
 
     fn quorum(&mut self, node: &Node, field: &str) -> Option<Quorum> {

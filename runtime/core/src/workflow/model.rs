@@ -94,6 +94,8 @@ pub enum StepKind {
     ForEach(ForEach),
     /// Another workflow runs as a run of its own (a sub-workflow).
     Workflow(SubWorkflow),
+    /// `wait_for:`: the run waits for an outside event (a signal).
+    Signal(SignalWait),
 }
 
 impl StepKind {
@@ -105,6 +107,7 @@ impl StepKind {
             StepKind::Wait(_) => "wait",
             StepKind::ForEach(_) => "for_each",
             StepKind::Workflow(_) => "workflow",
+            StepKind::Signal(_) => "wait_for",
         }
     }
 }
@@ -243,6 +246,53 @@ pub enum WaitFor {
     Duration(Duration),
     /// An RFC 3339 time, possibly computed by an expression.
     Until(Template),
+}
+
+/// A `wait_for:` step: the run waits, parked, until a delivery of signal
+/// `signal` it may take arrives (over the API or a webhook), or until
+/// `timeout`. The step's output is the delivery's payload.
+#[derive(Debug)]
+pub struct SignalWait {
+    /// The signal's name: a plain identifier (see [`check_signal_name`]).
+    pub signal: String,
+    /// Rendered when the wait opens: deliveries to `POST /v1/signals/NAME`
+    /// with this key are for the run too (without it, only deliveries
+    /// addressed to the run are).
+    pub key: Option<Template>,
+    /// One expression over the candidate (`signal`, its payload, besides
+    /// the usual variables): a delivery it does not accept is left for
+    /// others.
+    pub matches: Option<Template>,
+    /// How long the wait stays open; without it, until a signal comes or
+    /// the run is cancelled.
+    pub timeout: Option<Duration>,
+    pub on_timeout: SignalTimeout,
+}
+
+/// What a `wait_for` step does when its timeout passes with no signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalTimeout {
+    /// The step fails, and with it the run.
+    Fail,
+    /// The step succeeds with output `null` and the run goes on.
+    Continue,
+}
+
+/// A signal name is what URLs and hook settings name it by: a letter, then
+/// letters, digits, `-` and `_`, at most 100 characters.
+pub fn check_signal_name(name: &str) -> Result<(), String> {
+    let ok = name.len() <= 100
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a signal name: use a letter, then letters, digits, '-' and '_' (at most 100 characters), e.g. ticket-updated"
+        ))
+    }
 }
 
 #[derive(Debug)]

@@ -165,6 +165,21 @@ mod tests {
             ),
             (
                 Method::POST,
+                "/v1/runs/{id}/signals/{name}",
+                Needs::Scope("runs:write"),
+            ),
+            (
+                Method::POST,
+                "/v1/signals/{name}",
+                Needs::Scope("runs:write"),
+            ),
+            (
+                Method::GET,
+                "/v1/runs/{id}/signals",
+                Needs::Scope("runs:read"),
+            ),
+            (
+                Method::POST,
                 "/v1/approvals/{id}",
                 Needs::Scope("approvals:decide"),
             ),

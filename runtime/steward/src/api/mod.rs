@@ -17,6 +17,7 @@ mod retry;
 mod routes;
 mod runs;
 mod schedules;
+mod signals;
 mod tokens;
 mod workflows;
 

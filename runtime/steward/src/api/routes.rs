@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{
     AppState, approvals, audit, groups, hooks, metrics, plugins, reports, retry, runs, schedules,
-    tokens, workflows,
+    signals, tokens, workflows,
 };
 use crate::config::ApiSettings;
 
@@ -278,6 +278,26 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .optional_body()
             .ok(200, "The run, running again (or as it is now, for a repeated Idempotency-Key)", "application/json", json!({"$ref": "#/components/schemas/Run"}))
             .errors(&[409]),
+        Route::post("/v1/runs/{id}/signals/{name}", signals::deliver_to_run)
+            .scope("runs:write")
+            .summary("Deliver signal NAME to a run, with the body (any JSON, or none for null) as payload: kept until the run's next (or current) wait_for step on NAME takes it, once; a repeated Idempotency-Key returns the first delivery; 409 when the run has finished")
+            .header("Idempotency-Key", json!({"type": "string", "maxLength": 255}))
+            .body("application/json", json!({}))
+            .optional_body()
+            .ok(200, "The delivery an earlier request with the same Idempotency-Key made", "application/json", json!({"$ref": "#/components/schemas/SignalDelivery"}))
+            .ok(202, "Accepted: kept until a wait_for step of the run takes it", "application/json", json!({"$ref": "#/components/schemas/SignalDelivery"}))
+            .errors(&[409]),
+        Route::get("/v1/runs/{id}/signals", signals::list)
+            .scope("runs:read")
+            .summary("The signals delivered to a run and the keyed ones it took, oldest first, with consumed and the step that took each")
+            .ok(200, "The deliveries", "application/json", json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/SignalDelivery"}}}})),
+        Route::post("/v1/signals/{name}", signals::deliver_keyed)
+            .scope("runs:write")
+            .summary("Deliver signal NAME keyed by `key`: taken, once each, by every run created before it arrived whose wait_for step on NAME waits (now or later) with that key; a repeated Idempotency-Key returns the first delivery")
+            .header("Idempotency-Key", json!({"type": "string", "maxLength": 255}))
+            .body("application/json", json!({"type": "object", "required": ["key"], "additionalProperties": false, "properties": {"key": {"type": ["string", "number"], "description": "The key the waiting runs rendered (wait_for.key)"}, "payload": {"description": "Any JSON: the output of each step that takes it"}}}))
+            .ok(200, "The delivery an earlier request with the same Idempotency-Key made", "application/json", json!({"$ref": "#/components/schemas/SignalDelivery"}))
+            .ok(202, "Accepted", "application/json", json!({"$ref": "#/components/schemas/SignalDelivery"})),
         Route::post("/v1/tokens", tokens::create)
             .scope("admin")
             .summary("Create a scoped token for a subject (a person or svc:NAME), optionally expiring; the secret is in this answer only")
@@ -303,10 +323,11 @@ pub(super) fn table(limits: &ApiSettings) -> Vec<Route> {
             .query("cursor", json!({"type": "string"}))
             .ok(200, "A page", "application/json", json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}, "next_cursor": {"type": ["string", "null"]}}})),
         Route::post("/v1/hooks/{name}", hooks::deliver)
-            .summary("Webhook trigger: a signed delivery starts the hook's workflow with the body as input")
+            .summary("Webhook trigger: a signed delivery starts the hook's workflow with the body as input, or, for a hook with `signal`, delivers that signal keyed by the hook's key expression over the body")
             .header_required("Steward-Signature", json!({"type": "string", "description": "t=UNIX_SECONDS,v1=HEX: HMAC-SHA256 with the hook's secret over t + \".\" + the raw body; t within 300 s"}))
             .body("application/json", json!({}))
             .ok(201, "Run started", "application/json", json!({"$ref": "#/components/schemas/RunSummary"}))
+            .ok(202, "Signal delivered (a hook with signal)", "application/json", json!({"$ref": "#/components/schemas/SignalDelivery"}))
             .errors(&[401, 409])
             .open(),
         Route::get("/metrics", metrics::expose)

@@ -118,10 +118,11 @@ pub async fn serve(config: &Config, role: Role) -> anyhow::Result<ExitCode> {
         }
     }
     for (name, hook) in hooks.iter() {
-        if catalog.latest(&hook.workflow).is_none() {
+        if let steward::hooks::HookTarget::Workflow(workflow) = &hook.target
+            && catalog.latest(workflow).is_none()
+        {
             tracing::warn!(
-                "[hooks.{name}] starts workflow {}, which is not deployed: deliveries get 404 until it is",
-                hook.workflow
+                "[hooks.{name}] starts workflow {workflow}, which is not deployed: deliveries get 404 until it is",
             );
         }
     }
