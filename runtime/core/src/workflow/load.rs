@@ -757,18 +757,8 @@ impl<'a> Loader<'a> {
             None => None,
             Some(n) => Some(self.retry(n, &format!("{field}.retry"))?),
         };
-        let timeout = get("timeout").and_then(|n| {
-            let timeout = self.duration(n, &format!("{field}.timeout"))?;
-            if timeout.is_zero() {
-                self.error(
-                    n.pos,
-                    format!("{field}.timeout"),
-                    "a step cannot finish in no time: give it at least 1ms, or leave timeout out",
-                );
-                return None;
-            }
-            Some(timeout)
-        });
+        let timeout = get("timeout")
+            .and_then(|n| self.timeout(n, &format!("{field}.timeout"), "a step cannot finish"));
         Some(Step {
             id,
             when,
@@ -881,6 +871,20 @@ impl<'a> Loader<'a> {
             on_error,
             steps,
         })
+    }
+
+    /// A `timeout`: a duration of at least 1ms (`what` cannot take none).
+    fn timeout(&mut self, node: &Node, field: &str, what: &str) -> Option<Duration> {
+        let timeout = self.duration(node, field)?;
+        if timeout.is_zero() {
+            self.error(
+                node.pos,
+                field,
+                format!("{what} in no time: give it at least 1ms, or leave timeout out"),
+            );
+            return None;
+        }
+        Some(timeout)
     }
 
     fn check_plugin(&mut self, uses: &str, pos: Pos, field: &str) {
@@ -1095,18 +1099,8 @@ impl<'a> Loader<'a> {
             None => None,
         };
         let matches = get("match").and_then(|n| self.condition(n, &format!("{field}.match")));
-        let timeout = get("timeout").and_then(|n| {
-            let timeout = self.duration(n, &format!("{field}.timeout"))?;
-            if timeout.is_zero() {
-                self.error(
-                    n.pos,
-                    format!("{field}.timeout"),
-                    "a wait cannot end in no time: give it at least 1ms, or leave timeout out",
-                );
-                return None;
-            }
-            Some(timeout)
-        });
+        let timeout = get("timeout")
+            .and_then(|n| self.timeout(n, &format!("{field}.timeout"), "a wait cannot end"));
         let on_timeout = match get("on_timeout") {
             None => SignalTimeout::Fail,
             Some(n) => match n.as_str() {
